@@ -1,0 +1,55 @@
+//! Command-line parsing and dispatch.
+
+mod check_config;
+mod rules_test;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// mailcall: an email server that delivers mail by calling the destination
+/// server over SIP.
+#[derive(Debug, Parser)]
+#[command(name = "mailcall", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with routing rules (WebAssembly components).
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Check a configuration file and say what is wrong, with the line.
+    CheckConfig {
+        /// The configuration file (TOML).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Run the rule chain on a message for one recipient and print the
+    /// decision as one JSON line.
+    Test(rules_test::Args),
+}
+
+impl Cli {
+    /// Log filter when `RUST_LOG` is not set: quiet for one-shot commands,
+    /// whose output is on stdout.
+    pub fn default_log_filter(&self) -> &'static str {
+        "warn"
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Rules {
+            command: RulesCommand::Test(args),
+        } => rules_test::run(args),
+        Command::CheckConfig { file } => check_config::run(&file),
+    }
+}

@@ -1,0 +1,384 @@
+//! The configuration file (TOML): what mailcall runs and with which limits.
+//!
+//! Relative paths in the file are resolved against the file's own folder, so
+//! a configuration and the tables next to it can be moved together.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A syntax or type error; toml's message names the line and column.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The rule chain and the limits rules run under.
+    #[serde(default)]
+    pub policy: PolicySettings,
+    /// The numbering plan rules recognise and normalize numbers against.
+    #[serde(default)]
+    pub numbering_plan: NumberingPlanSettings,
+    /// Operator-edited tables, by the name rules use for them.
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableSettings>,
+    /// Per-rule settings, by rule name; rules not listed get the defaults.
+    #[serde(default)]
+    pub rules: BTreeMap<String, RuleSettings>,
+    /// The folder relative paths are resolved against (the file's folder).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[policy]`: the rule chain and the limits every rule runs under.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySettings {
+    /// Where rule modules live; a rule `NAME` is `rules_dir/NAME.wasm`
+    /// unless its `[rules.NAME] file` says otherwise. Watched for changes.
+    pub rules_dir: PathBuf,
+    /// The rules to run, in order: the first that dials wins.
+    pub chain: Vec<String>,
+    /// Where compiled rules are cached, by content hash. Default: the
+    /// user's cache folder (`$XDG_CACHE_HOME/mailcall` or `~/.cache/mailcall`).
+    pub cache_dir: Option<PathBuf>,
+    /// Memory a rule instance may use, in MiB.
+    pub memory_limit_mib: u32,
+    /// Time a rule may run per evaluation (instantiation included), in ms.
+    pub deadline_ms: u32,
+    /// How much of the message's text body rules see, in KiB.
+    pub body_limit_kib: u32,
+    /// Evaluations that may run at once; more wait for a free slot. Sizes
+    /// the pooling allocator.
+    pub max_concurrent_evaluations: u32,
+    /// Whether the rules folder and the table files are watched and
+    /// reloaded on change.
+    pub hot_reload: bool,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            rules_dir: PathBuf::from("rules"),
+            chain: Vec::new(),
+            cache_dir: None,
+            memory_limit_mib: 16,
+            deadline_ms: 10,
+            body_limit_kib: 64,
+            max_concurrent_evaluations: 16,
+            hot_reload: true,
+        }
+    }
+}
+
+/// `[numbering_plan]`: what a callable number looks like.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NumberingPlanSettings {
+    /// Country code, digits only (`81`).
+    pub country_code: String,
+    /// Trunk prefix of national numbers, dropped in international form (`0`).
+    pub trunk_prefix: String,
+    /// National prefixes that mark a callable number (`050`, `080`).
+    pub prefixes: Vec<String>,
+    /// Digits of a national number in all, trunk prefix included (11).
+    pub digits: u8,
+}
+
+impl Default for NumberingPlanSettings {
+    /// Japan's IP phone numbers, as in the patent.
+    fn default() -> Self {
+        NumberingPlanSettings {
+            country_code: "81".into(),
+            trunk_prefix: "0".into(),
+            prefixes: vec!["050".into(), "080".into()],
+            digits: 11,
+        }
+    }
+}
+
+/// `[tables.NAME]`: one operator-edited table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSettings {
+    /// The table's file (TOML: `"key" = "value"` lines).
+    pub file: PathBuf,
+}
+
+/// How a rule's instances are reused between evaluations.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A fresh instance per evaluation: nothing of one message can reach
+    /// the evaluation of another. The default.
+    #[default]
+    Fresh,
+    /// A small pool of warm instances, each used for up to
+    /// `max_calls_per_instance` evaluations and thrown away after a failure.
+    /// For runtimes whose instantiation is slow (JavaScript, Python); a rule
+    /// could then see state left by an earlier message.
+    Pooled,
+}
+
+/// `[rules.NAME]`: settings of one rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleSettings {
+    /// The module file; default `rules_dir/NAME.wasm`.
+    pub file: Option<PathBuf>,
+    /// Fresh instance per evaluation, or a pool of warm ones.
+    pub isolation: Isolation,
+    /// Warm instances kept when `isolation = "pooled"`.
+    pub pool_size: u32,
+    /// Evaluations a warm instance serves before it is replaced.
+    pub max_calls_per_instance: u32,
+    /// Overrides `[policy] memory_limit_mib` for this rule.
+    pub memory_limit_mib: Option<u32>,
+    /// Overrides `[policy] deadline_ms` for this rule.
+    pub deadline_ms: Option<u32>,
+    /// The rule's own values, read with the `config` import. Nested tables
+    /// flatten to dotted keys (`sender."example.com"` is `sender.example.com`).
+    pub config: toml::Table,
+}
+
+impl Default for RuleSettings {
+    fn default() -> Self {
+        RuleSettings {
+            file: None,
+            isolation: Isolation::Fresh,
+            pool_size: 4,
+            max_calls_per_instance: 1000,
+            memory_limit_mib: None,
+            deadline_ms: None,
+            config: toml::Table::new(),
+        }
+    }
+}
+
+impl RuleSettings {
+    /// The rule's configuration values as flat text key/value pairs.
+    pub fn config_values(&self) -> BTreeMap<String, String> {
+        let mut values = BTreeMap::new();
+        flatten(&self.config, "", &mut values);
+        values
+    }
+}
+
+fn flatten(table: &toml::Table, prefix: &str, out: &mut BTreeMap<String, String>) {
+    for (key, value) in table {
+        let key = format!("{prefix}{key}");
+        match value {
+            toml::Value::Table(inner) => flatten(inner, &format!("{key}."), out),
+            toml::Value::String(text) => {
+                out.insert(key, text.clone());
+            }
+            other => {
+                out.insert(key, other.to_string());
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, path, base_dir)
+    }
+
+    /// Parses configuration text; `path` is only for messages.
+    pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: error.to_string().trim_end().to_string(),
+        })?;
+        config.base_dir = if base_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base_dir
+        };
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// A configuration with every default and no chain, for running rules
+    /// given on the command line.
+    pub fn empty() -> Config {
+        Config {
+            policy: PolicySettings::default(),
+            numbering_plan: NumberingPlanSettings::default(),
+            tables: BTreeMap::new(),
+            rules: BTreeMap::new(),
+            base_dir: PathBuf::from("."),
+        }
+    }
+
+    /// `path` made absolute against the configuration's folder.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// The settings of rule `name` (the defaults if it has none).
+    pub fn rule_settings(&self, name: &str) -> RuleSettings {
+        self.rules.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The module file of rule `name`.
+    pub fn rule_file(&self, name: &str) -> PathBuf {
+        match self.rules.get(name).and_then(|rule| rule.file.as_ref()) {
+            Some(file) => self.resolve(file),
+            None => self
+                .resolve(&self.policy.rules_dir)
+                .join(format!("{name}.wasm")),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let policy = &self.policy;
+        let mut seen = std::collections::HashSet::new();
+        for name in &policy.chain {
+            if !seen.insert(name) {
+                return Err(format!("[policy] chain names rule {name:?} twice"));
+            }
+            if name.is_empty() || name.contains(['/', '\\']) {
+                return Err(format!("[policy] chain: {name:?} is not a rule name"));
+            }
+        }
+        if policy.memory_limit_mib == 0 || policy.memory_limit_mib > 4096 {
+            return Err("[policy] memory_limit_mib must be between 1 and 4096".into());
+        }
+        if policy.deadline_ms == 0 || policy.deadline_ms > 60_000 {
+            return Err("[policy] deadline_ms must be between 1 and 60000".into());
+        }
+        if policy.max_concurrent_evaluations == 0 || policy.max_concurrent_evaluations > 1024 {
+            return Err("[policy] max_concurrent_evaluations must be between 1 and 1024".into());
+        }
+        for (name, rule) in &self.rules {
+            if rule.memory_limit_mib.is_some_and(|mib| mib == 0 || mib > 4096) {
+                return Err(format!("[rules.{name}] memory_limit_mib must be between 1 and 4096"));
+            }
+            if rule.deadline_ms.is_some_and(|ms| ms == 0 || ms > 60_000) {
+                return Err(format!("[rules.{name}] deadline_ms must be between 1 and 60000"));
+            }
+            if rule.isolation == Isolation::Pooled && !(1..=64).contains(&rule.pool_size) {
+                return Err(format!("[rules.{name}] pool_size must be between 1 and 64"));
+            }
+            if rule.max_calls_per_instance == 0 {
+                return Err(format!("[rules.{name}] max_calls_per_instance must be at least 1"));
+            }
+        }
+        self.numbering_plan.validate()
+    }
+}
+
+impl NumberingPlanSettings {
+    fn validate(&self) -> Result<(), String> {
+        let digits_only = |text: &str| text.chars().all(|c| c.is_ascii_digit());
+        if self.country_code.is_empty() || !digits_only(&self.country_code) {
+            return Err("[numbering_plan] country_code must be digits, without +".into());
+        }
+        if !digits_only(&self.trunk_prefix) {
+            return Err("[numbering_plan] trunk_prefix must be digits".into());
+        }
+        if !(4..=20).contains(&self.digits) {
+            return Err("[numbering_plan] digits must be between 4 and 20".into());
+        }
+        if self.prefixes.is_empty() {
+            return Err("[numbering_plan] prefixes must name at least one prefix".into());
+        }
+        for prefix in &self.prefixes {
+            if prefix.is_empty()
+                || !digits_only(prefix)
+                || prefix.len() >= self.digits as usize
+                || !prefix.starts_with(&self.trunk_prefix)
+            {
+                return Err(format!(
+                    "[numbering_plan] prefix {prefix:?} must be digits that start with the \
+                     trunk prefix and are shorter than a number"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), PathBuf::from("/etc/mailcall"))
+    }
+
+    #[test]
+    fn defaults_are_the_patents_plan_and_safe_limits() {
+        let config = parse("").unwrap();
+        assert_eq!(config.numbering_plan.prefixes, ["050", "080"]);
+        assert_eq!(config.policy.memory_limit_mib, 16);
+        assert_eq!(config.policy.deadline_ms, 10);
+        assert_eq!(config.policy.body_limit_kib, 64);
+    }
+
+    #[test]
+    fn paths_resolve_against_the_files_folder() {
+        let config = parse("[policy]\nrules_dir = \"rules\"\nchain = [\"a\"]\n").unwrap();
+        assert_eq!(config.rule_file("a"), PathBuf::from("/etc/mailcall/rules/a.wasm"));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let error = parse("[policy]\nchain = [\"a\"]\ndeadline_ms = \"soon\"\n").unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("line 3"), "{message}");
+
+        let error = parse("[policy]\nchian = []\n").unwrap_err().to_string();
+        assert!(error.contains("unknown field") && error.contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        assert!(parse("[policy]\nchain = [\"a\", \"a\"]\n").is_err());
+        assert!(parse("[policy]\nmemory_limit_mib = 0\n").is_err());
+        assert!(parse("[numbering_plan]\nprefixes = [\"5O\"]\n").is_err());
+        assert!(parse("[rules.x]\nisolation = \"pooled\"\npool_size = 0\n").is_err());
+    }
+
+    #[test]
+    fn rule_config_values_flatten_to_text() {
+        let config = parse(
+            "[rules.custom.config]\nsender.\"example.com\" = \"050-1\"\nlimit = 3\n",
+        )
+        .unwrap();
+        let values = config.rule_settings("custom").config_values();
+        assert_eq!(values["sender.example.com"], "050-1");
+        assert_eq!(values["limit"], "3");
+    }
+}

@@ -1,0 +1,6 @@
+//! The host side of the rule contract, generated from `wit/rule.wit`.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "rule",
+});

@@ -1,0 +1,72 @@
+//! The rule chain (step S4): rules in configured order; the first that
+//! dials wins, one that asks for SMTP stops the chain, one with no opinion
+//! or one that fails passes to the next; if nothing dials, normal SMTP.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::rule::{LoadedRule, RuleFailure};
+
+/// The rules in force, in order. Replaced as a whole on reload, so an
+/// evaluation runs on one version of the chain from start to end.
+#[derive(Clone, Default)]
+pub struct Chain {
+    pub rules: Vec<Arc<LoadedRule>>,
+}
+
+impl Chain {
+    /// This chain with the rule of the same name replaced by `rule`.
+    pub fn with_replaced(&self, rule: &Arc<LoadedRule>) -> Chain {
+        Chain {
+            rules: self
+                .rules
+                .iter()
+                .map(|current| {
+                    if current.name() == rule.name() {
+                        rule.clone()
+                    } else {
+                        current.clone()
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// The rule called `name`.
+    pub fn rule(&self, name: &str) -> Option<&Arc<LoadedRule>> {
+        self.rules.iter().find(|rule| rule.name() == name)
+    }
+}
+
+/// How to deliver to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "decision", rename_all = "lowercase")]
+pub enum Route {
+    /// Call this number (S5–S7).
+    Dial { number: String },
+    /// Normal SMTP relay (S8).
+    Smtp,
+}
+
+/// The chain's answer for one recipient, with who decided and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub route: Route,
+    /// The rule that decided; `None` when no rule dialled or stopped the chain.
+    pub rule: Option<String>,
+    /// The deciding rule's reason, or why the chain fell through.
+    pub reason: String,
+    /// Rules that failed on the way and were treated as having no opinion.
+    pub failures: Vec<(String, RuleFailure)>,
+}
+
+impl Verdict {
+    /// The number to call, if the verdict is to call.
+    pub fn number(&self) -> Option<&str> {
+        match &self.route {
+            Route::Dial { number } => Some(number),
+            Route::Smtp => None,
+        }
+    }
+}

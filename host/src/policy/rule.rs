@@ -1,0 +1,209 @@
+//! One loaded rule: its linked component, its limits, and how its
+//! instances are made and reused. Running a rule never panics and never
+//! fails the chain: every failure comes back as a [`RuleFailure`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::{Store, Trap};
+
+use super::bindings::mailcall::rule::types::{Decision, Envelope, Message};
+use super::bindings::{Rule, RulePre};
+use super::runtime::{Runtime, EPOCH_TICK};
+use super::sandbox::{RuleContext, RuleState};
+use super::tables::TableSet;
+use crate::config::Isolation;
+
+/// Longest number and reason a decision may carry.
+const NUMBER_MAX: usize = 32;
+const REASON_MAX: usize = 1024;
+
+/// Why a rule gave no decision.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleFailure {
+    #[error("deadline of {0:?} exceeded")]
+    Timeout(Duration),
+    #[error("memory cap of {0} bytes exceeded")]
+    MemoryCap(usize),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("could not be instantiated: {0}")]
+    Instantiate(String),
+    #[error("returned an invalid decision: {0}")]
+    InvalidDecision(String),
+}
+
+/// The limits and reuse policy of one rule.
+#[derive(Debug, Clone)]
+pub struct RuleLimits {
+    pub deadline: Duration,
+    pub isolation: Isolation,
+    pub pool_size: usize,
+    pub max_calls_per_instance: u32,
+}
+
+/// A warm instance kept between evaluations (`isolation = "pooled"`).
+struct WarmInstance {
+    store: Store<RuleState>,
+    bindings: Rule,
+    calls: u32,
+}
+
+/// A rule ready to run.
+pub struct LoadedRule {
+    context: Arc<RuleContext>,
+    /// SHA-256 of the module, to tell versions apart in the log.
+    pub digest: String,
+    pre: RulePre<RuleState>,
+    limits: RuleLimits,
+    warm: Mutex<Vec<WarmInstance>>,
+}
+
+impl LoadedRule {
+    pub fn new(
+        context: RuleContext,
+        digest: String,
+        pre: RulePre<RuleState>,
+        limits: RuleLimits,
+    ) -> LoadedRule {
+        LoadedRule {
+            context: Arc::new(context),
+            digest,
+            pre,
+            limits,
+            warm: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.context.name
+    }
+
+    /// Runs the rule for one recipient.
+    pub fn evaluate(
+        &self,
+        runtime: &Runtime,
+        tables: &Arc<TableSet>,
+        envelope: &Envelope,
+        message: &Message,
+    ) -> Result<Decision, RuleFailure> {
+        let mut instance = match self.take_warm() {
+            Some(mut instance) => {
+                instance.store.data_mut().begin_evaluation(tables.clone());
+                instance.store.set_epoch_deadline(self.deadline_ticks());
+                instance
+            }
+            // A fresh instance's deadline, set before instantiation, covers
+            // instantiation and the call together.
+            None => self.instantiate(runtime, tables)?,
+        };
+        let outcome = instance
+            .bindings
+            .call_resolve(&mut instance.store, envelope, message);
+        match outcome {
+            Ok(decision) => {
+                instance.calls += 1;
+                self.return_warm(instance);
+                validate(decision)
+            }
+            // A trapped instance is poisoned: it is dropped, never reused.
+            Err(error) => Err(self.failure(error, instance.store.data())),
+        }
+    }
+
+    fn instantiate(&self, runtime: &Runtime, tables: &Arc<TableSet>) -> Result<WarmInstance, RuleFailure> {
+        let state = RuleState::new(self.context.clone(), tables.clone());
+        let mut store = Store::new(runtime.engine(), state);
+        store.limiter(|state| state);
+        store.set_epoch_deadline(self.deadline_ticks());
+        match self.pre.instantiate(&mut store) {
+            Ok(bindings) => Ok(WarmInstance {
+                store,
+                bindings,
+                calls: 0,
+            }),
+            Err(error) => Err(match self.failure(error, store.data()) {
+                RuleFailure::Trap(reason) => RuleFailure::Instantiate(reason),
+                other => other,
+            }),
+        }
+    }
+
+    fn take_warm(&self) -> Option<WarmInstance> {
+        if self.limits.isolation != Isolation::Pooled {
+            return None;
+        }
+        self.warm.lock().ok()?.pop()
+    }
+
+    fn return_warm(&self, instance: WarmInstance) {
+        if self.limits.isolation != Isolation::Pooled
+            || instance.calls >= self.limits.max_calls_per_instance
+        {
+            return;
+        }
+        if let Ok(mut warm) = self.warm.lock() {
+            if warm.len() < self.limits.pool_size {
+                warm.push(instance);
+            }
+        }
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        let ticks = self.limits.deadline.as_nanos() / EPOCH_TICK.as_nanos();
+        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// Names what went wrong: the deadline, the memory cap, or a trap.
+    fn failure(&self, error: wasmtime::Error, state: &RuleState) -> RuleFailure {
+        if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+            return RuleFailure::Timeout(self.limits.deadline);
+        }
+        if state.memory_refused() {
+            return RuleFailure::MemoryCap(self.context.memory_limit);
+        }
+        let stderr = state.stderr_text();
+        let mut reason = format!("{error:#}");
+        if !stderr.is_empty() {
+            reason = format!("{reason} (stderr: {stderr})");
+        }
+        RuleFailure::Trap(reason)
+    }
+}
+
+/// A decision the host can act on: a dial number is digits only.
+fn validate(decision: Decision) -> Result<Decision, RuleFailure> {
+    match &decision {
+        Decision::Dial(dial) => {
+            if dial.number.is_empty()
+                || dial.number.len() > NUMBER_MAX
+                || !dial.number.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(RuleFailure::InvalidDecision(format!(
+                    "dial number {:?} is not 1 to {NUMBER_MAX} digits",
+                    truncate(&dial.number, 64)
+                )));
+            }
+            if dial.reason.len() > REASON_MAX {
+                return Err(RuleFailure::InvalidDecision(format!(
+                    "reason longer than {REASON_MAX} bytes"
+                )));
+            }
+        }
+        Decision::UseSmtp(reason) if reason.len() > REASON_MAX => {
+            return Err(RuleFailure::InvalidDecision(format!(
+                "reason longer than {REASON_MAX} bytes"
+            )));
+        }
+        _ => {}
+    }
+    Ok(decision)
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}

@@ -1,0 +1,205 @@
+//! The wasmtime engine rules run on: the pooling allocator, the epoch
+//! clock that enforces deadlines, the linker with the host's imports, and
+//! the cache of compiled rules.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::{Rule, RulePre};
+use super::sandbox::RuleState;
+
+/// How often the epoch advances: the resolution of rule deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// A rule module that could not be made ready to run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a WebAssembly component: {reason}")]
+    NotAComponent { path: PathBuf, reason: String },
+    #[error("{path} does not implement the mailcall:rule world: {reason}")]
+    WrongWorld { path: PathBuf, reason: String },
+    #[error("cannot set up the rule engine: {0}")]
+    Engine(String),
+}
+
+/// Sizes of the instance pool, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSizes {
+    /// Component instances alive at once (evaluations plus warm pools).
+    pub instances: u32,
+    /// The largest memory any rule may have, in bytes.
+    pub max_memory: usize,
+}
+
+/// The engine, its epoch clock and the linker shared by every rule.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<RuleState>,
+    cache_dir: Option<PathBuf>,
+    /// Tells the epoch thread to stop when the runtime goes away.
+    stop_ticking: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    pub fn new(pool: PoolSizes, cache_dir: Option<PathBuf>) -> Result<Runtime, LoadError> {
+        let mut pooling = PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(pool.instances)
+            // A Rust rule has a handful of core instances and memories (the
+            // module and WASI adapter shims); Python and JavaScript more.
+            .total_core_instances(pool.instances * 16)
+            .total_memories(pool.instances * 2)
+            .total_tables(pool.instances * 4)
+            .total_stacks(pool.instances)
+            .max_tables_per_module(4)
+            .table_elements(100_000)
+            .max_memory_size(pool.max_memory)
+            .max_component_instance_size(4 << 20)
+            .max_core_instance_size(4 << 20)
+            .max_unused_warm_slots(pool.instances.min(64));
+
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))
+            .max_wasm_stack(1 << 20);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        Rule::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+
+        let stop_ticking = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.weak();
+        let stop = stop_ticking.clone();
+        std::thread::Builder::new()
+            .name("rule-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| LoadError::Engine(format!("cannot start the epoch thread: {e}")))?;
+
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir,
+            stop_ticking,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles (or loads from the cache) the component at `path` and links
+    /// it against the rule world. Slow for large modules: call it off the
+    /// hot path.
+    pub fn load(&self, path: &Path) -> Result<(RulePre<RuleState>, String), LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // Binary components only: text (WAT) is for tests to compile.
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotAComponent {
+                path: path.to_path_buf(),
+                reason: "the file does not start with the WebAssembly magic bytes".into(),
+            });
+        }
+        let digest = hex(&Sha256::digest(&bytes));
+        let component = self.compile_cached(&bytes, &digest).map_err(|e| LoadError::NotAComponent {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        })?;
+
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        };
+        let mut linker = self.linker.clone();
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(wrong_world)?;
+        let instance_pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = RulePre::new(instance_pre).map_err(wrong_world)?;
+        Ok((pre, digest))
+    }
+
+    /// The component for `bytes`, from the cache when a compiled artifact
+    /// for the same content and engine settings is there.
+    fn compile_cached(&self, bytes: &[u8], digest: &str) -> wasmtime::Result<Component> {
+        let Some(cache_dir) = &self.cache_dir else {
+            return Component::from_binary(&self.engine, bytes);
+        };
+        let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        let cached = cache_dir.join(format!("{digest}-{:016x}.cwasm", engine_hash.finish()));
+        if cached.exists() {
+            // SAFETY: the cache folder holds only artifacts this engine
+            // wrote (named by content and engine hash); a damaged file is
+            // rejected by deserialize's header checks and recompiled.
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(component) => return Ok(component),
+                Err(error) => tracing::warn!(
+                    file = %cached.display(),
+                    "cached rule artifact unusable, recompiling: {error:#}"
+                ),
+            }
+        }
+        let artifact = self.engine.precompile_component(bytes)?;
+        if let Err(error) = write_atomically(cache_dir, &cached, &artifact) {
+            tracing::warn!(dir = %cache_dir.display(), "cannot cache compiled rule: {error}");
+        }
+        // SAFETY: `artifact` was produced by this engine just now.
+        unsafe { Component::deserialize(&self.engine, &artifact) }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticking.store(true, Ordering::Relaxed);
+    }
+}
+
+fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The default folder for compiled rules: the user's cache folder.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(cache) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(cache).join("mailcall");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join(".cache").join("mailcall");
+    }
+    std::env::temp_dir().join("mailcall-cache")
+}

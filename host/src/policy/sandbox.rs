@@ -1,0 +1,212 @@
+//! What a rule instance is given: the imports of the rule world, a WASI
+//! context that grants nothing, and a memory cap.
+//!
+//! Rust's standard library on `wasm32-wasip2` imports `wasi:cli`, `wasi:io`
+//! and friends even when a rule never uses them, so the host links WASI, but
+//! with no preopened folder, no environment, no arguments, no network, no
+//! name look-up, and clocks frozen at zero: a rule has no file system,
+//! network or clock of its own. Standard output is dropped; standard error
+//! is kept (capped) so that a panicking rule's message reaches the log.
+//! Imports outside the rule world and WASI (`wasi:http`, …) load as traps.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::mailcall::rule::types::{LogLevel, NumberingPlan, TableEntry};
+use super::bindings::mailcall::rule::{config, log, numbering, tables, types};
+use super::tables::TableSet;
+
+/// Bytes of a rule's standard error kept for the log.
+const STDERR_CAPACITY: usize = 4096;
+/// Log lines a rule may write per evaluation, and their length.
+const LOG_LINES_PER_EVALUATION: u32 = 64;
+const LOG_LINE_MAX: usize = 1024;
+/// Table elements an instance may grow to (function tables of large
+/// runtimes such as Python reach tens of thousands).
+const TABLE_ELEMENTS_MAX: usize = 1 << 20;
+
+/// The part of a rule's context that does not change between evaluations.
+#[derive(Debug)]
+pub struct RuleContext {
+    /// The rule's name, for the log.
+    pub name: Arc<str>,
+    /// The numbering plan, as the `numbering` import returns it.
+    pub plan: NumberingPlan,
+    /// The rule's own configuration values.
+    pub config: BTreeMap<String, String>,
+    /// Memory the instance may use, in bytes.
+    pub memory_limit: usize,
+}
+
+/// The state of one rule instance's store.
+pub struct RuleState {
+    context: Arc<RuleContext>,
+    /// The tables of the evaluation in progress.
+    tables: Arc<TableSet>,
+    wasi: WasiCtx,
+    resources: ResourceTable,
+    stderr: MemoryOutputPipe,
+    log_lines: u32,
+    /// Set when the memory cap refused a growth, to name the failure.
+    memory_refused: Arc<AtomicBool>,
+}
+
+impl RuleState {
+    pub fn new(context: Arc<RuleContext>, tables: Arc<TableSet>) -> RuleState {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        RuleState {
+            context,
+            tables,
+            wasi,
+            resources: ResourceTable::new(),
+            stderr,
+            log_lines: 0,
+            memory_refused: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Prepares a (possibly warm) instance for the next evaluation.
+    pub fn begin_evaluation(&mut self, tables: Arc<TableSet>) {
+        self.tables = tables;
+        self.log_lines = 0;
+        self.memory_refused.store(false, Ordering::Relaxed);
+    }
+
+    /// What the rule wrote to standard error, for a failure report.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).trim().to_string()
+    }
+
+    /// Whether the memory cap refused a growth during this evaluation.
+    pub fn memory_refused(&self) -> bool {
+        self.memory_refused.load(Ordering::Relaxed)
+    }
+}
+
+impl WasiView for RuleState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.resources,
+        }
+    }
+}
+
+impl ResourceLimiter for RuleState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.context.memory_limit {
+            self.memory_refused.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= TABLE_ELEMENTS_MAX)
+    }
+}
+
+/// A clock that always reads zero: rules get no clock of their own.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+impl types::Host for RuleState {}
+
+impl tables::Host for RuleState {
+    fn get(&mut self, table: String, key: String) -> Option<String> {
+        self.tables.get(&table)?.get(&key).map(str::to_string)
+    }
+
+    fn entries(&mut self, table: String) -> Vec<TableEntry> {
+        let Some(table) = self.tables.get(&table) else {
+            return Vec::new();
+        };
+        table
+            .entries()
+            .iter()
+            .map(|(key, value)| TableEntry {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect()
+    }
+}
+
+impl numbering::Host for RuleState {
+    fn plan(&mut self) -> NumberingPlan {
+        self.context.plan.clone()
+    }
+}
+
+impl config::Host for RuleState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.context.config.get(&key).cloned()
+    }
+}
+
+impl log::Host for RuleState {
+    fn write(&mut self, level: LogLevel, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > LOG_LINES_PER_EVALUATION {
+            if self.log_lines == LOG_LINES_PER_EVALUATION + 1 {
+                tracing::warn!(rule = %self.context.name, "rule log limit reached; further lines dropped");
+            }
+            return;
+        }
+        let mut end = message.len().min(LOG_LINE_MAX);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let line = &message[..end];
+        let rule = &*self.context.name;
+        match level {
+            LogLevel::Trace => tracing::trace!(rule, "{line}"),
+            LogLevel::Debug => tracing::debug!(rule, "{line}"),
+            LogLevel::Info => tracing::info!(rule, "{line}"),
+            LogLevel::Warn => tracing::warn!(rule, "{line}"),
+            LogLevel::Error => tracing::error!(rule, "{line}"),
+        }
+    }
+}

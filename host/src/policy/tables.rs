@@ -1,0 +1,226 @@
+//! Operator-edited tables (claims 3 and 4): address/domain tables and
+//! keyword tables, each a TOML file of `"key" = "value"` lines.
+//!
+//! ```toml
+//! "abc@efg.com"   = "050-1234-5678"
+//! "muratec.co.jp" = "050-2222-3333"
+//! "*.example.net" = "080-0000-1111"
+//! ```
+//!
+//! The host does not interpret keys or values: rules do. It keeps the file
+//! order and answers look-ups case-insensitively. A table is replaced as a
+//! whole when its file changes; a file that fails to parse leaves the old
+//! version in force.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+/// A table file that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("table {name}: cannot read {path}: {source}")]
+    Read {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("table {name}: {path}: {message}")]
+    Parse {
+        name: String,
+        path: PathBuf,
+        message: String,
+    },
+}
+
+/// One loaded table.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// Entries in file order, as written.
+    entries: Vec<(String, String)>,
+    /// Lower-cased key to index in `entries`.
+    index: HashMap<String, usize>,
+}
+
+impl Table {
+    /// Parses a table file's text.
+    pub fn parse(text: &str) -> Result<Table, String> {
+        let parsed: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut table = Table::default();
+        for (key, value) in parsed {
+            let value = match value {
+                toml::Value::String(value) => value,
+                toml::Value::Integer(_) => {
+                    return Err(format!(
+                        "{key:?}: write the number as a quoted string (\"050-1234-5678\"), \
+                         or its leading zero is lost"
+                    ))
+                }
+                other => return Err(format!("{key:?}: expected a quoted string, found {}", other.type_str())),
+            };
+            let folded = key.to_lowercase();
+            if table.index.contains_key(&folded) {
+                return Err(format!("{key:?} is listed twice (keys ignore case)"));
+            }
+            table.index.insert(folded, table.entries.len());
+            table.entries.push((key, value));
+        }
+        Ok(table)
+    }
+
+    /// The value under `key`, ignoring case.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let index = *self.index.get(&key.to_lowercase())?;
+        Some(self.entries[index].1.as_str())
+    }
+
+    /// Every entry in file order.
+    pub fn entries(&self) -> &[(String, String)] {
+        &self.entries
+    }
+}
+
+/// One consistent version of every table, as one evaluation sees them.
+#[derive(Debug, Default, Clone)]
+pub struct TableSet {
+    tables: HashMap<String, Arc<Table>>,
+}
+
+impl TableSet {
+    /// The table called `name`.
+    pub fn get(&self, name: &str) -> Option<&Table> {
+        self.tables.get(name).map(Arc::as_ref)
+    }
+}
+
+/// The tables in force, swapped as a whole when a file changes.
+#[derive(Debug)]
+pub struct Tables {
+    /// Table name to its file, from the configuration.
+    files: BTreeMap<String, PathBuf>,
+    current: ArcSwap<TableSet>,
+}
+
+impl Tables {
+    /// Loads every configured table; any failure is an error, so a server
+    /// never starts on a half-read configuration.
+    pub fn load(files: BTreeMap<String, PathBuf>) -> Result<Tables, TableError> {
+        let mut set = TableSet::default();
+        for (name, path) in &files {
+            set.tables.insert(name.clone(), Arc::new(read_table(name, path)?));
+        }
+        Ok(Tables {
+            files,
+            current: ArcSwap::from_pointee(set),
+        })
+    }
+
+    /// The tables in force now.
+    pub fn snapshot(&self) -> Arc<TableSet> {
+        self.current.load_full()
+    }
+
+    /// The names of the tables stored in `path`.
+    pub fn names_for_file(&self, path: &Path) -> Vec<String> {
+        self.files
+            .iter()
+            .filter(|(_, file)| same_file(file, path))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The files of every table, for the watcher.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.files.values().map(PathBuf::as_path)
+    }
+
+    /// Re-reads table `name`; on failure the old version stays in force.
+    pub fn reload(&self, name: &str) -> Result<(), TableError> {
+        let Some(path) = self.files.get(name) else {
+            return Ok(());
+        };
+        let table = Arc::new(read_table(name, path)?);
+        self.current.rcu(|current| {
+            let mut next = TableSet::clone(current);
+            next.tables.insert(name.to_string(), table.clone());
+            next
+        });
+        Ok(())
+    }
+}
+
+fn read_table(name: &str, path: &Path) -> Result<Table, TableError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TableError::Read {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Table::parse(&text).map_err(|message| TableError::Parse {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        message: message.trim_end().to_string(),
+    })
+}
+
+/// Paths compare by their file name within the same folder, whether or not
+/// they were written the same way (`./t.toml`, `/etc/x/t.toml`).
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
+    let canonical = |p: &Path| -> Option<PathBuf> {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Some(dir.canonicalize().ok()?.join(p.file_name()?))
+    };
+    match (canonical(a), canonical(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_ignore_case_and_keep_file_order() {
+        let table = Table::parse(
+            "\"Abc@Efg.com\" = \"050-1234-5678\"\n\"*.example.net\" = \"080-0000-1111\"\n\"muratec.co.jp\" = \"050-2222-3333\"\n",
+        )
+        .unwrap();
+        assert_eq!(table.get("abc@EFG.COM"), Some("050-1234-5678"));
+        assert_eq!(table.get("*.EXAMPLE.net"), Some("080-0000-1111"));
+        assert_eq!(table.get("efg.com"), None);
+        let keys: Vec<&str> = table.entries().iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["Abc@Efg.com", "*.example.net", "muratec.co.jp"]);
+    }
+
+    #[test]
+    fn bad_tables_say_what_is_wrong() {
+        let error = Table::parse("KYOTOSITEN = 05012345678\n").unwrap_err();
+        assert!(error.contains("quoted string"), "{error}");
+        let error = Table::parse("a = \"1\"\nA = \"2\"\n").unwrap_err();
+        assert!(error.contains("twice"), "{error}");
+        let error = Table::parse("a = \n").unwrap_err();
+        assert!(error.contains("line 1"), "{error}");
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_old_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keywords.toml");
+        std::fs::write(&path, "KYOTOSITEN = \"050-1234-5678\"\n").unwrap();
+        let tables = Tables::load(BTreeMap::from([("keywords".to_string(), path.clone())])).unwrap();
+
+        std::fs::write(&path, "KYOTOSITEN = \n").unwrap();
+        assert!(tables.reload("keywords").is_err());
+        let snapshot = tables.snapshot();
+        assert_eq!(snapshot.get("keywords").unwrap().get("kyotositen"), Some("050-1234-5678"));
+
+        std::fs::write(&path, "OSAKASITEN = \"050-2222-3333\"\n").unwrap();
+        tables.reload("keywords").unwrap();
+        assert_eq!(tables.snapshot().get("keywords").unwrap().get("osakasiten"), Some("050-2222-3333"));
+        // The old snapshot is unchanged: an evaluation sees one version.
+        assert_eq!(snapshot.get("keywords").unwrap().get("osakasiten"), None);
+        assert_eq!(tables.names_for_file(&dir.path().join("./keywords.toml")), ["keywords"]);
+    }
+}
