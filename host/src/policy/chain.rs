@@ -12,19 +12,38 @@ use super::rule::{LoadedRule, RuleFailure};
 /// evaluation runs on one version of the chain from start to end.
 #[derive(Clone, Default)]
 pub struct Chain {
-    pub rules: Vec<Arc<LoadedRule>>,
+    pub links: Vec<Link>,
+}
+
+/// One place in the chain.
+#[derive(Clone)]
+pub enum Link {
+    /// A rule ready to run.
+    Ready(Arc<LoadedRule>),
+    /// A rule whose module could not be loaded; it counts as a failure on
+    /// every evaluation until a good module is written to its file.
+    Unavailable { name: String, reason: String },
+}
+
+impl Link {
+    pub fn name(&self) -> &str {
+        match self {
+            Link::Ready(rule) => rule.name(),
+            Link::Unavailable { name, .. } => name,
+        }
+    }
 }
 
 impl Chain {
-    /// This chain with the rule of the same name replaced by `rule`.
-    pub fn with_replaced(&self, rule: &Arc<LoadedRule>) -> Chain {
+    /// This chain with the link of the same name replaced by `link`.
+    pub fn with_replaced(&self, link: &Link) -> Chain {
         Chain {
-            rules: self
-                .rules
+            links: self
+                .links
                 .iter()
                 .map(|current| {
-                    if current.name() == rule.name() {
-                        rule.clone()
+                    if current.name() == link.name() {
+                        link.clone()
                     } else {
                         current.clone()
                     }
@@ -33,9 +52,12 @@ impl Chain {
         }
     }
 
-    /// The rule called `name`.
+    /// The rule called `name`, if it is loaded.
     pub fn rule(&self, name: &str) -> Option<&Arc<LoadedRule>> {
-        self.rules.iter().find(|rule| rule.name() == name)
+        self.links.iter().find_map(|link| match link {
+            Link::Ready(rule) if rule.name() == name => Some(rule),
+            _ => None,
+        })
     }
 }
 

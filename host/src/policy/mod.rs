@@ -34,7 +34,7 @@ pub use runtime::{default_cache_dir, LoadError};
 pub use tables::{Table, TableError, TableSet, Tables};
 
 use crate::config::{Config, Isolation, RuleSettings};
-use chain::Chain;
+use chain::{Chain, Link};
 use rule::{LoadedRule, RuleLimits};
 use runtime::{PoolSizes, Runtime};
 use sandbox::RuleContext;
@@ -104,15 +104,17 @@ pub struct PolicyEngine {
 }
 
 impl PolicyEngine {
-    /// The engine for the configuration's chain.
+    /// The engine for the configuration's chain; every rule must load.
+    /// For tools that check a configuration (`rules test`, `check-config`).
     pub fn from_config(config: &Config) -> Result<PolicyEngine, PolicyError> {
-        let rules = config
-            .policy
-            .chain
-            .iter()
-            .map(|name| (name.clone(), config.rule_file(name)))
-            .collect();
-        PolicyEngine::new(config, rules)
+        PolicyEngine::new(config, chain_files(config), OnBadRule::Fail)
+    }
+
+    /// The engine for the configuration's chain, for a server: a rule that
+    /// fails to load is logged and stays in the chain as a failing rule (no
+    /// opinion) until a good module is written to its file.
+    pub fn from_config_skipping_bad_rules(config: &Config) -> Result<PolicyEngine, PolicyError> {
+        PolicyEngine::new(config, chain_files(config), OnBadRule::Skip)
     }
 
     /// The engine for the given module files, in order, instead of the
@@ -129,10 +131,14 @@ impl PolicyEngine {
                 (name, file.clone())
             })
             .collect();
-        PolicyEngine::new(config, rules)
+        PolicyEngine::new(config, rules, OnBadRule::Fail)
     }
 
-    fn new(config: &Config, rules: Vec<(String, PathBuf)>) -> Result<PolicyEngine, PolicyError> {
+    fn new(
+        config: &Config,
+        rules: Vec<(String, PathBuf)>,
+        on_bad_rule: OnBadRule,
+    ) -> Result<PolicyEngine, PolicyError> {
         if rules.is_empty() {
             return Err(PolicyError::NoRules);
         }
@@ -202,12 +208,25 @@ impl PolicyEngine {
         };
         let mut chain = Chain::default();
         for spec in &engine.specs {
-            let rule = engine.load_rule(spec).map_err(|source| PolicyError::Load {
-                rule: spec.name.clone(),
-                source,
-            })?;
-            tracing::info!(rule = %spec.name, file = %spec.file.display(), digest = %&rule.digest[..12], "rule loaded");
-            chain.rules.push(Arc::new(rule));
+            match engine.load_rule(spec) {
+                Ok(rule) => {
+                    tracing::info!(rule = %spec.name, file = %spec.file.display(), digest = %&rule.digest[..12], "rule loaded");
+                    chain.links.push(Link::Ready(Arc::new(rule)));
+                }
+                Err(source) if on_bad_rule == OnBadRule::Skip => {
+                    tracing::error!(rule = %spec.name, "rule not loaded, skipped until its file is fixed: {source}");
+                    chain.links.push(Link::Unavailable {
+                        name: spec.name.clone(),
+                        reason: source.to_string(),
+                    });
+                }
+                Err(source) => {
+                    return Err(PolicyError::Load {
+                        rule: spec.name.clone(),
+                        source,
+                    })
+                }
+            }
         }
         engine.chain = ArcSwap::from_pointee(chain);
         Ok(engine)
@@ -247,16 +266,20 @@ impl PolicyEngine {
         let chain = self.chain.load_full();
         let tables = self.tables.snapshot();
         let mut failures = Vec::new();
-        for rule in &chain.rules {
-            let counters = &self.counters[rule.name()];
+        for link in &chain.links {
+            let counters = &self.counters[link.name()];
             counters.evaluations.fetch_add(1, Ordering::Relaxed);
             let decided = |route: Route, reason: String, failures| Verdict {
                 route,
-                rule: Some(rule.name().to_string()),
+                rule: Some(link.name().to_string()),
                 reason,
                 failures,
             };
-            match rule.evaluate(&self.runtime, &tables, envelope, message) {
+            let outcome = match link {
+                Link::Ready(rule) => rule.evaluate(&self.runtime, &tables, envelope, message),
+                Link::Unavailable { reason, .. } => Err(RuleFailure::Unavailable(reason.clone())),
+            };
+            match outcome {
                 Ok(Decision::Dial(dial)) => {
                     counters.dials.fetch_add(1, Ordering::Relaxed);
                     let verdict = decided(Route::Dial { number: dial.number }, dial.reason, failures);
@@ -281,11 +304,11 @@ impl PolicyEngine {
                     };
                     tracing::warn!(
                         step = "S4",
-                        rule = rule.name(),
+                        rule = link.name(),
                         rcpt = %envelope.rcpt_to,
                         "rule failed, treated as no opinion: {failure}"
                     );
-                    failures.push((rule.name().to_string(), failure));
+                    failures.push((link.name().to_string(), failure));
                 }
             }
         }
@@ -363,9 +386,9 @@ impl PolicyEngine {
                 if self.rule_digest(&spec.name).as_deref() == Some(rule.digest.as_str()) {
                     return Ok(());
                 }
-                let rule = Arc::new(rule);
-                self.chain.rcu(|chain| chain.with_replaced(&rule));
                 tracing::info!(rule = %spec.name, digest = %&rule.digest[..12], "rule reloaded");
+                let link = Link::Ready(Arc::new(rule));
+                self.chain.rcu(|chain| chain.with_replaced(&link));
                 Ok(())
             }
             Err(error) => {
@@ -388,6 +411,22 @@ impl PolicyEngine {
             });
         }
     }
+}
+
+/// What to do when a rule's module does not load at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnBadRule {
+    Fail,
+    Skip,
+}
+
+fn chain_files(config: &Config) -> Vec<(String, PathBuf)> {
+    config
+        .policy
+        .chain
+        .iter()
+        .map(|name| (name.clone(), config.rule_file(name)))
+        .collect()
 }
 
 fn parent_dir(file: &Path) -> &Path {

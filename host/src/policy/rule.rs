@@ -31,6 +31,8 @@ pub enum RuleFailure {
     Instantiate(String),
     #[error("returned an invalid decision: {0}")]
     InvalidDecision(String),
+    #[error("not loaded: {0}")]
+    Unavailable(String),
 }
 
 /// The limits and reuse policy of one rule.

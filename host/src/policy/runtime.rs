@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceType};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::{Rule, RulePre};
@@ -138,9 +139,7 @@ impl Runtime {
             reason: format!("{e:#}"),
         };
         let mut linker = self.linker.clone();
-        linker
-            .define_unknown_imports_as_traps(&component)
-            .map_err(wrong_world)?;
+        stub_foreign_imports(&mut linker, &component, &self.engine).map_err(wrong_world)?;
         let instance_pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = RulePre::new(instance_pre).map_err(wrong_world)?;
         Ok((pre, digest))
@@ -179,6 +178,70 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.stop_ticking.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Packages the host provides: the rule world and the WASI it links.
+const PROVIDED_PACKAGES: &[&str] = &[
+    "mailcall:rule",
+    "wasi:cli",
+    "wasi:clocks",
+    "wasi:filesystem",
+    "wasi:io",
+    "wasi:random",
+    "wasi:sockets",
+];
+
+/// Defines every import from another package (`wasi:http`, …) as a
+/// function that traps when called, so that a rule built by a toolchain
+/// that imports more than it uses still loads, and gets no capability.
+///
+/// Wasmtime's own `define_unknown_imports_as_traps` would also shadow the
+/// semver-compatible WASI the linker has (a guest's `wasi:cli@0.2.6` would
+/// trap instead of using the host's 0.2.12), so imports of provided
+/// packages are left to the linker, which reports a mismatch clearly.
+fn stub_foreign_imports(
+    linker: &mut Linker<RuleState>,
+    component: &Component,
+    engine: &Engine,
+) -> wasmtime::Result<()> {
+    let component_type = component.component_type();
+    for (name, import) in component_type.imports(engine) {
+        let package = name.split('/').next().unwrap_or(name);
+        let package = package.split('@').next().unwrap_or(package);
+        if PROVIDED_PACKAGES.contains(&package) {
+            continue;
+        }
+        stub_item(&mut linker.root(), name, &import.ty, name, engine)?;
+    }
+    Ok(())
+}
+
+fn stub_item(
+    linker: &mut wasmtime::component::LinkerInstance<'_, RuleState>,
+    name: &str,
+    item: &ComponentItem,
+    qualified: &str,
+    engine: &Engine,
+) -> wasmtime::Result<()> {
+    match item {
+        ComponentItem::ComponentFunc(_) => {
+            let message = format!("import {qualified} is not available to rules");
+            linker.func_new(name, move |_, _, _, _| Err(wasmtime::Error::msg(message.clone())))
+        }
+        ComponentItem::ComponentInstance(instance) => {
+            let mut inner = linker.instance(name)?;
+            for (export, item) in instance.exports(engine) {
+                stub_item(&mut inner, export, &item.ty, &format!("{qualified}#{export}"), engine)?;
+            }
+            Ok(())
+        }
+        ComponentItem::Resource(_) => {
+            linker.resource(name, ResourceType::host::<()>(), |_, _| Ok(()))
+        }
+        // Types need no definition; modules and components cannot be
+        // imported by a rule (instantiation reports them).
+        _ => Ok(()),
     }
 }
 

@@ -196,8 +196,10 @@ mod tests {
 
     #[test]
     fn bad_tables_say_what_is_wrong() {
-        let error = Table::parse("KYOTOSITEN = 05012345678\n").unwrap_err();
+        let error = Table::parse("KYOTOSITEN = 5012345678\n").unwrap_err();
         assert!(error.contains("quoted string"), "{error}");
+        let error = Table::parse("KYOTOSITEN = 05012345678\n").unwrap_err();
+        assert!(error.contains("line 1"), "{error}");
         let error = Table::parse("a = \"1\"\nA = \"2\"\n").unwrap_err();
         assert!(error.contains("twice"), "{error}");
         let error = Table::parse("a = \n").unwrap_err();
