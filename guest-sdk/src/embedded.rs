@@ -42,10 +42,20 @@ pub fn find(envelope: &Envelope, message: &Message, plan: &NumberingPlan) -> Opt
 
     let mut recipient_listed = false;
     for (field, mailboxes) in [("To", &message.to), ("Cc", &message.cc)] {
-        for mailbox in mailboxes.iter().filter(|m| is_recipient(m, &envelope.rcpt_to)) {
+        for mailbox in mailboxes
+            .iter()
+            .filter(|m| is_recipient(m, &envelope.rcpt_to))
+        {
             recipient_listed = true;
-            if let Some(hit) = mailbox.name.as_deref().and_then(|name| find_first(name, plan)) {
-                return Some(found(hit, format!("the display name of the recipient in {field}")));
+            if let Some(hit) = mailbox
+                .name
+                .as_deref()
+                .and_then(|name| find_first(name, plan))
+            {
+                return Some(found(
+                    hit,
+                    format!("the display name of the recipient in {field}"),
+                ));
             }
         }
     }
@@ -158,7 +168,10 @@ mod tests {
     fn unlisted_recipients_read_the_human_headers_but_not_trace_headers() {
         let msg = message(
             &[
-                ("Received", "from 050-1234-5678.example by mx; id 08000001111"),
+                (
+                    "Received",
+                    "from 050-1234-5678.example by mx; id 08000001111",
+                ),
                 ("Message-ID", "<05012345678@example.jp>"),
                 ("References", "<080-0000-1111@example.jp>"),
                 ("To", "Branch 080 0000 1111 <branch@example.jp>"),
@@ -186,12 +199,18 @@ mod tests {
 
     #[test]
     fn the_subject_then_the_body() {
-        let msg = message(&[("Subject", "Re: 至急 ０８０－００００－１１１１へ")], "050-1234-5678");
+        let msg = message(
+            &[("Subject", "Re: 至急 ０８０－００００－１１１１へ")],
+            "050-1234-5678",
+        );
         let hit = find(&envelope("a@example.org"), &msg, &plan()).unwrap();
         assert_eq!(hit.number, "08000001111");
         assert!(hit.reason.ends_with("in Subject"), "{}", hit.reason);
 
-        let msg = message(&[("Subject", "hello")], "Please call +81 50-1234-5678 today");
+        let msg = message(
+            &[("Subject", "hello")],
+            "Please call +81 50-1234-5678 today",
+        );
         let hit = find(&envelope("a@example.org"), &msg, &plan()).unwrap();
         assert_eq!(hit.number, "05012345678");
         assert_eq!(hit.reason, "number +81 50-1234-5678 in the message body");

@@ -46,7 +46,13 @@ mod tests {
 
     #[test]
     fn trace_and_identifier_headers_are_not_human() {
-        for name in ["Received", "MESSAGE-ID", "References", "In-Reply-To", "DKIM-Signature"] {
+        for name in [
+            "Received",
+            "MESSAGE-ID",
+            "References",
+            "In-Reply-To",
+            "DKIM-Signature",
+        ] {
             assert!(!is_human_header(name), "{name}");
         }
         for name in ["To", "cc", "Subject", "Comments", "X-Branch"] {

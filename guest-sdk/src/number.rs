@@ -393,17 +393,34 @@ mod tests {
 
     #[test]
     fn toll_free_numbers_are_outside_the_plan() {
-        for text in ["0120-123-456", "0800-123-4567", "0570-012-345", "03-1234-5678"] {
+        for text in [
+            "0120-123-456",
+            "0800-123-4567",
+            "0570-012-345",
+            "03-1234-5678",
+        ] {
             assert_eq!(first(text), None, "{text}");
         }
     }
 
     #[test]
     fn numbers_in_addresses() {
-        assert_eq!(first("050-1234-5678@example.jp").as_deref(), Some("05012345678"));
-        assert_eq!(first("05012345678@example.jp").as_deref(), Some("05012345678"));
-        assert_eq!(first("info@050-1234-5678.example.jp").as_deref(), Some("05012345678"));
-        assert_eq!(first("info@080.0000.1111.example.jp").as_deref(), Some("08000001111"));
+        assert_eq!(
+            first("050-1234-5678@example.jp").as_deref(),
+            Some("05012345678")
+        );
+        assert_eq!(
+            first("05012345678@example.jp").as_deref(),
+            Some("05012345678")
+        );
+        assert_eq!(
+            first("info@050-1234-5678.example.jp").as_deref(),
+            Some("05012345678")
+        );
+        assert_eq!(
+            first("info@080.0000.1111.example.jp").as_deref(),
+            Some("08000001111")
+        );
     }
 
     #[test]
@@ -424,11 +441,26 @@ mod tests {
     #[test]
     fn normalizing_table_values() {
         let plan = japan();
-        assert_eq!(normalize("050-1234-5678", &plan).as_deref(), Some("05012345678"));
-        assert_eq!(normalize(" +81 50 1234 5678 ", &plan).as_deref(), Some("05012345678"));
-        assert_eq!(normalize("+81 (0)50 1234 5678", &plan).as_deref(), Some("05012345678"));
-        assert_eq!(normalize("０８０－００００－１１１１", &plan).as_deref(), Some("08000001111"));
-        assert_eq!(normalize("+1 212 555 0100", &plan).as_deref(), Some("0012125550100"));
+        assert_eq!(
+            normalize("050-1234-5678", &plan).as_deref(),
+            Some("05012345678")
+        );
+        assert_eq!(
+            normalize(" +81 50 1234 5678 ", &plan).as_deref(),
+            Some("05012345678")
+        );
+        assert_eq!(
+            normalize("+81 (0)50 1234 5678", &plan).as_deref(),
+            Some("05012345678")
+        );
+        assert_eq!(
+            normalize("０８０－００００－１１１１", &plan).as_deref(),
+            Some("08000001111")
+        );
+        assert_eq!(
+            normalize("+1 212 555 0100", &plan).as_deref(),
+            Some("0012125550100")
+        );
         assert_eq!(normalize("call me", &plan), None);
         assert_eq!(normalize("", &plan), None);
     }

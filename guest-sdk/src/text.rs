@@ -11,8 +11,13 @@ pub fn fold_char(c: char) -> char {
         '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
         // Hyphens, dashes, minus signs and the prolonged sound marks that
         // Japanese text uses between the groups of a phone number.
-        '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{30FC}' | '\u{FF70}' | '\u{FE58}'
-        | '\u{FE63}' | '\u{2043}' => '-',
+        '\u{2010}'..='\u{2015}'
+        | '\u{2212}'
+        | '\u{30FC}'
+        | '\u{FF70}'
+        | '\u{FE58}'
+        | '\u{FE63}'
+        | '\u{2043}' => '-',
         '\u{3000}' | '\u{00A0}' | '\t' | '\u{2002}'..='\u{200A}' => ' ',
         '\u{3002}' | '\u{FF61}' => '.',
         _ => c,
@@ -21,7 +26,10 @@ pub fn fold_char(c: char) -> char {
 
 /// [`fold_char`] over a whole text, then lower-cased.
 pub fn fold(text: &str) -> String {
-    text.chars().map(fold_char).flat_map(char::to_lowercase).collect()
+    text.chars()
+        .map(fold_char)
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 /// A keyword prepared for repeated searches.
@@ -58,7 +66,11 @@ impl Keyword {
             {
                 return Some(start);
             }
-            from = start + folded_text[start..].chars().next().map_or(1, char::len_utf8);
+            from = start
+                + folded_text[start..]
+                    .chars()
+                    .next()
+                    .map_or(1, char::len_utf8);
         }
         None
     }
@@ -118,10 +130,7 @@ mod tests {
     #[test]
     fn folding_keeps_the_character_count() {
         let text = "０５０－１２３４ー５６７８\u{3000}（）";
-        assert_eq!(
-            text.chars().count(),
-            text.chars().map(fold_char).count()
-        );
+        assert_eq!(text.chars().count(), text.chars().map(fold_char).count());
         let folded: String = text.chars().map(fold_char).collect();
         assert_eq!(folded, "050-1234-5678 ()");
     }

@@ -282,17 +282,26 @@ impl Config {
             return Err("[policy] max_concurrent_evaluations must be between 1 and 1024".into());
         }
         for (name, rule) in &self.rules {
-            if rule.memory_limit_mib.is_some_and(|mib| mib == 0 || mib > 4096) {
-                return Err(format!("[rules.{name}] memory_limit_mib must be between 1 and 4096"));
+            if rule
+                .memory_limit_mib
+                .is_some_and(|mib| mib == 0 || mib > 4096)
+            {
+                return Err(format!(
+                    "[rules.{name}] memory_limit_mib must be between 1 and 4096"
+                ));
             }
             if rule.deadline_ms.is_some_and(|ms| ms == 0 || ms > 60_000) {
-                return Err(format!("[rules.{name}] deadline_ms must be between 1 and 60000"));
+                return Err(format!(
+                    "[rules.{name}] deadline_ms must be between 1 and 60000"
+                ));
             }
             if rule.isolation == Isolation::Pooled && !(1..=64).contains(&rule.pool_size) {
                 return Err(format!("[rules.{name}] pool_size must be between 1 and 64"));
             }
             if rule.max_calls_per_instance == 0 {
-                return Err(format!("[rules.{name}] max_calls_per_instance must be at least 1"));
+                return Err(format!(
+                    "[rules.{name}] max_calls_per_instance must be at least 1"
+                ));
             }
         }
         self.numbering_plan.validate()
@@ -350,7 +359,10 @@ mod tests {
     #[test]
     fn paths_resolve_against_the_files_folder() {
         let config = parse("[policy]\nrules_dir = \"rules\"\nchain = [\"a\"]\n").unwrap();
-        assert_eq!(config.rule_file("a"), PathBuf::from("/etc/mailcall/rules/a.wasm"));
+        assert_eq!(
+            config.rule_file("a"),
+            PathBuf::from("/etc/mailcall/rules/a.wasm")
+        );
     }
 
     #[test]
@@ -360,7 +372,10 @@ mod tests {
         assert!(message.contains("line 3"), "{message}");
 
         let error = parse("[policy]\nchian = []\n").unwrap_err().to_string();
-        assert!(error.contains("unknown field") && error.contains("line 2"), "{error}");
+        assert!(
+            error.contains("unknown field") && error.contains("line 2"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -373,10 +388,9 @@ mod tests {
 
     #[test]
     fn rule_config_values_flatten_to_text() {
-        let config = parse(
-            "[rules.custom.config]\nsender.\"example.com\" = \"050-1\"\nlimit = 3\n",
-        )
-        .unwrap();
+        let config =
+            parse("[rules.custom.config]\nsender.\"example.com\" = \"050-1\"\nlimit = 3\n")
+                .unwrap();
         let values = config.rule_settings("custom").config_values();
         assert_eq!(values["sender.example.com"], "050-1");
         assert_eq!(values["limit"], "3");

@@ -13,10 +13,7 @@ use mailcall::policy::{PolicyEngine, RuleFailure};
 /// A chain of `bad` (a test guest) then `address-table`, which dials
 /// 050-2222-3333 for muratec.co.jp.
 fn bad_then_table(bad: &str, extra: &str) -> (Setup, PolicyEngine) {
-    let extra = format!(
-        "[rules.{bad}]\nfile = {file:?}\n{extra}",
-        file = guest(bad)
-    );
+    let extra = format!("[rules.{bad}]\nfile = {file:?}\n{extra}", file = guest(bad));
     let setup = setup(&[bad, "address-table"], &extra);
     let engine = setup.engine();
     (setup, engine)
@@ -32,11 +29,18 @@ fn an_endless_loop_stops_at_the_deadline() {
     let started = Instant::now();
     let verdict = decide(&engine, "info@muratec.co.jp", &report());
     let took = started.elapsed();
-    assert_eq!(verdict.number(), Some("05022223333"), "the next rule decides");
+    assert_eq!(
+        verdict.number(),
+        Some("05022223333"),
+        "the next rule decides"
+    );
     assert_eq!(verdict.rule.as_deref(), Some("address-table"));
     assert_eq!(
         verdict.failures,
-        [("spin".to_string(), RuleFailure::Timeout(Duration::from_millis(20)))]
+        [(
+            "spin".to_string(),
+            RuleFailure::Timeout(Duration::from_millis(20))
+        )]
     );
     // Generous: the point is that it stopped, not how fast (see the bench).
     assert!(took < Duration::from_secs(5), "took {took:?}");
@@ -54,7 +58,10 @@ fn a_guest_that_allocates_past_the_cap_fails_cleanly() {
         verdict.failures,
         [("hog".to_string(), RuleFailure::MemoryCap(8 << 20))]
     );
-    assert_eq!(engine.counters()[0].1.memory_caps.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        engine.counters()[0].1.memory_caps.load(Ordering::Relaxed),
+        1
+    );
 }
 
 #[test]
@@ -115,10 +122,13 @@ fn wrong_world_setup(name: &str, wat: &str) -> Setup {
 fn a_module_for_another_world_is_rejected_with_a_clear_message() {
     for (name, wat) in WRONG_WORLDS {
         let setup = wrong_world_setup(name, wat);
-        let error = PolicyEngine::from_config(&setup.config).err().expect("refused");
+        let error = PolicyEngine::from_config(&setup.config)
+            .err()
+            .expect("refused");
         let message = format!("{error}");
         assert!(
-            message.contains(&format!("rule {name}")) && message.contains("does not implement the mailcall:rule world"),
+            message.contains(&format!("rule {name}"))
+                && message.contains("does not implement the mailcall:rule world"),
             "{message}"
         );
 
@@ -139,8 +149,13 @@ fn a_file_that_is_not_wasm_is_refused() {
     let setup = setup(&["address-table"], "");
     let file = setup.dir.path().join("junk.wasm");
     std::fs::write(&file, b"this is not a module").unwrap();
-    let error = PolicyEngine::with_rule_files(&setup.config, &[file]).err().expect("refused");
-    assert!(error.to_string().contains("not a WebAssembly component"), "{error}");
+    let error = PolicyEngine::with_rule_files(&setup.config, &[file])
+        .err()
+        .expect("refused");
+    assert!(
+        error.to_string().contains("not a WebAssembly component"),
+        "{error}"
+    );
 }
 
 #[test]

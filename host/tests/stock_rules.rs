@@ -28,18 +28,28 @@ fn embedded_number_with_separators_and_full_width_digits() {
         "電話 ０５０ー１２３４ー５６７８",
     ] {
         let text = mail(&format!("To: x@y.example\nSubject: {subject}"), "");
-        assert_eq!(dialled(&engine, "x@y.example", &text).as_deref(), Some("05012345678"), "{subject}");
+        assert_eq!(
+            dialled(&engine, "x@y.example", &text).as_deref(),
+            Some("05012345678"),
+            "{subject}"
+        );
     }
 }
 
 #[test]
 fn embedded_number_in_international_form() {
     let engine = embedded();
-    let text = mail("To: x@y.example\nSubject: hi", "Our number is +81 50-1234-5678.");
+    let text = mail(
+        "To: x@y.example\nSubject: hi",
+        "Our number is +81 50-1234-5678.",
+    );
     let verdict = decide(&engine, "x@y.example", &text);
     assert_eq!(verdict.number(), Some("05012345678"));
     assert_eq!(verdict.rule.as_deref(), Some("embedded-number"));
-    assert_eq!(verdict.reason, "number +81 50-1234-5678 in the message body");
+    assert_eq!(
+        verdict.reason,
+        "number +81 50-1234-5678 in the message body"
+    );
 }
 
 #[test]
@@ -62,8 +72,14 @@ fn embedded_number_in_this_recipients_display_name() {
         "To: \"Osaka 080-0000-1111\" <osaka@y.example>, =?UTF-8?Q?Kyoto_050-1234-5678?= <kyoto@y.example>\nSubject: hi",
         "",
     );
-    assert_eq!(dialled(&engine, "kyoto@y.example", &text).as_deref(), Some("05012345678"));
-    assert_eq!(dialled(&engine, "osaka@y.example", &text).as_deref(), Some("08000001111"));
+    assert_eq!(
+        dialled(&engine, "kyoto@y.example", &text).as_deref(),
+        Some("05012345678")
+    );
+    assert_eq!(
+        dialled(&engine, "osaka@y.example", &text).as_deref(),
+        Some("08000001111")
+    );
 }
 
 #[test]
@@ -98,22 +114,54 @@ fn address_table_most_specific_entry_wins() {
     let engine = setup(&["address-table"], "").engine();
     let text = mail("To: x@y.example\nSubject: hi", "");
     let cases = [
-        ("abc@efg.com", Some("05012345678"), "address entry abc@efg.com"),
-        ("ABC@EFG.COM", Some("05012345678"), "address entry abc@efg.com"),
+        (
+            "abc@efg.com",
+            Some("05012345678"),
+            "address entry abc@efg.com",
+        ),
+        (
+            "ABC@EFG.COM",
+            Some("05012345678"),
+            "address entry abc@efg.com",
+        ),
         ("other@efg.com", None, ""),
-        ("info@muratec.co.jp", Some("05022223333"), "domain entry muratec.co.jp"),
-        ("info@MURATEC.co.JP", Some("05022223333"), "domain entry muratec.co.jp"),
+        (
+            "info@muratec.co.jp",
+            Some("05022223333"),
+            "domain entry muratec.co.jp",
+        ),
+        (
+            "info@MURATEC.co.JP",
+            Some("05022223333"),
+            "domain entry muratec.co.jp",
+        ),
         ("info@sub.muratec.co.jp", None, ""),
-        ("a@x.example.net", Some("08000001111"), "wildcard entry *.example.net"),
-        ("a@deep.er.example.net", Some("08000001111"), "wildcard entry *.example.net"),
-        ("a@c.b.example.net", Some("08099990000"), "wildcard entry *.b.example.net"),
+        (
+            "a@x.example.net",
+            Some("08000001111"),
+            "wildcard entry *.example.net",
+        ),
+        (
+            "a@deep.er.example.net",
+            Some("08000001111"),
+            "wildcard entry *.example.net",
+        ),
+        (
+            "a@c.b.example.net",
+            Some("08099990000"),
+            "wildcard entry *.b.example.net",
+        ),
         ("a@example.net", None, ""),
         ("a@notexample.net", None, ""),
     ];
     for (rcpt, number, reason) in cases {
         let verdict = decide(&engine, rcpt, &text);
         assert_eq!(verdict.number(), number, "{rcpt}");
-        assert!(verdict.reason.starts_with(reason), "{rcpt}: {}", verdict.reason);
+        assert!(
+            verdict.reason.starts_with(reason),
+            "{rcpt}: {}",
+            verdict.reason
+        );
     }
 }
 
@@ -129,7 +177,10 @@ fn keyword_in_rcpt_subject_and_body() {
     assert_eq!(verdict.reason, "keyword KYOTOSITEN in RCPT TO");
 
     // A MIME encoded-word Subject: "To OsakaSiten".
-    let encoded = mail("To: x@y.example\nSubject: =?UTF-8?B?VG8gT3Nha2FTaXRlbg==?=", "");
+    let encoded = mail(
+        "To: x@y.example\nSubject: =?UTF-8?B?VG8gT3Nha2FTaXRlbg==?=",
+        "",
+    );
     let verdict = decide(&engine, "x@y.example", &encoded);
     assert_eq!(verdict.number(), Some("05022223333"));
     assert_eq!(verdict.reason, "keyword OSAKASITEN in the Subject header");
@@ -182,16 +233,30 @@ fn custom_rule_gates_the_chain_on_urgency() {
     let normal = mail("To: x@muratec.co.jp\nSubject: weekly report", "");
     let verdict = decide(&engine, "x@muratec.co.jp", &normal);
     assert_eq!(verdict.route, Route::Smtp);
-    assert_eq!(verdict.rule.as_deref(), Some("custom"), "use-smtp stops the chain");
+    assert_eq!(
+        verdict.rule.as_deref(),
+        Some("custom"),
+        "use-smtp stops the chain"
+    );
 
-    let urgent = mail("To: x@muratec.co.jp\nSubject: server down\nImportance: high", "");
+    let urgent = mail(
+        "To: x@muratec.co.jp\nSubject: server down\nImportance: high",
+        "",
+    );
     let verdict = decide(&engine, "x@muratec.co.jp", &urgent);
     assert_eq!(verdict.number(), Some("05022223333"));
-    assert_eq!(verdict.rule.as_deref(), Some("address-table"), "no-opinion passes on");
+    assert_eq!(
+        verdict.rule.as_deref(),
+        Some("address-table"),
+        "no-opinion passes on"
+    );
 
     let mut envelope = common::envelope("x@muratec.co.jp");
     envelope.mail_from = "boss@VIP.example".into();
-    let message = common::message(&engine, &mail("To: x@muratec.co.jp\nSubject: 至急 連絡", ""));
+    let message = common::message(
+        &engine,
+        &mail("To: x@muratec.co.jp\nSubject: 至急 連絡", ""),
+    );
     let verdict = engine.evaluate(&envelope, &message);
     assert_eq!(verdict.number(), Some("08011112222"));
     assert_eq!(verdict.rule.as_deref(), Some("custom"));

@@ -71,7 +71,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let verdict = engine.evaluate(&envelope, &message);
     let output = Output {
         rcpt: &envelope.rcpt_to,
-        decision: if verdict.number().is_some() { "dial" } else { "smtp" },
+        decision: if verdict.number().is_some() {
+            "dial"
+        } else {
+            "smtp"
+        },
         number: verdict.number(),
         rule: verdict.rule.as_deref(),
         reason: &verdict.reason,

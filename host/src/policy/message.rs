@@ -27,7 +27,9 @@ pub fn message_view(raw: &[u8], body_limit: usize) -> Result<Message, NotAMessag
             value: header_text(&header.value).unwrap_or_else(|| {
                 let start = header.offset_start as usize;
                 let end = (header.offset_end as usize).min(raw_message.len());
-                unfold(&String::from_utf8_lossy(raw_message.get(start..end).unwrap_or(&[])))
+                unfold(&String::from_utf8_lossy(
+                    raw_message.get(start..end).unwrap_or(&[]),
+                ))
             }),
         })
         .collect();
@@ -141,9 +143,22 @@ mod tests {
         assert_eq!(message.to.len(), 2);
         assert_eq!(message.to[0].name.as_deref(), Some("Kyoto 050-1234-5678"));
         assert_eq!(message.to[1].address.as_deref(), Some("osaka@example.jp"));
-        let to = &message.headers.iter().find(|h| h.name == "To").unwrap().value;
-        assert_eq!(to, "Kyoto 050-1234-5678 <kyoto@example.jp>, osaka@example.jp");
-        let received = &message.headers.iter().find(|h| h.name == "Received").unwrap().value;
+        let to = &message
+            .headers
+            .iter()
+            .find(|h| h.name == "To")
+            .unwrap()
+            .value;
+        assert_eq!(
+            to,
+            "Kyoto 050-1234-5678 <kyoto@example.jp>, osaka@example.jp"
+        );
+        let received = &message
+            .headers
+            .iter()
+            .find(|h| h.name == "Received")
+            .unwrap()
+            .value;
         assert_eq!(received, "from a by b; Tue, 5 Mar 2024 08:01:23 +0900");
     }
 
@@ -152,18 +167,30 @@ mod tests {
         let message = view(
             "Subject: x\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Call <b>050-1234-5678</b></p>\r\n",
         );
-        assert!(message.body_text.contains("Call 050-1234-5678"), "{}", message.body_text);
+        assert!(
+            message.body_text.contains("Call 050-1234-5678"),
+            "{}",
+            message.body_text
+        );
 
         // ISO-2022-JP: 京都支店 as JIS escape sequences.
-        let mut raw = b"Subject: x\r\nContent-Type: text/plain; charset=ISO-2022-JP\r\n\r\n".to_vec();
+        let mut raw =
+            b"Subject: x\r\nContent-Type: text/plain; charset=ISO-2022-JP\r\n\r\n".to_vec();
         raw.extend_from_slice(b"\x1b$B5~ET;YE9\x1b(B\r\n");
         let message = message_view(&raw, 1024).unwrap();
-        assert!(message.body_text.contains("京都支店"), "{}", message.body_text);
+        assert!(
+            message.body_text.contains("京都支店"),
+            "{}",
+            message.body_text
+        );
     }
 
     #[test]
     fn the_body_is_cut_on_a_character_boundary() {
-        let raw = format!("Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n", "あ".repeat(100));
+        let raw = format!(
+            "Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n",
+            "あ".repeat(100)
+        );
         let message = message_view(raw.as_bytes(), 10).unwrap();
         assert!(message.body_truncated);
         assert_eq!(message.body_text, "あああ");

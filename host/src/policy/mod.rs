@@ -25,7 +25,9 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-pub use bindings::mailcall::rule::types::{Decision, Dial, Envelope, Header, Mailbox, Message, NumberingPlan};
+pub use bindings::mailcall::rule::types::{
+    Decision, Dial, Envelope, Header, Mailbox, Message, NumberingPlan,
+};
 pub use chain::{Route, Verdict};
 pub use message::{message_view, NotAMessage};
 pub use reload::ReloadWatcher;
@@ -120,7 +122,10 @@ impl PolicyEngine {
     /// The engine for the given module files, in order, instead of the
     /// configured chain; each rule is named after its file (`x.wasm` is `x`)
     /// and takes that rule's settings from the configuration, if any.
-    pub fn with_rule_files(config: &Config, files: &[PathBuf]) -> Result<PolicyEngine, PolicyError> {
+    pub fn with_rule_files(
+        config: &Config,
+        files: &[PathBuf],
+    ) -> Result<PolicyEngine, PolicyError> {
         let rules = files
             .iter()
             .map(|file| {
@@ -173,7 +178,14 @@ impl PolicyEngine {
                 .map(|dir| config.resolve(dir))
                 .unwrap_or_else(default_cache_dir),
         );
-        let runtime = Runtime::new(PoolSizes { instances, max_memory }, cache_dir).map_err(PolicyError::Engine)?;
+        let runtime = Runtime::new(
+            PoolSizes {
+                instances,
+                max_memory,
+            },
+            cache_dir,
+        )
+        .map_err(PolicyError::Engine)?;
 
         let tables = Tables::load(
             config
@@ -282,7 +294,13 @@ impl PolicyEngine {
             match outcome {
                 Ok(Decision::Dial(dial)) => {
                     counters.dials.fetch_add(1, Ordering::Relaxed);
-                    let verdict = decided(Route::Dial { number: dial.number }, dial.reason, failures);
+                    let verdict = decided(
+                        Route::Dial {
+                            number: dial.number,
+                        },
+                        dial.reason,
+                        failures,
+                    );
                     trace_verdict(envelope, &verdict);
                     return verdict;
                 }
@@ -298,8 +316,12 @@ impl PolicyEngine {
                 Err(failure) => {
                     counters.failures.fetch_add(1, Ordering::Relaxed);
                     match failure {
-                        RuleFailure::Timeout(_) => counters.timeouts.fetch_add(1, Ordering::Relaxed),
-                        RuleFailure::MemoryCap(_) => counters.memory_caps.fetch_add(1, Ordering::Relaxed),
+                        RuleFailure::Timeout(_) => {
+                            counters.timeouts.fetch_add(1, Ordering::Relaxed)
+                        }
+                        RuleFailure::MemoryCap(_) => {
+                            counters.memory_caps.fetch_add(1, Ordering::Relaxed)
+                        }
                         _ => 0,
                     };
                     tracing::warn!(
@@ -361,7 +383,11 @@ impl PolicyEngine {
     /// Reloads whatever rule or table is stored in `path`. Called by the
     /// watcher once the file has been quiet for a while.
     pub fn file_changed(&self, path: &Path) {
-        for spec in self.specs.iter().filter(|spec| tables::same_file(&spec.file, path)) {
+        for spec in self
+            .specs
+            .iter()
+            .filter(|spec| tables::same_file(&spec.file, path))
+        {
             let outcome = self.reload_rule(spec);
             self.report(path, &spec.name, outcome);
         }
@@ -369,7 +395,9 @@ impl PolicyEngine {
             let outcome = self.tables.reload(&name).map_err(|e| e.to_string());
             match &outcome {
                 Ok(()) => tracing::info!(table = %name, file = %path.display(), "table reloaded"),
-                Err(error) => tracing::error!(table = %name, "table not reloaded, the loaded version stays in force: {error}"),
+                Err(error) => {
+                    tracing::error!(table = %name, "table not reloaded, the loaded version stays in force: {error}")
+                }
             }
             self.report(path, &name, outcome);
         }
@@ -462,9 +490,15 @@ impl Slots {
     }
 
     fn acquire(&self) -> SlotGuard<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut free = self
+            .free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|poisoned| poisoned.into_inner());
+            free = self
+                .freed
+                .wait(free)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         *free -= 1;
         SlotGuard { slots: self }
@@ -477,7 +511,11 @@ struct SlotGuard<'a> {
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        let mut free = self.slots.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut free = self
+            .slots
+            .free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         *free += 1;
         self.slots.freed.notify_one();
     }

@@ -28,7 +28,10 @@ pub struct ReloadWatcher {
 }
 
 impl ReloadWatcher {
-    pub(super) fn start(engine: Weak<PolicyEngine>, dirs: &[PathBuf]) -> Result<ReloadWatcher, notify::Error> {
+    pub(super) fn start(
+        engine: Weak<PolicyEngine>,
+        dirs: &[PathBuf],
+    ) -> Result<ReloadWatcher, notify::Error> {
         let (events, received) = mpsc::channel();
         let mut watcher = notify::recommended_watcher(move |event| {
             // The receiver only goes away when the watcher does.
@@ -96,6 +99,9 @@ fn is_change(kind: &EventKind) -> bool {
 
 /// Editors' temporary and backup files are never rules or tables.
 fn is_candidate(path: &Path) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     !(name.starts_with('.') || name.ends_with('~') || name.ends_with(".swp"))
 }

@@ -113,7 +113,11 @@ impl LoadedRule {
         }
     }
 
-    fn instantiate(&self, runtime: &Runtime, tables: &Arc<TableSet>) -> Result<WarmInstance, RuleFailure> {
+    fn instantiate(
+        &self,
+        runtime: &Runtime,
+        tables: &Arc<TableSet>,
+    ) -> Result<WarmInstance, RuleFailure> {
         let state = RuleState::new(self.context.clone(), tables.clone());
         let mut store = Store::new(runtime.engine(), state);
         store.limiter(|state| state);

@@ -129,10 +129,12 @@ impl Runtime {
             });
         }
         let digest = hex(&Sha256::digest(&bytes));
-        let component = self.compile_cached(&bytes, &digest).map_err(|e| LoadError::NotAComponent {
-            path: path.to_path_buf(),
-            reason: format!("{e:#}"),
-        })?;
+        let component =
+            self.compile_cached(&bytes, &digest)
+                .map_err(|e| LoadError::NotAComponent {
+                    path: path.to_path_buf(),
+                    reason: format!("{e:#}"),
+                })?;
 
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
             path: path.to_path_buf(),
@@ -152,7 +154,9 @@ impl Runtime {
             return Component::from_binary(&self.engine, bytes);
         };
         let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_hash);
         let cached = cache_dir.join(format!("{digest}-{:016x}.cwasm", engine_hash.finish()));
         if cached.exists() {
             // SAFETY: the cache folder holds only artifacts this engine
@@ -227,12 +231,20 @@ fn stub_item(
     match item {
         ComponentItem::ComponentFunc(_) => {
             let message = format!("import {qualified} is not available to rules");
-            linker.func_new(name, move |_, _, _, _| Err(wasmtime::Error::msg(message.clone())))
+            linker.func_new(name, move |_, _, _, _| {
+                Err(wasmtime::Error::msg(message.clone()))
+            })
         }
         ComponentItem::ComponentInstance(instance) => {
             let mut inner = linker.instance(name)?;
             for (export, item) in instance.exports(engine) {
-                stub_item(&mut inner, export, &item.ty, &format!("{qualified}#{export}"), engine)?;
+                stub_item(
+                    &mut inner,
+                    export,
+                    &item.ty,
+                    &format!("{qualified}#{export}"),
+                    engine,
+                )?;
             }
             Ok(())
         }

@@ -17,7 +17,9 @@ use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
 
 use super::bindings::mailcall::rule::types::{LogLevel, NumberingPlan, TableEntry};
 use super::bindings::mailcall::rule::{config, log, numbering, tables, types};
@@ -89,7 +91,9 @@ impl RuleState {
 
     /// What the rule wrote to standard error, for a failure report.
     pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).trim().to_string()
+        String::from_utf8_lossy(&self.stderr.contents())
+            .trim()
+            .to_string()
     }
 
     /// Whether the memory cap refused a growth during this evaluation.

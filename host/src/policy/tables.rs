@@ -58,7 +58,12 @@ impl Table {
                          or its leading zero is lost"
                     ))
                 }
-                other => return Err(format!("{key:?}: expected a quoted string, found {}", other.type_str())),
+                other => {
+                    return Err(format!(
+                        "{key:?}: expected a quoted string, found {}",
+                        other.type_str()
+                    ))
+                }
             };
             let folded = key.to_lowercase();
             if table.index.contains_key(&folded) {
@@ -109,7 +114,8 @@ impl Tables {
     pub fn load(files: BTreeMap<String, PathBuf>) -> Result<Tables, TableError> {
         let mut set = TableSet::default();
         for (name, path) in &files {
-            set.tables.insert(name.clone(), Arc::new(read_table(name, path)?));
+            set.tables
+                .insert(name.clone(), Arc::new(read_table(name, path)?));
         }
         Ok(Tables {
             files,
@@ -168,7 +174,10 @@ fn read_table(name: &str, path: &Path) -> Result<Table, TableError> {
 /// they were written the same way (`./t.toml`, `/etc/x/t.toml`).
 pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     let canonical = |p: &Path| -> Option<PathBuf> {
-        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         Some(dir.canonicalize().ok()?.join(p.file_name()?))
     };
     match (canonical(a), canonical(b)) {
@@ -211,18 +220,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keywords.toml");
         std::fs::write(&path, "KYOTOSITEN = \"050-1234-5678\"\n").unwrap();
-        let tables = Tables::load(BTreeMap::from([("keywords".to_string(), path.clone())])).unwrap();
+        let tables =
+            Tables::load(BTreeMap::from([("keywords".to_string(), path.clone())])).unwrap();
 
         std::fs::write(&path, "KYOTOSITEN = \n").unwrap();
         assert!(tables.reload("keywords").is_err());
         let snapshot = tables.snapshot();
-        assert_eq!(snapshot.get("keywords").unwrap().get("kyotositen"), Some("050-1234-5678"));
+        assert_eq!(
+            snapshot.get("keywords").unwrap().get("kyotositen"),
+            Some("050-1234-5678")
+        );
 
         std::fs::write(&path, "OSAKASITEN = \"050-2222-3333\"\n").unwrap();
         tables.reload("keywords").unwrap();
-        assert_eq!(tables.snapshot().get("keywords").unwrap().get("osakasiten"), Some("050-2222-3333"));
+        assert_eq!(
+            tables.snapshot().get("keywords").unwrap().get("osakasiten"),
+            Some("050-2222-3333")
+        );
         // The old snapshot is unchanged: an evaluation sees one version.
         assert_eq!(snapshot.get("keywords").unwrap().get("osakasiten"), None);
-        assert_eq!(tables.names_for_file(&dir.path().join("./keywords.toml")), ["keywords"]);
+        assert_eq!(
+            tables.names_for_file(&dir.path().join("./keywords.toml")),
+            ["keywords"]
+        );
     }
 }

@@ -10,11 +10,17 @@ use mailcall::policy::{Envelope, Message, PolicyEngine, Verdict};
 
 /// The repository's root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn built(folder: &str, name: &str) -> PathBuf {
-    let path = repo().join("build").join(folder).join(format!("{name}.wasm"));
+    let path = repo()
+        .join("build")
+        .join(folder)
+        .join(format!("{name}.wasm"));
     assert!(
         path.is_file(),
         "{} is missing: run scripts/build-rules first",

@@ -46,7 +46,9 @@ fn is_urgent(message: &Message) -> bool {
     });
     let subject = message.subject.as_deref().unwrap_or("").trim_start();
     header_says_urgent
-        || subject.get(..6).is_some_and(|start| start.eq_ignore_ascii_case("urgent"))
+        || subject
+            .get(..6)
+            .is_some_and(|start| start.eq_ignore_ascii_case("urgent"))
         || subject.starts_with("至急")
 }
 

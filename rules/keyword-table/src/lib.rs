@@ -25,7 +25,8 @@ impl Rule for KeywordTable {
             .filter_map(|entry| match normalize(&entry.value, &plan) {
                 Some(number) => Some((Keyword::new(&entry.key)?, entry.key, number)),
                 None => {
-                    let warning = format!("table {table}: {:?} is not a number; skipped", entry.value);
+                    let warning =
+                        format!("table {table}: {:?} is not a number; skipped", entry.value);
                     host::log(LogLevel::Warn, &warning);
                     None
                 }
@@ -42,7 +43,10 @@ impl Rule for KeywordTable {
             .map(|header| (format!("the {} header", header.name), header.value.as_str()));
         let places = std::iter::once(("RCPT TO".to_string(), envelope.rcpt_to.as_str()))
             .chain(headers)
-            .chain(std::iter::once(("the message body".to_string(), message.body_text.as_str())));
+            .chain(std::iter::once((
+                "the message body".to_string(),
+                message.body_text.as_str(),
+            )));
 
         for (place, text) in places {
             let folded = fold(text);

@@ -11,7 +11,10 @@ impl Rule for Hog {
         for _ in 0..1024 {
             hoard.push(vec![7u8; 1 << 20]);
         }
-        let total: usize = hoard.iter().map(|chunk| chunk[chunk.len() - 1] as usize).sum();
+        let total: usize = hoard
+            .iter()
+            .map(|chunk| chunk[chunk.len() - 1] as usize)
+            .sum();
         Decision::dial(total.to_string(), "the hog was never stopped")
     }
 }

@@ -1,0 +1,201 @@
+//! The `mailcall` command, run as a user would.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{guest, repo, rule};
+
+fn mailcall(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mailcall"))
+        .args(args)
+        .current_dir(repo())
+        .env(
+            "XDG_CACHE_HOME",
+            std::env::temp_dir().join("mailcall-test-cache-cli"),
+        )
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn rules_test(rcpt: &str, message: &str) -> serde_json::Value {
+    let output = mailcall(&[
+        "rules",
+        "test",
+        "--config",
+        "examples/mailcall.toml",
+        "--rcpt",
+        rcpt,
+        message,
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<&str> = std::str::from_utf8(&output.stdout)
+        .unwrap()
+        .lines()
+        .collect();
+    assert_eq!(lines.len(), 1, "one JSON line: {lines:?}");
+    serde_json::from_str(lines[0]).unwrap()
+}
+
+#[test]
+fn rules_test_prints_the_decision_as_one_json_line() {
+    let kyoto = "examples/messages/kyoto.eml";
+    assert_eq!(
+        rules_test("info@muratec.co.jp", kyoto),
+        serde_json::json!({
+            "rcpt": "info@muratec.co.jp",
+            "decision": "dial",
+            "number": "05022223333",
+            "rule": "address-table",
+            "reason": "domain entry muratec.co.jp in table addresses",
+        })
+    );
+    let keyword = rules_test("kyoto@b.example", kyoto);
+    assert_eq!(keyword["number"], "05012345678");
+    assert_eq!(keyword["rule"], "keyword-table");
+
+    let embedded = rules_test("support@b.example", "examples/messages/display-name.eml");
+    assert_eq!(embedded["rule"], "embedded-number");
+
+    assert_eq!(
+        rules_test("someone@elsewhere.example", "examples/messages/plain.eml"),
+        serde_json::json!({
+            "rcpt": "someone@elsewhere.example",
+            "decision": "smtp",
+            "number": null,
+            "rule": null,
+            "reason": "no rule found a number",
+        })
+    );
+}
+
+#[test]
+fn rules_test_runs_modules_given_with_rule() {
+    let output = mailcall(&[
+        "rules",
+        "test",
+        "--rule",
+        guest("trap").to_str().unwrap(),
+        "--rule",
+        rule("embedded-number").to_str().unwrap(),
+        "--rcpt",
+        "080-0000-1111@x.example",
+        "examples/messages/plain.eml",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let value: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(value["number"], "08000001111");
+    assert_eq!(value["rule"], "embedded-number");
+    // The failing rule is reported on stderr, with its name.
+    assert!(
+        stderr(&output).contains("rule failed"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(stderr(&output).contains("trap"), "{}", stderr(&output));
+}
+
+#[test]
+fn rules_test_errors_are_clear_and_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, "junk").unwrap();
+    let bad_config = dir.path().join("bad.toml");
+    std::fs::write(&bad_config, "[policy]\nchain = [\"x\"\n").unwrap();
+    let empty = dir.path().join("empty.eml");
+    std::fs::write(&empty, "").unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &[
+                "--config",
+                "examples/mailcall.toml",
+                "--rcpt",
+                "a@b.example",
+                "examples/messages/none.eml",
+            ],
+            "cannot read message examples/messages/none.eml",
+        ),
+        (
+            &[
+                "--config",
+                "examples/mailcall.toml",
+                "--rcpt",
+                "a@b.example",
+                empty.to_str().unwrap(),
+            ],
+            "not a mail message",
+        ),
+        (
+            &[
+                "--rule",
+                "missing.wasm",
+                "--rcpt",
+                "a@b.example",
+                "examples/messages/plain.eml",
+            ],
+            "rule module missing.wasm does not exist",
+        ),
+        (
+            &[
+                "--rule",
+                junk.to_str().unwrap(),
+                "--rcpt",
+                "a@b.example",
+                "examples/messages/plain.eml",
+            ],
+            "is not a WebAssembly component",
+        ),
+        (
+            &[
+                "--config",
+                bad_config.to_str().unwrap(),
+                "--rcpt",
+                "a@b.example",
+                "examples/messages/plain.eml",
+            ],
+            "line 2",
+        ),
+        (
+            &["--rcpt", "a@b.example", "examples/messages/plain.eml"],
+            "give --config FILE",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut full = vec!["rules", "test"];
+        full.extend_from_slice(args);
+        let output = mailcall(&full);
+        assert!(!output.status.success(), "{args:?} should fail");
+        assert!(stdout(&output).is_empty(), "{args:?}: nothing on stdout");
+        assert!(
+            stderr(&output).contains(expected),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_the_line_of_an_error() {
+    let output = mailcall(&["check-config", "examples/mailcall.toml"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("OK"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[policy]\nchain = []\n\n[numbering_plan]\ndigits = \"eleven\"\n",
+    )
+    .unwrap();
+    let output = mailcall(&["check-config", bad.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("line 5"), "{}", stderr(&output));
+}
