@@ -159,13 +159,23 @@ fn a_file_that_is_not_wasm_is_refused() {
 }
 
 #[test]
-fn rules_get_no_clock_and_no_files() {
-    // The sandbox is checked through its effects: a WASI guest built from
-    // the stock rules still runs (imports satisfied) under a context that
-    // grants nothing. Instantiating a hundred fresh instances in a row also
-    // shows the pool returns its slots.
+fn a_rule_reaches_no_environment_files_clock_or_network() {
+    let extra = format!("[rules.probe]\nfile = {:?}\ndeadline_ms = 1000\n", guest("probe"));
+    let engine = setup(&["probe"], &extra).engine();
+    let verdict = decide(&engine, "x@y.example", &report());
+    assert!(verdict.failures.is_empty(), "{:?}", verdict.failures);
+    assert_eq!(
+        verdict.reason,
+        "env=0 args=0 root=false cwd=false file=false clock=0 tcp=false udp=false hashmap=1"
+    );
+}
+
+#[test]
+fn fresh_instances_return_their_pool_slots() {
+    // More evaluations than the pool has instances: each fresh instance's
+    // slot must come back when its evaluation ends.
     let engine = setup(&["embedded-number"], "").engine();
-    for _ in 0..100 {
+    for _ in 0..200 {
         let verdict = decide(&engine, "050-1234-5678@x.example", &report());
         assert_eq!(verdict.number(), Some("05012345678"));
         assert!(verdict.failures.is_empty());
