@@ -11,10 +11,10 @@ use serde::Deserialize;
 /// A configuration that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A syntax or type error; toml's message names the line and column.
     #[error("{path}: {message}")]
@@ -196,9 +196,9 @@ fn flatten(table: &toml::Table, prefix: &str, out: &mut BTreeMap<String, String>
 impl Config {
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let base_dir = path
             .parent()

@@ -44,8 +44,8 @@ use sandbox::RuleContext;
 /// The engine could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("rule {rule}: {source}")]
-    Load { rule: String, source: LoadError },
+    #[error("rule {rule}: {error}")]
+    Load { rule: String, error: LoadError },
     #[error(transparent)]
     Engine(LoadError),
     #[error(transparent)]
@@ -235,7 +235,7 @@ impl PolicyEngine {
                 Err(source) => {
                     return Err(PolicyError::Load {
                         rule: spec.name.clone(),
-                        source,
+                        error: source,
                     })
                 }
             }
@@ -254,6 +254,7 @@ impl PolicyEngine {
             memory_limit: settings
                 .memory_limit_mib
                 .map_or(self.memory_limit, |mib| mib as usize * 1024 * 1024),
+            peak_memory: Default::default(),
         };
         let limits = RuleLimits {
             deadline: settings
@@ -355,6 +356,12 @@ impl PolicyEngine {
     /// The SHA-256 of the module in force for rule `name`.
     pub fn rule_digest(&self, name: &str) -> Option<String> {
         Some(self.chain.load().rule(name)?.digest.clone())
+    }
+
+    /// The largest linear memory an instance of rule `name` grew to, in
+    /// bytes (initial memory included).
+    pub fn rule_peak_memory(&self, name: &str) -> Option<usize> {
+        Some(self.chain.load().rule(name)?.peak_memory())
     }
 
     /// The latest reload outcomes, oldest first.

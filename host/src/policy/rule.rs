@@ -81,6 +81,11 @@ impl LoadedRule {
         &self.context.name
     }
 
+    /// The largest linear memory an instance of this module grew to.
+    pub fn peak_memory(&self) -> usize {
+        self.context.peak_memory.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Runs the rule for one recipient.
     pub fn evaluate(
         &self,

@@ -22,10 +22,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// A rule module that could not be made ready to run.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} is not a WebAssembly component: {reason}")]
     NotAComponent { path: PathBuf, reason: String },
@@ -117,9 +117,9 @@ impl Runtime {
     /// it against the rule world. Slow for large modules: call it off the
     /// hot path.
     pub fn load(&self, path: &Path) -> Result<(RulePre<RuleState>, String), LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         // Binary components only: text (WAT) is for tests to compile.
         if !bytes.starts_with(b"\0asm") {
@@ -210,50 +210,77 @@ fn stub_foreign_imports(
     engine: &Engine,
 ) -> wasmtime::Result<()> {
     let component_type = component.component_type();
-    for (name, import) in component_type.imports(engine) {
+    let is_provided = |name: &str| {
         let package = name.split('/').next().unwrap_or(name);
-        let package = package.split('@').next().unwrap_or(package);
-        if PROVIDED_PACKAGES.contains(&package) {
-            continue;
+        PROVIDED_PACKAGES.contains(&package.split('@').next().unwrap_or(package))
+    };
+    // Resources of provided interfaces (`wasi:io`'s streams) that foreign
+    // interfaces `use`: those are the host's, and must not be stubbed.
+    let mut provided_resources = Vec::new();
+    for (name, import) in component_type.imports(engine) {
+        if is_provided(name) {
+            collect_resources(&import.ty, engine, &mut provided_resources);
         }
-        stub_item(&mut linker.root(), name, &import.ty, name, engine)?;
+    }
+    for (name, import) in component_type.imports(engine) {
+        if !is_provided(name) {
+            let stub = Stub {
+                engine,
+                provided_resources: &provided_resources,
+            };
+            stub.item(&mut linker.root(), name, &import.ty, name)?;
+        }
     }
     Ok(())
 }
 
-fn stub_item(
-    linker: &mut wasmtime::component::LinkerInstance<'_, RuleState>,
-    name: &str,
-    item: &ComponentItem,
-    qualified: &str,
-    engine: &Engine,
-) -> wasmtime::Result<()> {
+fn collect_resources(item: &ComponentItem, engine: &Engine, out: &mut Vec<ResourceType>) {
     match item {
-        ComponentItem::ComponentFunc(_) => {
-            let message = format!("import {qualified} is not available to rules");
-            linker.func_new(name, move |_, _, _, _| {
-                Err(wasmtime::Error::msg(message.clone()))
-            })
-        }
+        ComponentItem::Resource(resource) => out.push(*resource),
         ComponentItem::ComponentInstance(instance) => {
-            let mut inner = linker.instance(name)?;
-            for (export, item) in instance.exports(engine) {
-                stub_item(
-                    &mut inner,
-                    export,
-                    &item.ty,
-                    &format!("{qualified}#{export}"),
-                    engine,
-                )?;
+            for (_, export) in instance.exports(engine) {
+                collect_resources(&export.ty, engine, out);
             }
-            Ok(())
         }
-        ComponentItem::Resource(_) => {
-            linker.resource(name, ResourceType::host::<()>(), |_, _| Ok(()))
+        _ => {}
+    }
+}
+
+/// Defines trapping stand-ins for one foreign import.
+struct Stub<'a> {
+    engine: &'a Engine,
+    provided_resources: &'a [ResourceType],
+}
+
+impl Stub<'_> {
+    fn item(
+        &self,
+        linker: &mut wasmtime::component::LinkerInstance<'_, RuleState>,
+        name: &str,
+        item: &ComponentItem,
+        qualified: &str,
+    ) -> wasmtime::Result<()> {
+        match item {
+            ComponentItem::ComponentFunc(_) => {
+                let message = format!("import {qualified} is not available to rules");
+                linker.func_new(name, move |_, _, _, _| Err(wasmtime::Error::msg(message.clone())))
+            }
+            ComponentItem::ComponentInstance(instance) => {
+                let mut inner = linker.instance(name)?;
+                for (export, item) in instance.exports(self.engine) {
+                    self.item(&mut inner, export, &item.ty, &format!("{qualified}#{export}"))?;
+                }
+                Ok(())
+            }
+            // A resource the host already has is an alias (`use`): leave it.
+            ComponentItem::Resource(resource) if self.provided_resources.contains(resource) => Ok(()),
+            ComponentItem::Resource(_) => {
+                linker.resource(name, ResourceType::host::<()>(), |_, _| Ok(()))
+            }
+            // Types need no definition; modules and components cannot be
+            // imported by a rule (instantiation reports them).
+            _ => Ok(()),
         }
-        // Types need no definition; modules and components cannot be
-        // imported by a rule (instantiation reports them).
-        _ => Ok(()),
     }
 }
 

@@ -10,7 +10,7 @@
 //! Imports outside the rule world and WASI (`wasi:http`, …) load as traps.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +45,8 @@ pub struct RuleContext {
     pub config: BTreeMap<String, String>,
     /// Memory the instance may use, in bytes.
     pub memory_limit: usize,
+    /// The largest memory any instance of this rule grew to, in bytes.
+    pub peak_memory: AtomicUsize,
 }
 
 /// The state of one rule instance's store.
@@ -122,6 +124,7 @@ impl ResourceLimiter for RuleState {
             self.memory_refused.store(true, Ordering::Relaxed);
             return Ok(false);
         }
+        self.context.peak_memory.fetch_max(desired, Ordering::Relaxed);
         Ok(true)
     }
 

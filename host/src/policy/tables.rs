@@ -21,11 +21,11 @@ use arc_swap::ArcSwap;
 /// A table file that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
-    #[error("table {name}: cannot read {path}: {source}")]
+    #[error("table {name}: cannot read {path}: {error}")]
     Read {
         name: String,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("table {name}: {path}: {message}")]
     Parse {
@@ -158,10 +158,10 @@ impl Tables {
 }
 
 fn read_table(name: &str, path: &Path) -> Result<Table, TableError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TableError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| TableError::Read {
         name: name.to_string(),
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     Table::parse(&text).map_err(|message| TableError::Parse {
         name: name.to_string(),
