@@ -160,7 +160,10 @@ fn a_file_that_is_not_wasm_is_refused() {
 
 #[test]
 fn a_rule_reaches_no_environment_files_clock_or_network() {
-    let extra = format!("[rules.probe]\nfile = {:?}\ndeadline_ms = 1000\n", guest("probe"));
+    let extra = format!(
+        "[rules.probe]\nfile = {:?}\ndeadline_ms = 1000\n",
+        guest("probe")
+    );
     let engine = setup(&["probe"], &extra).engine();
     let verdict = decide(&engine, "x@y.example", &report());
     assert!(verdict.failures.is_empty(), "{:?}", verdict.failures);

@@ -45,7 +45,8 @@ fn config(dir: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn the_keyword_rule_decides_alike_in_rust_javascript_and_python() {
     let cases: Cases =
-        toml::from_str(&std::fs::read_to_string(repo().join("tests/keyword-cases.toml")).unwrap()).unwrap();
+        toml::from_str(&std::fs::read_to_string(repo().join("tests/keyword-cases.toml")).unwrap())
+            .unwrap();
     assert!(cases.case.len() >= 10);
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
@@ -61,12 +62,23 @@ fn the_keyword_rule_decides_alike_in_rust_javascript_and_python() {
                 .arg(rule(language))
                 .args(["--rcpt", &case.rcpt])
                 .arg(&message)
-                .env("XDG_CACHE_HOME", std::env::temp_dir().join("mailcall-test-cache-cli"))
+                .env(
+                    "XDG_CACHE_HOME",
+                    std::env::temp_dir().join("mailcall-test-cache-cli"),
+                )
                 .output()
                 .unwrap();
             let stderr = String::from_utf8_lossy(&output.stderr);
-            assert!(output.status.success(), "{language}, {}: {stderr}", case.name);
-            assert!(!stderr.contains("rule failed"), "{language}, {}: {stderr}", case.name);
+            assert!(
+                output.status.success(),
+                "{language}, {}: {stderr}",
+                case.name
+            );
+            assert!(
+                !stderr.contains("rule failed"),
+                "{language}, {}: {stderr}",
+                case.name
+            );
             let got: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
             let expected = serde_json::json!({
                 "rcpt": case.rcpt,
@@ -76,7 +88,10 @@ fn the_keyword_rule_decides_alike_in_rust_javascript_and_python() {
                 "reason": case.reason.as_deref().unwrap_or("no rule found a number"),
             });
             if got != expected {
-                failures.push(format!("{language}, {}:\n  got      {got}\n  expected {expected}", case.name));
+                failures.push(format!(
+                    "{language}, {}:\n  got      {got}\n  expected {expected}",
+                    case.name
+                ));
             }
         }
     }
@@ -90,11 +105,22 @@ fn a_javascript_rule_with_an_endless_loop_is_stopped_at_the_deadline() {
         guest("spin-js")
     );
     let engine = setup(&["spin-js", "address-table"], &extra).engine();
-    let verdict = common::decide(&engine, "info@muratec.co.jp", &mail("To: x@y.example\nSubject: hi", ""));
-    assert_eq!(verdict.number(), Some("05022223333"), "the next rule decides");
+    let verdict = common::decide(
+        &engine,
+        "info@muratec.co.jp",
+        &mail("To: x@y.example\nSubject: hi", ""),
+    );
+    assert_eq!(
+        verdict.number(),
+        Some("05022223333"),
+        "the next rule decides"
+    );
     assert_eq!(
         verdict.failures,
-        [("spin-js".to_string(), RuleFailure::Timeout(Duration::from_millis(50)))]
+        [(
+            "spin-js".to_string(),
+            RuleFailure::Timeout(Duration::from_millis(50))
+        )]
     );
 }
 
@@ -112,9 +138,16 @@ fn large_runtimes_run_under_the_memory_cap_fresh_and_pooled() {
         for name in ["keyword-table-js", "keyword-table-py"] {
             let engine = setup(&[name], &extra).engine();
             for _ in 0..5 {
-                let verdict =
-                    common::decide(&engine, "x@y.example", &mail("To: x@y.example\nSubject: KYOTOSITEN", ""));
-                assert_eq!(verdict.number(), Some("05012345678"), "{name} {isolation}: {verdict:?}");
+                let verdict = common::decide(
+                    &engine,
+                    "x@y.example",
+                    &mail("To: x@y.example\nSubject: KYOTOSITEN", ""),
+                );
+                assert_eq!(
+                    verdict.number(),
+                    Some("05012345678"),
+                    "{name} {isolation}: {verdict:?}"
+                );
             }
             let peak = engine.rule_peak_memory(name).unwrap();
             assert!(peak > 0 && peak <= 64 << 20, "{name}: {peak}");
@@ -129,7 +162,17 @@ fn a_memory_cap_below_the_runtimes_needs_fails_cleanly() {
         rule("keyword-table-py")
     );
     let engine = setup(&["keyword-table-py", "address-table"], &extra).engine();
-    let verdict = common::decide(&engine, "info@muratec.co.jp", &mail("To: x@y.example\nSubject: KYOTOSITEN", ""));
+    let verdict = common::decide(
+        &engine,
+        "info@muratec.co.jp",
+        &mail("To: x@y.example\nSubject: KYOTOSITEN", ""),
+    );
     assert_eq!(verdict.rule.as_deref(), Some("address-table"));
-    assert_eq!(verdict.failures, [("keyword-table-py".to_string(), RuleFailure::MemoryCap(2 << 20))]);
+    assert_eq!(
+        verdict.failures,
+        [(
+            "keyword-table-py".to_string(),
+            RuleFailure::MemoryCap(2 << 20)
+        )]
+    );
 }

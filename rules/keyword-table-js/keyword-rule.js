@@ -37,7 +37,9 @@ function foldChar(c) {
 }
 
 const foldChars = (text) => Array.from(text, foldChar).join('');
-const fold = (text) => foldChars(text).toLowerCase();
+// Plain ASCII without tabs folds to itself: skip the per-character work.
+const isPlainAscii = (text) => /^[\x00-\x08\x0a-\x7f]*$/.test(text);
+const fold = (text) => (isPlainAscii(text) ? text : foldChars(text)).toLowerCase();
 const isAscii = (text) => /^[\x00-\x7f]*$/.test(text);
 const isWordChar = (c) => /^[A-Za-z0-9_]$/.test(c);
 

@@ -41,6 +41,9 @@ def fold_char(c: str) -> str:
 
 
 def fold(text: str) -> str:
+    # Plain ASCII without tabs folds to itself: skip the per-character work.
+    if text.isascii() and "\t" not in text:
+        return text.lower()
     return "".join(map(fold_char, text)).lower()
 
 

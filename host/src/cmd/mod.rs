@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod check_config;
+mod rules_new;
 mod rules_test;
 
 use std::path::PathBuf;
@@ -35,6 +36,8 @@ enum RulesCommand {
     /// Run the rule chain on a message for one recipient and print the
     /// decision as one JSON line.
     Test(rules_test::Args),
+    /// Create a ready-to-build rule project (WIT, build script, test message).
+    New(rules_new::Args),
 }
 
 impl Cli {
@@ -50,6 +53,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rules {
             command: RulesCommand::Test(args),
         } => rules_test::run(args),
+        Command::Rules {
+            command: RulesCommand::New(args),
+        } => rules_new::run(args),
         Command::CheckConfig { file } => check_config::run(&file),
     }
 }

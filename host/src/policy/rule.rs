@@ -83,7 +83,9 @@ impl LoadedRule {
 
     /// The largest linear memory an instance of this module grew to.
     pub fn peak_memory(&self) -> usize {
-        self.context.peak_memory.load(std::sync::atomic::Ordering::Relaxed)
+        self.context
+            .peak_memory
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs the rule for one recipient.

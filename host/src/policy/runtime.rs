@@ -263,17 +263,26 @@ impl Stub<'_> {
         match item {
             ComponentItem::ComponentFunc(_) => {
                 let message = format!("import {qualified} is not available to rules");
-                linker.func_new(name, move |_, _, _, _| Err(wasmtime::Error::msg(message.clone())))
+                linker.func_new(name, move |_, _, _, _| {
+                    Err(wasmtime::Error::msg(message.clone()))
+                })
             }
             ComponentItem::ComponentInstance(instance) => {
                 let mut inner = linker.instance(name)?;
                 for (export, item) in instance.exports(self.engine) {
-                    self.item(&mut inner, export, &item.ty, &format!("{qualified}#{export}"))?;
+                    self.item(
+                        &mut inner,
+                        export,
+                        &item.ty,
+                        &format!("{qualified}#{export}"),
+                    )?;
                 }
                 Ok(())
             }
             // A resource the host already has is an alias (`use`): leave it.
-            ComponentItem::Resource(resource) if self.provided_resources.contains(resource) => Ok(()),
+            ComponentItem::Resource(resource) if self.provided_resources.contains(resource) => {
+                Ok(())
+            }
             ComponentItem::Resource(_) => {
                 linker.resource(name, ResourceType::host::<()>(), |_, _| Ok(()))
             }

@@ -124,7 +124,9 @@ impl ResourceLimiter for RuleState {
             self.memory_refused.store(true, Ordering::Relaxed);
             return Ok(false);
         }
-        self.context.peak_memory.fetch_max(desired, Ordering::Relaxed);
+        self.context
+            .peak_memory
+            .fetch_max(desired, Ordering::Relaxed);
         Ok(true)
     }
 
