@@ -87,19 +87,35 @@ fn is_tight_separator(c: char) -> bool {
 /// The longest run of separators between two groups (`) - (` is four).
 const MAX_SEPARATOR_RUN: usize = 4;
 
+/// Stands for every character that folds to something outside ASCII: none
+/// of them is a digit or a separator.
+const NOT_ASCII: u8 = 0x80;
+
+/// Scans one character per byte: the text folded (full-width digits,
+/// Japanese dashes) and reduced to ASCII, so positions count characters and
+/// a 10 KB text costs 10 KB of memory, not 80.
 struct Scanner<'a> {
-    original: Vec<char>,
-    folded: Vec<char>,
+    text: &'a str,
+    folded: Vec<u8>,
     plan: &'a NumberingPlan,
     position: usize,
 }
 
 impl<'a> Scanner<'a> {
-    fn new(text: &str, plan: &'a NumberingPlan) -> Self {
-        let original: Vec<char> = text.chars().collect();
-        let folded = original.iter().copied().map(fold_char).collect();
+    fn new(text: &'a str, plan: &'a NumberingPlan) -> Self {
+        let folded = text
+            .chars()
+            .map(|c| {
+                let c = fold_char(c);
+                if c.is_ascii() {
+                    c as u8
+                } else {
+                    NOT_ASCII
+                }
+            })
+            .collect();
         Scanner {
-            original,
+            text,
             folded,
             plan,
             position: 0,
@@ -107,7 +123,7 @@ impl<'a> Scanner<'a> {
     }
 
     fn at(&self, index: usize) -> Option<char> {
-        self.folded.get(index).copied()
+        self.folded.get(index).map(|&b| b as char)
     }
 
     fn is_digit_at(&self, index: usize) -> bool {
@@ -120,7 +136,7 @@ impl<'a> Scanner<'a> {
         if index == 0 {
             return true;
         }
-        let before = self.folded[index - 1];
+        let before = self.folded[index - 1] as char;
         if before.is_ascii_digit() || before == '+' {
             return false;
         }
@@ -134,14 +150,14 @@ impl<'a> Scanner<'a> {
     /// another country (`+1 050…`): they belong to that foreign number.
     fn follows_country_code(&self, index: usize) -> bool {
         let mut code_end = index;
-        while code_end > 0 && is_separator(self.folded[code_end - 1]) {
+        while code_end > 0 && is_separator(self.folded[code_end - 1] as char) {
             code_end -= 1;
         }
         let mut code_start = code_end;
         while code_start > 0 && self.folded[code_start - 1].is_ascii_digit() {
             code_start -= 1;
         }
-        code_start < code_end && code_start > 0 && self.folded[code_start - 1] == '+'
+        code_start < code_end && code_start > 0 && self.folded[code_start - 1] == b'+'
     }
 
     /// True when a number may end just before `index`: not followed by more
@@ -159,7 +175,7 @@ impl<'a> Scanner<'a> {
     /// digit; returns the index of that digit.
     fn skip_separators(&self, index: usize) -> Option<usize> {
         let mut next = index;
-        while next < self.folded.len() && is_separator(self.folded[next]) {
+        while next < self.folded.len() && is_separator(self.folded[next] as char) {
             next += 1;
             if next - index > MAX_SEPARATOR_RUN {
                 return None;
@@ -175,7 +191,7 @@ impl<'a> Scanner<'a> {
         let mut first_group = None;
         loop {
             if self.is_digit_at(index) {
-                digits.push(self.folded[index]);
+                digits.push(self.folded[index] as char);
                 index += 1;
                 if digits.len() == count {
                     let first_group = first_group.unwrap_or(count);
@@ -221,10 +237,10 @@ impl<'a> Scanner<'a> {
         };
         // `(0)`: the trunk prefix in parentheses, written to show how the
         // number is dialled nationally.
-        let trunk: Vec<char> = self.plan.trunk_prefix.chars().collect();
+        let trunk = self.plan.trunk_prefix.as_bytes();
         if !trunk.is_empty()
             && self.at(start.wrapping_sub(1)) == Some('(')
-            && self.folded.get(start..start + trunk.len()) == Some(&trunk[..])
+            && self.folded.get(start..start + trunk.len()) == Some(trunk)
             && self.at(start + trunk.len()) == Some(')')
         {
             let after = start + trunk.len() + 1;
@@ -258,7 +274,7 @@ impl<'a> Scanner<'a> {
         if !self.starts_token(index) {
             return None;
         }
-        match self.folded[index] {
+        match self.folded[index] as char {
             '+' => self.international_at(index),
             '(' if self.is_digit_at(index + 1) => self.national_at(index + 1),
             c if c.is_ascii_digit() => self.national_at(index),
@@ -277,7 +293,7 @@ impl Iterator for Scanner<'_> {
                 self.position = end;
                 return Some(Found {
                     number,
-                    written: self.original[start..end].iter().collect(),
+                    written: self.text.chars().skip(start).take(end - start).collect(),
                     char_offset: start,
                 });
             }

@@ -3,7 +3,13 @@
 //! ladder (T1–T7).
 //!
 //! - [`config`]: the configuration file.
+//! - [`mailbox`]: step S3, local Maildir storage.
 //! - [`policy`]: step S4, the chain of WebAssembly rules that finds a number.
+//! - [`queue`]: the durable spool (group-committed journal) under the queue.
+//! - [`smtp`]: SMTP protocol pieces (the DATA body reader so far).
 
 pub mod config;
+pub mod mailbox;
 pub mod policy;
+pub mod queue;
+pub mod smtp;
