@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use mailcall::config::Config;
-use mailcall::policy::{Envelope, PolicyEngine};
+use mailcall::policy::{Envelope, PolicyEngine, RuleFailure};
 use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
@@ -69,6 +69,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         helo: args.helo,
     };
     let verdict = engine.evaluate(&envelope, &message);
+    for (rule, failure) in &verdict.failures {
+        let hint = match failure {
+            RuleFailure::Timeout(_) => "deadline_ms",
+            RuleFailure::MemoryCap(_) => "memory_limit_mib",
+            _ => continue,
+        };
+        eprintln!(
+            "hint: rule {rule} hit a limit; raise [rules.{rule}] {hint} in the --config file \
+             (JavaScript and Python runtimes need about 200 ms and 64 MiB)"
+        );
+    }
     let output = Output {
         rcpt: &envelope.rcpt_to,
         decision: if verdict.number().is_some() {

@@ -325,12 +325,22 @@ impl PolicyEngine {
                         }
                         _ => 0,
                     };
-                    tracing::warn!(
-                        step = "S4",
-                        rule = link.name(),
-                        rcpt = %envelope.rcpt_to,
-                        "rule failed, treated as no opinion: {failure}"
-                    );
+                    // A module that did not load was logged when it failed
+                    // to; do not repeat it for every recipient.
+                    if matches!(failure, RuleFailure::Unavailable(_)) {
+                        tracing::debug!(
+                            step = "S4",
+                            rule = link.name(),
+                            "rule not loaded, skipped"
+                        );
+                    } else {
+                        tracing::warn!(
+                            step = "S4",
+                            rule = link.name(),
+                            rcpt = %envelope.rcpt_to,
+                            "rule failed, treated as no opinion: {failure}"
+                        );
+                    }
                     failures.push((link.name().to_string(), failure));
                 }
             }
