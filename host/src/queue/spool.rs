@@ -103,6 +103,16 @@ pub struct Queued {
 }
 
 impl Queued {
+    /// A message just accepted: no recipient tried yet.
+    fn new(id: MessageId, envelope: Envelope) -> Queued {
+        let outcomes = vec![None; envelope.recipients.len()];
+        Queued {
+            id,
+            envelope,
+            outcomes,
+        }
+    }
+
     /// True when every recipient has a final outcome.
     pub fn is_finished(&self) -> bool {
         self.outcomes
@@ -229,23 +239,14 @@ impl Spool {
             body_length: body.len() as u64,
         };
         let (segment, offset) = self.append(&mut writer, &record, body)?;
-        let outcomes = vec![None; envelope.recipients.len()];
         let location = BodyLocation {
             segment,
             offset,
             length: body.len() as u64,
         };
-        writer.messages.insert(
-            id,
-            (
-                Queued {
-                    id,
-                    envelope,
-                    outcomes,
-                },
-                location,
-            ),
-        );
+        writer
+            .messages
+            .insert(id, (Queued::new(id, envelope), location));
         *writer.live.entry(segment).or_insert(0) += 1;
         self.wait_synced(writer)?;
         Ok(id)
@@ -462,24 +463,13 @@ fn replay(
                 envelope,
                 body_length,
             } => {
-                let outcomes = vec![None; envelope.recipients.len()];
                 let location = BodyLocation {
                     segment,
                     offset: (offset + 8 + 4 + header_length) as u64,
                     length: body_length,
                 };
                 *next_id = (*next_id).max(id.0 + 1);
-                messages.insert(
-                    id,
-                    (
-                        Queued {
-                            id,
-                            envelope,
-                            outcomes,
-                        },
-                        location,
-                    ),
-                );
+                messages.insert(id, (Queued::new(id, envelope), location));
             }
             Record::Recipient { id, index, outcome } => {
                 if let Some(slot) = messages

@@ -2,5 +2,9 @@
 //! client.
 //!
 //! - [`data`]: the body of `DATA`, ended only by `<CRLF>.<CRLF>`.
+//! - [`reply`]: reply codes and their wire form.
+//! - [`session`]: one inbound session, without I/O.
 
 pub mod data;
+pub mod reply;
+pub mod session;

@@ -1,0 +1,818 @@
+//! One inbound SMTP session (step S1), without I/O: bytes from the client go
+//! in, replies come out, and an accepted message is handed to the caller to
+//! commit durably before its `250` is written.
+//!
+//! The caller (a TCP connection, or later a call's media channel) loops:
+//! [`Session::feed`] what it read, then [`Session::step`] until it asks for
+//! more input, a commit, or the end of the session. Commands are parsed by
+//! smtp-proto; the `DATA` body by [`super::data`]. Pipelined commands after
+//! the end of data wait until the message is committed.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use smtp_proto::request::receiver::RequestReceiver;
+use smtp_proto::{Error as ParseError, Request};
+
+use super::data::{DataError, DataReceiver, Progress};
+use super::reply::Reply;
+
+/// The longest command line accepted, CRLF included (Postfix's
+/// `line_length_limit`; RFC 5321 asks for at least 512).
+const COMMAND_LINE_LIMIT: usize = 2048;
+
+/// What the server accepts, and its limits.
+#[derive(Debug, Clone)]
+pub struct SessionPolicy {
+    /// The name the server gives in its greeting and `Received:` headers.
+    pub hostname: String,
+    /// Domains whose mail is delivered here (lower case, no trailing dot).
+    pub local_domains: HashSet<String>,
+    /// Addresses of local mailboxes and aliases (`user@domain`, lower case).
+    pub local_addresses: HashSet<String>,
+    /// Networks allowed to relay without authentication (address, prefix).
+    pub relay_networks: Vec<(IpAddr, u8)>,
+    /// Largest message accepted, in bytes.
+    pub max_message_size: usize,
+    /// Most recipients in one message.
+    pub max_recipients: usize,
+    /// Errors before the session is closed.
+    pub max_errors: u32,
+}
+
+/// The envelope of an accepted message, with the RFC 3461 parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub mail_from: String,
+    pub recipients: Vec<Recipient>,
+    /// `ENVID`, `RET=FULL` (true) or `RET=HDRS` (false), if given.
+    pub envelope_id: Option<String>,
+    pub return_full: Option<bool>,
+    /// The message, with the `Received:` header added.
+    pub message: Vec<u8>,
+    pub helo: String,
+}
+
+/// One accepted recipient and its DSN parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub address: String,
+    /// `NOTIFY` flags as smtp-proto parses them (`RCPT_NOTIFY_*`).
+    pub notify: u64,
+    /// `ORCPT`, if given.
+    pub original: Option<String>,
+}
+
+/// What the caller must do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Read more from the client and [`Session::feed`] it.
+    NeedInput,
+    /// Store the message durably, then call [`Session::committed`].
+    Commit(Box<Accepted>),
+    /// Write what is pending, then close the connection.
+    Close,
+}
+
+/// Where the session is.
+enum Mode {
+    Commands,
+    /// Discarding the rest of an overlong command line.
+    SkipLine,
+    Data(DataReceiver),
+    /// Reading a `BDAT` chunk; `ready` is false when there was no
+    /// transaction with recipients to add it to.
+    Bdat {
+        left: usize,
+        last: bool,
+        ready: bool,
+    },
+    /// Waiting for the caller to commit; input is held.
+    Committing,
+    Closed,
+}
+
+struct Transaction {
+    mail_from: String,
+    envelope_id: Option<String>,
+    return_full: Option<bool>,
+    recipients: Vec<Recipient>,
+    /// Bytes received by `BDAT` so far.
+    chunks: Vec<u8>,
+    /// `BDAT` content is refused (too large) but still read.
+    chunks_too_large: bool,
+}
+
+/// One SMTP session.
+pub struct Session {
+    policy: SessionPolicy,
+    client: IpAddr,
+    helo: Option<String>,
+    transaction: Option<Transaction>,
+    mode: Mode,
+    input: Vec<u8>,
+    requests: RequestReceiver,
+    errors: u32,
+    authenticated: bool,
+}
+
+impl Session {
+    pub fn new(policy: SessionPolicy, client: IpAddr) -> Session {
+        Session {
+            policy,
+            client,
+            helo: None,
+            transaction: None,
+            mode: Mode::Commands,
+            input: Vec::new(),
+            requests: RequestReceiver::default(),
+            errors: 0,
+            authenticated: false,
+        }
+    }
+
+    /// The `220` greeting.
+    pub fn greeting(&self) -> Reply {
+        Reply::new(220, "", format!("{} ESMTP mailcall", self.policy.hostname))
+    }
+
+    /// Adds bytes read from the client.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.input.extend_from_slice(bytes);
+    }
+
+    /// Processes buffered input, writing replies to `out`.
+    pub fn step(&mut self, out: &mut Vec<u8>) -> Step {
+        loop {
+            match &mut self.mode {
+                Mode::Closed => return Step::Close,
+                Mode::Committing => return Step::NeedInput,
+                Mode::Data(receiver) => match receiver.feed(&self.input) {
+                    Progress::More => {
+                        self.input.clear();
+                        return Step::NeedInput;
+                    }
+                    Progress::Ended { consumed } => {
+                        self.input.drain(..consumed);
+                        let Mode::Data(receiver) =
+                            std::mem::replace(&mut self.mode, Mode::Commands)
+                        else {
+                            unreachable!("in data mode");
+                        };
+                        match receiver.finish() {
+                            Ok(body) => return self.commit(body),
+                            Err(error) => {
+                                self.transaction = None;
+                                self.reply(out, data_error_reply(error));
+                            }
+                        }
+                    }
+                },
+                Mode::Bdat { left, last, ready } => {
+                    let take = (*left).min(self.input.len());
+                    let last = *last;
+                    let ready = *ready;
+                    *left -= take;
+                    let done = *left == 0;
+                    let chunk: Vec<u8> = self.input.drain(..take).collect();
+                    if let Some(transaction) = self.transaction.as_mut().filter(|_| ready) {
+                        if transaction.chunks.len() + chunk.len() > self.policy.max_message_size {
+                            transaction.chunks_too_large = true;
+                        } else if !transaction.chunks_too_large {
+                            transaction.chunks.extend_from_slice(&chunk);
+                        }
+                    }
+                    if !done {
+                        return Step::NeedInput;
+                    }
+                    self.mode = Mode::Commands;
+                    let too_large = self
+                        .transaction
+                        .as_ref()
+                        .is_some_and(|t| t.chunks_too_large);
+                    if !ready {
+                        self.transaction = None;
+                        self.reply(out, Reply::new(503, "5.5.1", "Need MAIL and RCPT first"));
+                    } else if too_large {
+                        self.transaction = None;
+                        self.reply(out, data_error_reply(DataError::TooLarge));
+                    } else if last {
+                        let body = self
+                            .transaction
+                            .as_mut()
+                            .map(|t| std::mem::take(&mut t.chunks));
+                        return self.commit(body.unwrap_or_default());
+                    } else {
+                        let size = self.transaction.as_ref().map_or(0, |t| t.chunks.len());
+                        self.reply(
+                            out,
+                            Reply::new(250, "2.0.0", format!("{size} octets received")),
+                        );
+                    }
+                }
+                Mode::SkipLine => match self.input.iter().position(|&b| b == b'\n') {
+                    Some(end) => {
+                        self.input.drain(..=end);
+                        self.mode = Mode::Commands;
+                        self.reply(out, Reply::new(500, "5.5.2", "Line too long"));
+                    }
+                    None => {
+                        self.input.clear();
+                        return Step::NeedInput;
+                    }
+                },
+                Mode::Commands => {
+                    // Parse whole lines only, and none longer than the limit.
+                    match self.input.iter().position(|&b| b == b'\n') {
+                        Some(end) if end + 1 > COMMAND_LINE_LIMIT => {
+                            self.input.drain(..=end);
+                            self.reply(out, Reply::new(500, "5.5.2", "Line too long"));
+                            continue;
+                        }
+                        Some(_) => {}
+                        None if self.input.len() > COMMAND_LINE_LIMIT => {
+                            self.mode = Mode::SkipLine;
+                            continue;
+                        }
+                        None => return Step::NeedInput,
+                    }
+                    let mut bytes = self.input.iter();
+                    let parsed = self.requests.ingest(&mut bytes).map(Request::into_owned);
+                    let consumed = self.input.len() - bytes.as_slice().len();
+                    self.input.drain(..consumed);
+                    match parsed {
+                        Ok(request) => self.command(request, out),
+                        Err(ParseError::NeedsMoreData { .. }) => return Step::NeedInput,
+                        Err(error) => {
+                            let reply = parse_error_reply(error);
+                            self.reply(out, reply);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The caller stored the accepted message (`Ok(queue id)`) or could not
+    /// (`Err(reason)`): write the reply and go on with held input.
+    pub fn committed(&mut self, result: Result<String, String>, out: &mut Vec<u8>) {
+        self.mode = Mode::Commands;
+        match result {
+            Ok(id) => self.reply(out, Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))),
+            Err(reason) => {
+                tracing::error!(step = "S1", "cannot queue an accepted message: {reason}");
+                self.reply(
+                    out,
+                    Reply::new(451, "4.3.0", "Local error in processing; try again later"),
+                );
+            }
+        }
+    }
+
+    fn commit(&mut self, body: Vec<u8>) -> Step {
+        let Some(transaction) = self.transaction.take() else {
+            return Step::NeedInput;
+        };
+        self.mode = Mode::Committing;
+        let helo = self.helo.clone().unwrap_or_default();
+        let mut message = self.received_header(&helo, &transaction).into_bytes();
+        message.extend_from_slice(&body);
+        Step::Commit(Box::new(Accepted {
+            mail_from: transaction.mail_from,
+            recipients: transaction.recipients,
+            envelope_id: transaction.envelope_id,
+            return_full: transaction.return_full,
+            message,
+            helo,
+        }))
+    }
+
+    fn received_header(&self, helo: &str, transaction: &Transaction) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let date = mail_parser::DateTime::from_timestamp(now).to_rfc822();
+        let for_clause = match &transaction.recipients[..] {
+            [only] => format!("\r\n\tfor <{}>", only.address),
+            _ => String::new(),
+        };
+        format!(
+            "Received: from {helo} ([{client}])\r\n\tby {host} (mailcall) with ESMTP{for_clause};\r\n\t{date}\r\n",
+            client = self.client,
+            host = self.policy.hostname,
+        )
+    }
+
+    fn reply(&mut self, out: &mut Vec<u8>, reply: Reply) {
+        if reply.is_error() {
+            self.errors += 1;
+        }
+        reply.write_to(out);
+        if self.errors >= self.policy.max_errors && !matches!(self.mode, Mode::Closed) {
+            Reply::new(
+                421,
+                "4.7.0",
+                format!("{} Too many errors; closing", self.policy.hostname),
+            )
+            .write_to(out);
+            self.mode = Mode::Closed;
+        }
+    }
+
+    fn command(&mut self, request: Request<String>, out: &mut Vec<u8>) {
+        let reply = match request {
+            Request::Ehlo { host } => {
+                self.helo = Some(host.clone());
+                self.transaction = None;
+                Reply {
+                    code: 250,
+                    status: "",
+                    lines: vec![
+                        format!("{} greets {host}", self.policy.hostname),
+                        "PIPELINING".into(),
+                        format!("SIZE {}", self.policy.max_message_size),
+                        "8BITMIME".into(),
+                        "ENHANCEDSTATUSCODES".into(),
+                        "SMTPUTF8".into(),
+                        "DSN".into(),
+                        "CHUNKING".into(),
+                    ],
+                }
+            }
+            Request::Helo { host } => {
+                self.helo = Some(host);
+                self.transaction = None;
+                Reply::new(250, "", self.policy.hostname.clone())
+            }
+            Request::Lhlo { .. } => Reply::new(500, "5.5.1", "LHLO is for LMTP"),
+            Request::Mail { from } => self.mail(from),
+            Request::Rcpt { to } => self.rcpt(to),
+            Request::Data => match &self.transaction {
+                Some(t) if !t.recipients.is_empty() => {
+                    self.mode = Mode::Data(DataReceiver::new(self.policy.max_message_size));
+                    Reply::new(354, "", "End data with <CR><LF>.<CR><LF>")
+                }
+                Some(_) => Reply::new(554, "5.5.1", "No valid recipients"),
+                None => Reply::new(503, "5.5.1", "Need MAIL and RCPT first"),
+            },
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => {
+                // The chunk is read either way, to stay in step with the
+                // client; the reply comes once it is read.
+                let ready = self
+                    .transaction
+                    .as_ref()
+                    .is_some_and(|t| !t.recipients.is_empty());
+                self.mode = Mode::Bdat {
+                    left: chunk_size,
+                    last: is_last,
+                    ready,
+                };
+                return;
+            }
+            Request::Rset => {
+                self.transaction = None;
+                Reply::new(250, "2.0.0", "Ok")
+            }
+            Request::Noop { .. } => Reply::new(250, "2.0.0", "Ok"),
+            Request::Quit => {
+                Reply::new(221, "2.0.0", "Bye").write_to(out);
+                self.mode = Mode::Closed;
+                return;
+            }
+            Request::Vrfy { .. } => Reply::new(
+                252,
+                "2.5.0",
+                "Cannot VRFY user; send mail and it will be delivered or bounced",
+            ),
+            Request::Expn { .. } => Reply::new(502, "5.5.1", "EXPN is disabled"),
+            Request::Help { .. } => Reply::new(214, "2.0.0", "See RFC 5321"),
+            Request::StartTls => Reply::new(454, "4.7.0", "TLS not available"),
+            Request::Auth { .. } => Reply::new(502, "5.5.1", "AUTH is not offered"),
+            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                Reply::new(502, "5.5.1", "Command not implemented")
+            }
+        };
+        self.reply(out, reply);
+    }
+
+    fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> Reply {
+        if self.helo.is_none() {
+            return Reply::new(503, "5.5.1", "Send EHLO or HELO first");
+        }
+        if self.transaction.is_some() {
+            return Reply::new(503, "5.5.1", "Nested MAIL command");
+        }
+        if from.size > self.policy.max_message_size {
+            return Reply::new(552, "5.3.4", "Message size exceeds fixed limit");
+        }
+        let return_full = if from.flags & smtp_proto::MAIL_RET_FULL != 0 {
+            Some(true)
+        } else if from.flags & smtp_proto::MAIL_RET_HDRS != 0 {
+            Some(false)
+        } else {
+            None
+        };
+        self.transaction = Some(Transaction {
+            mail_from: from.address,
+            envelope_id: from.env_id,
+            return_full,
+            recipients: Vec::new(),
+            chunks: Vec::new(),
+            chunks_too_large: false,
+        });
+        Reply::new(250, "2.1.0", "Ok")
+    }
+
+    fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) -> Reply {
+        let max_recipients = self.policy.max_recipients;
+        let Some(transaction) = &self.transaction else {
+            return Reply::new(503, "5.5.1", "Need MAIL first");
+        };
+        if transaction.recipients.len() >= max_recipients {
+            return Reply::new(452, "4.5.3", "Too many recipients");
+        }
+        let address = to.address.trim().to_string();
+        let Some((local, domain)) = address.rsplit_once('@') else {
+            return Reply::new(501, "5.1.3", "Recipient address must be user@domain");
+        };
+        let domain = domain.trim_end_matches('.').to_lowercase();
+        if local.is_empty() || domain.is_empty() {
+            return Reply::new(501, "5.1.3", "Recipient address must be user@domain");
+        }
+        if self.policy.local_domains.contains(&domain) {
+            // Only whole local addresses: `a%b@local`, `"a@b"@local` are
+            // just unknown users, never a way to relay.
+            let key = format!("{}@{domain}", local.to_lowercase());
+            if !self.policy.local_addresses.contains(&key) {
+                return Reply::new(
+                    550,
+                    "5.1.1",
+                    format!("<{address}>: Recipient address rejected: User unknown"),
+                );
+            }
+        } else if !self.may_relay() {
+            return Reply::new(554, "5.7.1", format!("<{address}>: Relay access denied"));
+        }
+        let recipient = Recipient {
+            address: format!("{local}@{domain}"),
+            notify: to.flags,
+            original: to.orcpt,
+        };
+        if let Some(transaction) = &mut self.transaction {
+            transaction.recipients.push(recipient);
+        }
+        Reply::new(250, "2.1.5", "Ok")
+    }
+
+    fn may_relay(&self) -> bool {
+        self.authenticated
+            || self
+                .policy
+                .relay_networks
+                .iter()
+                .any(|(network, prefix)| in_network(self.client, *network, *prefix))
+    }
+}
+
+fn in_network(address: IpAddr, network: IpAddr, prefix: u8) -> bool {
+    match (address, network) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+fn data_error_reply(error: DataError) -> Reply {
+    match error {
+        DataError::BareNewline => {
+            Reply::new(550, "5.5.2", "Message refused: bare <CR> or <LF> received")
+        }
+        DataError::TooLarge => Reply::new(552, "5.3.4", "Message size exceeds fixed limit"),
+    }
+}
+
+fn parse_error_reply(error: ParseError) -> Reply {
+    match error {
+        ParseError::UnknownCommand => Reply::new(500, "5.5.1", "Command unrecognized"),
+        ParseError::InvalidSenderAddress => Reply::new(501, "5.1.7", "Bad sender address syntax"),
+        ParseError::InvalidRecipientAddress => {
+            Reply::new(501, "5.1.3", "Bad recipient address syntax")
+        }
+        ParseError::SyntaxError { syntax } => Reply::new(501, "5.5.4", format!("Syntax: {syntax}")),
+        ParseError::InvalidParameter { param } => {
+            Reply::new(501, "5.5.4", format!("Invalid parameter {param}"))
+        }
+        ParseError::UnsupportedParameter { param } => {
+            Reply::new(555, "5.5.4", format!("Unsupported parameter {param}"))
+        }
+        ParseError::ResponseTooLong => Reply::new(500, "5.5.2", "Line too long"),
+        ParseError::NeedsMoreData { .. } | ParseError::InvalidResponse { .. } => {
+            Reply::new(500, "5.5.1", "Command unrecognized")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> SessionPolicy {
+        SessionPolicy {
+            hostname: "mx.local.example".into(),
+            local_domains: HashSet::from(["local.example".to_string()]),
+            local_addresses: HashSet::from([
+                "postmaster@local.example".to_string(),
+                "taro@local.example".to_string(),
+            ]),
+            relay_networks: vec![("10.1.0.0".parse().unwrap(), 16)],
+            max_message_size: 10_000,
+            max_recipients: 3,
+            max_errors: 10,
+        }
+    }
+
+    /// A client on the other side: sends bytes, collects replies and the
+    /// messages the session asked to commit.
+    struct Client {
+        session: Session,
+        accepted: Vec<Accepted>,
+        closed: bool,
+    }
+
+    impl Client {
+        fn new(address: &str) -> Client {
+            Client::with(policy(), address)
+        }
+
+        fn with(policy: SessionPolicy, address: &str) -> Client {
+            Client {
+                session: Session::new(policy, address.parse().unwrap()),
+                accepted: Vec::new(),
+                closed: false,
+            }
+        }
+
+        /// Sends `bytes` and returns every reply line written in response.
+        fn send(&mut self, bytes: &str) -> Vec<String> {
+            let mut out = Vec::new();
+            self.session.feed(bytes.as_bytes());
+            loop {
+                match self.session.step(&mut out) {
+                    Step::NeedInput => break,
+                    Step::Close => {
+                        self.closed = true;
+                        break;
+                    }
+                    Step::Commit(accepted) => {
+                        self.accepted.push(*accepted);
+                        let id = format!("Q{}", self.accepted.len());
+                        self.session.committed(Ok(id), &mut out);
+                    }
+                }
+            }
+            String::from_utf8(out)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect()
+        }
+
+        /// Sends one line and returns the last reply line.
+        fn say(&mut self, line: &str) -> String {
+            self.send(&format!("{line}\r\n")).pop().unwrap_or_default()
+        }
+    }
+
+    #[test]
+    fn a_whole_transaction_is_accepted_with_a_received_header() {
+        let mut client = Client::new("192.0.2.7");
+        assert!(client
+            .session
+            .greeting()
+            .to_string()
+            .starts_with("220 mx.local.example"));
+        let ehlo = client.send("EHLO client.example\r\n");
+        for extension in [
+            "PIPELINING",
+            "SIZE 10000",
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+            "SMTPUTF8",
+            "DSN",
+            "CHUNKING",
+        ] {
+            assert!(
+                ehlo.iter().any(|line| line.ends_with(extension)),
+                "{extension}: {ehlo:?}"
+            );
+        }
+        assert_eq!(
+            client.say("MAIL FROM:<a@sender.example> RET=HDRS ENVID=abc123"),
+            "250 2.1.0 Ok"
+        );
+        assert_eq!(
+            client.say("RCPT TO:<Taro@LOCAL.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;taro@local.example"),
+            "250 2.1.5 Ok"
+        );
+        assert_eq!(client.say("DATA"), "354 End data with <CR><LF>.<CR><LF>");
+        let reply = client.send("Subject: hi\r\n\r\n..dot\r\nbody\r\n.\r\n");
+        assert_eq!(reply, ["250 2.0.0 Ok: queued as Q1"]);
+        let accepted = &client.accepted[0];
+        assert_eq!(accepted.mail_from, "a@sender.example");
+        assert_eq!(accepted.recipients[0].address, "Taro@local.example");
+        assert_eq!(
+            accepted.recipients[0].notify,
+            smtp_proto::RCPT_NOTIFY_SUCCESS | smtp_proto::RCPT_NOTIFY_FAILURE
+        );
+        assert!(accepted.recipients[0].original.is_some());
+        assert_eq!(accepted.envelope_id.as_deref(), Some("abc123"));
+        assert_eq!(accepted.return_full, Some(false));
+        let text = String::from_utf8(accepted.message.clone()).unwrap();
+        assert!(
+            text.starts_with(
+                "Received: from client.example ([192.0.2.7])\r\n\tby mx.local.example"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("Subject: hi\r\n\r\n.dot\r\nbody\r\n"),
+            "{text}"
+        );
+        assert_eq!(client.say("QUIT"), "221 2.0.0 Bye");
+        assert!(client.closed);
+    }
+
+    #[test]
+    fn pipelined_commands_are_answered_in_order() {
+        let mut client = Client::new("192.0.2.7");
+        let replies = client.send(
+            "EHLO c\r\nMAIL FROM:<a@s.example>\r\nRCPT TO:<taro@local.example>\r\nRCPT TO:<nobody@local.example>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n",
+        );
+        let codes: Vec<&str> = replies
+            .iter()
+            .filter(|l| !l.starts_with("250-"))
+            .map(|l| &l[..3])
+            .collect();
+        assert_eq!(codes, ["250", "250", "250", "550", "354", "250", "250"]);
+        assert_eq!(client.accepted.len(), 1);
+    }
+
+    #[test]
+    fn relaying_is_denied_whatever_the_address_tricks() {
+        let mut client = Client::new("192.0.2.7");
+        client.say("EHLO c");
+        client.say("MAIL FROM:<a@s.example>");
+        for rcpt in [
+            "<x@remote.example>",
+            "<x@remote.example.>",
+            "<x@REMOTE.example>",
+            "<x%remote.example@local.example>",
+            "<\"x@remote.example\"@local.example>",
+            "<@local.example:x@remote.example>",
+            "<x@remote.example@local.example>",
+            "<remote.example!x@local.example>",
+        ] {
+            let reply = client.say(&format!("RCPT TO:{rcpt}"));
+            assert!(reply.starts_with('5'), "{rcpt} got {reply}");
+        }
+        assert_eq!(client.say("DATA"), "554 5.5.1 No valid recipients");
+    }
+
+    #[test]
+    fn relay_networks_may_relay_and_unknown_local_users_are_refused() {
+        let mut client = Client::new("10.1.2.3");
+        client.say("HELO c");
+        client.say("MAIL FROM:<a@s.example>");
+        assert_eq!(client.say("RCPT TO:<x@remote.example>"), "250 2.1.5 Ok");
+        assert!(client
+            .say("RCPT TO:<nobody@local.example>")
+            .starts_with("550 5.1.1"));
+        assert_eq!(
+            client.say("RCPT TO:<postmaster@local.example>"),
+            "250 2.1.5 Ok"
+        );
+    }
+
+    #[test]
+    fn smuggled_end_of_data_never_ends_the_message() {
+        for smuggled in ["\n.\r\n", "\r\n.\n", "\n.\n", "\r.\r\n"] {
+            let mut client = Client::new("192.0.2.7");
+            client.send(
+                "EHLO c\r\nMAIL FROM:<a@s.example>\r\nRCPT TO:<taro@local.example>\r\nDATA\r\n",
+            );
+            let replies = client.send(&format!(
+                "Subject: x\r\n\r\nhello{smuggled}MAIL FROM:<evil@s.example>\r\nRCPT TO:<postmaster@local.example>\r\nDATA\r\nevil\r\n.\r\nRSET\r\n"
+            ));
+            assert_eq!(
+                replies,
+                [
+                    "550 5.5.2 Message refused: bare <CR> or <LF> received",
+                    "250 2.0.0 Ok"
+                ],
+                "{smuggled:?}"
+            );
+            assert!(client.accepted.is_empty(), "{smuggled:?}");
+        }
+    }
+
+    #[test]
+    fn bdat_chunks_make_one_message_and_are_read_even_when_refused() {
+        let mut client = Client::new("192.0.2.7");
+        client.say("EHLO c");
+        // Refused (no transaction), but the chunk is read, not run as commands.
+        assert_eq!(
+            client.send("BDAT 6\r\nQUIT\r\n"),
+            ["503 5.5.1 Need MAIL and RCPT first"]
+        );
+        assert!(!client.closed);
+        client.say("MAIL FROM:<a@s.example>");
+        client.say("RCPT TO:<taro@local.example>");
+        assert_eq!(client.send("BDAT 12\r\nSubject: "), Vec::<String>::new());
+        assert_eq!(client.send("x\r\n"), ["250 2.0.0 12 octets received"]);
+        assert_eq!(
+            client.send("BDAT 6 LAST\r\n\r\nhi\r\n"),
+            ["250 2.0.0 Ok: queued as Q1"]
+        );
+        assert!(String::from_utf8_lossy(&client.accepted[0].message)
+            .ends_with("Subject: x\r\n\r\nhi\r\n"));
+    }
+
+    #[test]
+    fn limits_have_their_reply_codes() {
+        let mut client = Client::new("10.1.0.1");
+        client.say("EHLO c");
+        assert!(client
+            .say("MAIL FROM:<a@s.example> SIZE=20000")
+            .starts_with("552 5.3.4"));
+        client.say("MAIL FROM:<a@s.example>");
+        for n in 0..3 {
+            assert_eq!(
+                client.say(&format!("RCPT TO:<r{n}@remote.example>")),
+                "250 2.1.5 Ok"
+            );
+        }
+        assert!(client
+            .say("RCPT TO:<r4@remote.example>")
+            .starts_with("452 4.5.3"));
+        client.say("DATA");
+        let body = format!("{}\r\n.\r\n", "a".repeat(20_000));
+        assert!(client.send(&body)[0].starts_with("552 5.3.4"));
+        assert!(client
+            .say(&format!("NOOP {}", "x".repeat(5000)))
+            .starts_with("500 5.5.2"));
+        // An overlong line sent in pieces is skipped to its end.
+        assert!(client.send(&"y".repeat(3000)).is_empty());
+        assert_eq!(
+            client.send("yyy\r\nNOOP\r\n"),
+            ["500 5.5.2 Line too long", "250 2.0.0 Ok"]
+        );
+    }
+
+    #[test]
+    fn too_many_errors_close_the_session() {
+        let mut limited = policy();
+        limited.max_errors = 3;
+        let mut client = Client::with(limited, "192.0.2.7");
+        client.say("EHLO c");
+        client.say("FOO");
+        client.say("BAR");
+        let replies = client.send("BAZ\r\n");
+        assert_eq!(
+            replies.last().unwrap(),
+            "421 4.7.0 mx.local.example Too many errors; closing"
+        );
+        assert!(client.closed);
+    }
+
+    #[test]
+    fn other_commands() {
+        let mut client = Client::new("192.0.2.7");
+        assert!(client
+            .say("MAIL FROM:<a@s.example>")
+            .starts_with("503 5.5.1"));
+        client.say("EHLO c");
+        assert!(client.say("VRFY taro").starts_with("252 2.5.0"));
+        assert_eq!(client.say("NOOP"), "250 2.0.0 Ok");
+        client.say("MAIL FROM:<>");
+        assert!(client
+            .say("MAIL FROM:<b@s.example>")
+            .starts_with("503 5.5.1"));
+        assert_eq!(client.say("RSET"), "250 2.0.0 Ok");
+        assert_eq!(client.say("MAIL FROM:<b@s.example>"), "250 2.1.0 Ok");
+        assert!(client.say("STARTTLS").starts_with("454"));
+        assert!(client.say("EXPN list").starts_with("502"));
+    }
+}
