@@ -27,6 +27,12 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The mail server: names, addresses, folders, limits.
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// Local mailboxes, by user name (the local part in every local domain).
+    #[serde(default = "default_users")]
+    pub users: BTreeMap<String, UserSettings>,
     /// The rule chain and the limits rules run under.
     #[serde(default)]
     pub policy: PolicySettings,
@@ -42,6 +48,62 @@ pub struct Config {
     /// The folder relative paths are resolved against (the file's folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// `[server]`: what the mail server listens on, stores where, and accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// The name in the greeting and in `Received:` headers.
+    pub hostname: String,
+    /// Where the queue and the mailboxes live.
+    pub data_dir: PathBuf,
+    /// The SMTP listener.
+    pub smtp_listen: std::net::SocketAddr,
+    /// Domains whose mail is delivered to local mailboxes.
+    pub local_domains: Vec<String>,
+    /// Largest message accepted, in KiB.
+    pub max_message_size_kib: u32,
+    /// Most recipients per message.
+    pub max_recipients: u32,
+    /// Protocol errors before a session is closed.
+    pub max_errors: u32,
+    /// SMTP sessions at once; more are turned away with `421`.
+    pub max_sessions: u32,
+    /// Seconds to wait for a command, and for each read of message data.
+    pub command_timeout_secs: u32,
+    pub data_timeout_secs: u32,
+}
+
+impl Default for ServerSettings {
+    /// Loopback only, so a new user can try it at once.
+    fn default() -> Self {
+        ServerSettings {
+            hostname: "localhost".into(),
+            data_dir: PathBuf::from("mailcall-data"),
+            smtp_listen: ([127, 0, 0, 1], 2525).into(),
+            local_domains: vec!["localhost".into()],
+            max_message_size_kib: 10 * 1024,
+            max_recipients: 100,
+            max_errors: 20,
+            max_sessions: 100,
+            command_timeout_secs: 300,
+            data_timeout_secs: 180,
+        }
+    }
+}
+
+/// `[users.NAME]`: one local mailbox.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserSettings {
+    /// Other local parts delivered to this mailbox (`root`, `abuse`).
+    pub aliases: Vec<String>,
+}
+
+/// RFC 5321 asks every domain for a `postmaster` mailbox.
+fn default_users() -> BTreeMap<String, UserSettings> {
+    BTreeMap::from([("postmaster".to_string(), UserSettings::default())])
 }
 
 /// `[policy]`: the rule chain and the limits every rule runs under.
@@ -229,6 +291,8 @@ impl Config {
     /// given on the command line.
     pub fn empty() -> Config {
         Config {
+            server: ServerSettings::default(),
+            users: default_users(),
             policy: PolicySettings::default(),
             numbering_plan: NumberingPlanSettings::default(),
             tables: BTreeMap::new(),
@@ -261,7 +325,48 @@ impl Config {
         }
     }
 
+    /// The mailbox (user name) of a local part, following aliases.
+    pub fn mailbox_of(&self, local_part: &str) -> Option<&str> {
+        let local_part = local_part.to_lowercase();
+        self.users.iter().find_map(|(user, settings)| {
+            let matches = user.to_lowercase() == local_part
+                || settings
+                    .aliases
+                    .iter()
+                    .any(|alias| alias.to_lowercase() == local_part);
+            matches.then_some(user.as_str())
+        })
+    }
+
     fn validate(&self) -> Result<(), String> {
+        let server = &self.server;
+        if server.local_domains.is_empty() {
+            return Err("[server] local_domains must name at least one domain".into());
+        }
+        for (name, value) in [
+            ("max_message_size_kib", server.max_message_size_kib),
+            ("max_recipients", server.max_recipients),
+            ("max_errors", server.max_errors),
+            ("max_sessions", server.max_sessions),
+            ("command_timeout_secs", server.command_timeout_secs),
+            ("data_timeout_secs", server.data_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(format!("[server] {name} must be at least 1"));
+            }
+        }
+        for user in self.users.keys() {
+            let valid = !user.is_empty()
+                && user
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
+                && !user.starts_with('.');
+            if !valid {
+                return Err(format!(
+                    "[users.{user}]: a user name is letters, digits and . _ - +"
+                ));
+            }
+        }
         let policy = &self.policy;
         let mut seen = std::collections::HashSet::new();
         for name in &policy.chain {

@@ -3,13 +3,17 @@
 //! ladder (T1–T7).
 //!
 //! - [`config`]: the configuration file.
+//! - [`delivery`]: the planner, steps S2–S8 per recipient.
 //! - [`mailbox`]: step S3, local Maildir storage.
 //! - [`policy`]: step S4, the chain of WebAssembly rules that finds a number.
 //! - [`queue`]: the durable spool (group-committed journal) under the queue.
-//! - [`smtp`]: SMTP protocol pieces (the DATA body reader so far).
+//! - [`server`]: `mailcall serve`, listeners and the delivery worker.
+//! - [`smtp`]: SMTP protocol pieces: the DATA reader, replies, the session.
 
 pub mod config;
+pub mod delivery;
 pub mod mailbox;
 pub mod policy;
 pub mod queue;
+pub mod server;
 pub mod smtp;

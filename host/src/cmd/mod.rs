@@ -3,6 +3,7 @@
 mod check_config;
 mod rules_new;
 mod rules_test;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -19,6 +20,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the mail server. Without --config: SMTP on 127.0.0.1:2525, data
+    /// in ./mailcall-data, local domain `localhost` with a `postmaster` mailbox.
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Work with routing rules (WebAssembly components).
     Rules {
         #[command(subcommand)]
@@ -44,7 +52,10 @@ impl Cli {
     /// Log filter when `RUST_LOG` is not set: quiet for one-shot commands,
     /// whose output is on stdout.
     pub fn default_log_filter(&self) -> &'static str {
-        "warn"
+        match self.command {
+            Command::Serve { .. } => "info",
+            _ => "warn",
+        }
     }
 }
 
@@ -57,5 +68,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             command: RulesCommand::New(args),
         } => rules_new::run(args),
         Command::CheckConfig { file } => check_config::run(&file),
+        Command::Serve { config } => serve::run(config),
     }
 }

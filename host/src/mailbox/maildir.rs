@@ -52,15 +52,28 @@ impl Maildir {
     /// Delivers `message` durably; returns its unique name.
     pub fn deliver(&self, message: &[u8]) -> Result<String, MaildirError> {
         let unique = unique_name();
-        let temporary = self.root.join("tmp").join(&unique);
-        let delivered = self.root.join("new").join(&unique);
+        self.deliver_as(&unique, message)?;
+        Ok(unique)
+    }
+
+    /// Delivers `message` durably under the unique name `unique`, once: if
+    /// a message of that name is already here (a delivery repeated after a
+    /// crash), nothing is written. The queue names deliveries by message id
+    /// and recipient, so a crash never delivers twice.
+    pub fn deliver_as(&self, unique: &str, message: &[u8]) -> Result<(), MaildirError> {
+        if self.contains(unique) {
+            return Ok(());
+        }
+        let temporary = self.root.join("tmp").join(unique);
+        let delivered = self.root.join("new").join(unique);
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |error| MaildirError { path, error }
         };
         let mut file = OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .open(&temporary)
             .map_err(io(&temporary))?;
         file.write_all(message).map_err(io(&temporary))?;
@@ -71,7 +84,20 @@ impl Maildir {
         File::open(&new)
             .and_then(|dir| dir.sync_all())
             .map_err(io(&new))?;
-        Ok(unique)
+        Ok(())
+    }
+
+    /// True if a message named `unique` is in `new/` or `cur/`.
+    fn contains(&self, unique: &str) -> bool {
+        if self.root.join("new").join(unique).exists() {
+            return true;
+        }
+        let prefix = format!("{unique}:");
+        std::fs::read_dir(self.root.join("cur")).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+        })
     }
 
     /// Every message in `new/` and `cur/`, oldest first (by unique name,
@@ -124,20 +150,34 @@ fn unique_name() -> String {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let count = DELIVERIES.fetch_add(1, Ordering::Relaxed);
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().replace(['/', ':'], "_"))
-        .unwrap_or_else(|_| "localhost".into());
     format!(
-        "{}.M{:06}P{}Q{count}.{host}",
+        "{}.M{:06}P{}Q{count}.{}",
         now.as_secs(),
         now.subsec_micros(),
-        std::process::id()
+        std::process::id(),
+        host_name()
     )
+}
+
+/// This machine's name, made safe for a Maildir file name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().replace(['/', ':'], "_"))
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_delivery_under_the_same_name_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = Maildir::open(dir.path()).unwrap();
+        maildir.deliver_as("1795000000.Q42R0.host", b"x").unwrap();
+        maildir.deliver_as("1795000000.Q42R0.host", b"x").unwrap();
+        assert_eq!(maildir.messages().unwrap().len(), 1);
+    }
 
     #[test]
     fn delivered_messages_are_listed_in_order_and_deleted() {

@@ -70,6 +70,17 @@ pub struct Envelope {
     /// The client's address and EHLO name, for the rules and the log.
     pub client_address: String,
     pub helo: String,
+    /// RFC 3461 parameters, kept for the delivery status notifications:
+    /// `ENVID`, `RET` (true: FULL), and per recipient `NOTIFY` (as
+    /// smtp-proto's flags) and `ORCPT`.
+    #[serde(default)]
+    pub envelope_id: Option<String>,
+    #[serde(default)]
+    pub return_full: Option<bool>,
+    #[serde(default)]
+    pub notify: Vec<u64>,
+    #[serde(default)]
+    pub original_recipients: Vec<Option<String>>,
 }
 
 /// What happened to one recipient.
@@ -183,7 +194,12 @@ impl Spool {
         segments.sort();
 
         let mut messages: HashMap<MessageId, (Queued, BodyLocation)> = HashMap::new();
-        let mut next_id = 1;
+        // Ids grow across restarts even when the spool was left empty: they
+        // start from the clock (microseconds), so a message is never given
+        // the id of one delivered before.
+        let mut next_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
         for &segment in &segments {
             replay(
                 &segment_path(dir, segment),
@@ -497,6 +513,10 @@ mod tests {
             received_at: 1_795_000_000,
             client_address: "127.0.0.1".into(),
             helo: "client.example".into(),
+            envelope_id: None,
+            return_full: None,
+            notify: Vec::new(),
+            original_recipients: Vec::new(),
         }
     }
 

@@ -136,6 +136,12 @@ impl Session {
         Reply::new(220, "", format!("{} ESMTP mailcall", self.policy.hostname))
     }
 
+    /// True while message data (`DATA` or a `BDAT` chunk) is being read,
+    /// for the caller's choice of timeout.
+    pub fn in_data(&self) -> bool {
+        matches!(self.mode, Mode::Data(_) | Mode::Bdat { .. })
+    }
+
     /// Adds bytes read from the client.
     pub fn feed(&mut self, bytes: &[u8]) {
         self.input.extend_from_slice(bytes);

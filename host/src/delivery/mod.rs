@@ -1,0 +1,189 @@
+//! The delivery planner: for each recipient of a queued message, the
+//! patent's flow from S2 on.
+//!
+//! | step | here |
+//! |---|---|
+//! | S2 | [`plan`]: is the recipient in one of our local domains? |
+//! | S3 | yes: store it in the user's Maildir ([`Planner::deliver_local`]) |
+//! | S4–S7 | no, and a rule finds a number: deliver over a call (to come) |
+//! | S8 | no number, or the call failed: normal SMTP relay (to come) |
+//!
+//! Every outcome is recorded in the spool before the next recipient, so a
+//! crash repeats at most the delivery in progress.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::Config;
+use crate::mailbox::maildir::Maildir;
+use crate::queue::schedule::{NextAttempt, RetrySchedule};
+use crate::queue::spool::{MessageId, Outcome, Queued, Spool, SpoolError};
+
+/// Where one recipient's copy goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// S3: the local mailbox of this user.
+    Local { mailbox: String },
+    /// A local domain, but no such user (accepted earlier, since removed).
+    NoSuchUser,
+    /// S4–S8: another domain.
+    Remote,
+}
+
+/// Delivers queued messages.
+pub struct Planner {
+    spool: Arc<Spool>,
+    config: Arc<Config>,
+    local_domains: HashSet<String>,
+    mail_dir: PathBuf,
+    schedule: RetrySchedule,
+}
+
+impl Planner {
+    pub fn new(spool: Arc<Spool>, config: Arc<Config>) -> Planner {
+        let local_domains = config
+            .server
+            .local_domains
+            .iter()
+            .map(|domain| domain.trim_end_matches('.').to_lowercase())
+            .collect();
+        let mail_dir = config.resolve(&config.server.data_dir).join("mail");
+        Planner {
+            spool,
+            config,
+            local_domains,
+            mail_dir,
+            schedule: RetrySchedule::default(),
+        }
+    }
+
+    /// S2: local or remote.
+    pub fn plan(&self, recipient: &str) -> Route {
+        let Some((local, domain)) = recipient.rsplit_once('@') else {
+            return Route::NoSuchUser;
+        };
+        if !self
+            .local_domains
+            .contains(&domain.trim_end_matches('.').to_lowercase())
+        {
+            return Route::Remote;
+        }
+        match self.config.mailbox_of(local) {
+            Some(mailbox) => Route::Local {
+                mailbox: mailbox.to_string(),
+            },
+            None => Route::NoSuchUser,
+        }
+    }
+
+    /// Delivers every recipient of message `id` that is not finished.
+    pub fn deliver(&self, id: MessageId) -> Result<(), SpoolError> {
+        let Some(queued) = self.spool.pending().into_iter().find(|q| q.id == id) else {
+            return Ok(());
+        };
+        self.deliver_queued(&queued)
+    }
+
+    /// Delivers every unfinished message whose time has come (after a
+    /// restart, and on each queue run).
+    pub fn deliver_pending(&self) -> Result<(), SpoolError> {
+        for queued in self.spool.pending() {
+            self.deliver_queued(&queued)?;
+        }
+        Ok(())
+    }
+
+    fn deliver_queued(&self, queued: &Queued) -> Result<(), SpoolError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let due = |outcome: &Option<Outcome>| match outcome {
+            None => true,
+            Some(Outcome::Deferred { retry_at, .. }) => *retry_at <= now,
+            Some(_) => false,
+        };
+        if !queued.outcomes.iter().any(due) {
+            return Ok(());
+        }
+        let body = self.spool.body(queued.id)?;
+        for (index, recipient) in queued.envelope.recipients.iter().enumerate() {
+            if !due(&queued.outcomes[index]) {
+                continue;
+            }
+            let attempts = match &queued.outcomes[index] {
+                Some(Outcome::Deferred { attempts, .. }) => *attempts + 1,
+                _ => 1,
+            };
+            let route = self.plan(recipient);
+            tracing::info!(step = "S2", id = %queued.id, rcpt = %recipient, route = ?route, "planned");
+            let outcome = match route {
+                Route::Local { mailbox } => {
+                    self.deliver_local(&mailbox, &body, attempts, queued, index)
+                }
+                Route::NoSuchUser => Outcome::Failed {
+                    detail: "5.1.1 no such local user".into(),
+                },
+                Route::Remote => {
+                    self.defer("4.4.0 relaying (S8) is not available yet", attempts, queued)
+                }
+            };
+            tracing::info!(id = %queued.id, rcpt = %recipient, outcome = ?outcome, "recorded");
+            self.spool.record(queued.id, index, outcome)?;
+        }
+        Ok(())
+    }
+
+    /// S3: into the user's Maildir, durably.
+    fn deliver_local(
+        &self,
+        mailbox: &str,
+        body: &[u8],
+        attempts: u32,
+        queued: &Queued,
+        index: usize,
+    ) -> Outcome {
+        // Named by message and recipient: a delivery repeated after a crash
+        // (before its outcome reached the spool) is stored once.
+        let unique = format!(
+            "{}.Q{}R{index}.{}",
+            queued.envelope.received_at,
+            queued.id,
+            crate::mailbox::maildir::host_name()
+        );
+        let delivered = Maildir::open(&self.mail_dir.join(mailbox))
+            .and_then(|maildir| maildir.deliver_as(&unique, body));
+        match delivered {
+            Ok(()) => {
+                tracing::info!(step = "S3", id = %queued.id, mailbox, file = %unique, "stored in the local mailbox");
+                Outcome::Delivered {
+                    detail: format!("2.0.0 stored in mailbox {mailbox}"),
+                }
+            }
+            Err(error) => {
+                tracing::error!(step = "S3", id = %queued.id, mailbox, "cannot store: {error}");
+                self.defer(&format!("4.3.0 cannot store: {error}"), attempts, queued)
+            }
+        }
+    }
+
+    fn defer(&self, detail: &str, attempts: u32, queued: &Queued) -> Outcome {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match self
+            .schedule
+            .after_failure(attempts, queued.envelope.received_at, now)
+        {
+            NextAttempt::At(retry_at) => Outcome::Deferred {
+                detail: detail.to_string(),
+                attempts,
+                retry_at,
+            },
+            NextAttempt::GiveUp => Outcome::Failed {
+                detail: format!("{detail}; gave up after {attempts} attempts"),
+            },
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! `mailcall serve`: the listeners and the delivery worker around the queue.
+//!
+//! Like Postfix, a pipeline of small stages around a durable queue: the
+//! SMTP listener ([`smtp`]) accepts and commits a message to the spool
+//! before its `250`, then hands its id to the delivery worker, which runs
+//! the planner ([`crate::delivery`]); a queue run every
+//! [`QUEUE_RUN_INTERVAL`] retries what was deferred.
+
+pub mod smtp;
+
+use std::collections::HashSet;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::delivery::Planner;
+use crate::queue::spool::{MessageId, Spool, SpoolError};
+use crate::smtp::session::SessionPolicy;
+
+/// How often deferred recipients are looked at.
+pub const QUEUE_RUN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("cannot listen on {address}: {error}")]
+    Listen {
+        address: std::net::SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+/// What every connection shares.
+pub struct Shared {
+    pub policy: SessionPolicy,
+    pub spool: Arc<Spool>,
+    /// New message ids for the delivery worker.
+    pub deliveries: mpsc::Sender<MessageId>,
+    pub config: Arc<Config>,
+}
+
+/// Runs the server until `shutdown` completes.
+pub async fn serve(
+    config: Arc<Config>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let data_dir = config.resolve(&config.server.data_dir);
+    let (spool, recovered) = Spool::open(&data_dir.join("queue"))?;
+    let spool = Arc::new(spool);
+    tracing::info!(messages = recovered.len(), dir = %data_dir.display(), "queue recovered");
+
+    let (deliveries, received) = mpsc::channel();
+    let planner = Planner::new(spool.clone(), config.clone());
+    std::thread::Builder::new()
+        .name("delivery".into())
+        .spawn(move || delivery_worker(planner, received))
+        .expect("spawn the delivery thread");
+
+    let server = &config.server;
+    let local_domains: HashSet<String> = server
+        .local_domains
+        .iter()
+        .map(|d| d.trim_end_matches('.').to_lowercase())
+        .collect();
+    let local_addresses = local_domains
+        .iter()
+        .flat_map(|domain| {
+            config.users.iter().flat_map(move |(user, settings)| {
+                std::iter::once(user.clone())
+                    .chain(settings.aliases.iter().cloned())
+                    .map(move |local| format!("{}@{domain}", local.to_lowercase()))
+            })
+        })
+        .collect();
+    let policy = SessionPolicy {
+        hostname: server.hostname.clone(),
+        local_domains,
+        local_addresses,
+        // Relaying needs the outbound side (S8), which is not built yet.
+        relay_networks: Vec::new(),
+        max_message_size: server.max_message_size_kib as usize * 1024,
+        max_recipients: server.max_recipients as usize,
+        max_errors: server.max_errors,
+    };
+    let shared = Arc::new(Shared {
+        policy,
+        spool,
+        deliveries,
+        config: config.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(server.smtp_listen)
+        .await
+        .map_err(|error| ServerError::Listen {
+            address: server.smtp_listen,
+            error,
+        })?;
+    tracing::info!(address = %server.smtp_listen, "SMTP listening");
+    tokio::select! {
+        () = smtp::listen(listener, shared) => {}
+        () = shutdown => tracing::info!("shutting down"),
+    }
+    Ok(())
+}
+
+/// Delivers new messages as they come, and everything due on each queue
+/// run. Ends when every sender is gone.
+fn delivery_worker(planner: Planner, received: mpsc::Receiver<MessageId>) {
+    if let Err(error) = planner.deliver_pending() {
+        tracing::error!("queue run failed: {error}");
+    }
+    loop {
+        match received.recv_timeout(QUEUE_RUN_INTERVAL) {
+            Ok(id) => {
+                if let Err(error) = planner.deliver(id) {
+                    tracing::error!(%id, "delivery failed: {error}");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(error) = planner.deliver_pending() {
+                    tracing::error!("queue run failed: {error}");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The SMTP listener: one task per connection, driving a
+//! [`Session`](crate::smtp::session::Session) over TCP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use super::Shared;
+use crate::queue::spool::Envelope;
+use crate::smtp::reply::Reply;
+use crate::smtp::session::{Accepted, Session, Step};
+
+/// Accepts connections forever; a session beyond `max_sessions` is told
+/// `421` and closed. Accept errors back off instead of spinning.
+pub async fn listen(listener: TcpListener, shared: Arc<Shared>) {
+    let sessions = Arc::new(Semaphore::new(shared.config.server.max_sessions as usize));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(10);
+                accepted
+            }
+            Err(error) => {
+                tracing::warn!("accept failed: {error}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        match sessions.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    if let Err(error) = connection(stream, peer, &shared).await {
+                        tracing::debug!(%peer, "connection ended: {error}");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let reply = Reply::new(
+                        421,
+                        "4.3.2",
+                        format!("{} Too many connections, try later", shared.policy.hostname),
+                    );
+                    let _ = stream.write_all(reply.to_string().as_bytes()).await;
+                });
+            }
+        }
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> std::io::Result<()> {
+    let mut session = Session::new(shared.policy.clone(), peer.ip());
+    stream
+        .write_all(session.greeting().to_string().as_bytes())
+        .await?;
+    let command_timeout = Duration::from_secs(shared.config.server.command_timeout_secs.into());
+    let data_timeout = Duration::from_secs(shared.config.server.data_timeout_secs.into());
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut out = Vec::new();
+    loop {
+        match session.step(&mut out) {
+            Step::NeedInput => {
+                if !out.is_empty() {
+                    stream.write_all(&out).await?;
+                    out.clear();
+                }
+                let timeout = if session.in_data() {
+                    data_timeout
+                } else {
+                    command_timeout
+                };
+                match tokio::time::timeout(timeout, stream.read(&mut buffer)).await {
+                    Ok(Ok(0)) => return Ok(()),
+                    Ok(Ok(read)) => session.feed(&buffer[..read]),
+                    Ok(Err(error)) => return Err(error),
+                    Err(_) => {
+                        let reply = Reply::new(
+                            421,
+                            "4.4.2",
+                            format!("{} Error: timeout exceeded", shared.policy.hostname),
+                        );
+                        stream.write_all(reply.to_string().as_bytes()).await?;
+                        return Ok(());
+                    }
+                }
+            }
+            Step::Commit(accepted) => {
+                let result = commit(shared, peer, *accepted).await;
+                session.committed(result, &mut out);
+            }
+            Step::Close => {
+                stream.write_all(&out).await?;
+                let _ = stream.shutdown().await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// S1: the message goes to disk (group commit) before its `250`, then to
+/// the delivery worker.
+async fn commit(shared: &Shared, peer: SocketAddr, accepted: Accepted) -> Result<String, String> {
+    let envelope = Envelope {
+        mail_from: accepted.mail_from,
+        recipients: accepted
+            .recipients
+            .iter()
+            .map(|r| r.address.clone())
+            .collect(),
+        received_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        client_address: peer.ip().to_string(),
+        helo: accepted.helo,
+        envelope_id: accepted.envelope_id,
+        return_full: accepted.return_full,
+        notify: accepted.recipients.iter().map(|r| r.notify).collect(),
+        original_recipients: accepted
+            .recipients
+            .iter()
+            .map(|r| r.original.clone())
+            .collect(),
+    };
+    let spool = shared.spool.clone();
+    let message = accepted.message;
+    let id = tokio::task::spawn_blocking(move || spool.enqueue(envelope, &message))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    tracing::info!(step = "S1", %id, client = %peer, "accepted");
+    let _ = shared.deliveries.send(id);
+    Ok(id.to_string())
+}

@@ -1,0 +1,266 @@
+//! `mailcall serve` with real clients on loopback: swaks and raw sockets;
+//! and a crash (kill -9) under load, after which every message that got
+//! `250` is in the mailbox exactly once.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running `mailcall serve`, killed when dropped.
+struct Server {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes a configuration in `dir` (data in `dir/data`) and starts the
+/// server; waits until it accepts connections.
+fn start(dir: &Path, port: u16) -> Server {
+    let config = dir.join("mailcall.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhostname = \"mx.test\"\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:{port}\"\nlocal_domains = [\"localhost\", \"local.test\"]\n\n[users.postmaster]\n[users.taro]\naliases = [\"info\"]\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mailcall"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    while TcpStream::connect(address).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { child, address }
+}
+
+fn maildir_files(dir: &Path, user: &str) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for sub in ["new", "cur"] {
+        if let Ok(entries) = std::fs::read_dir(dir.join("data/mail").join(user).join(sub)) {
+            files.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    files
+}
+
+fn wait_for_files(dir: &Path, user: &str, count: usize) -> Vec<PathBuf> {
+    let started = Instant::now();
+    loop {
+        let files = maildir_files(dir, user);
+        if files.len() >= count || started.elapsed() > Duration::from_secs(10) {
+            return files;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn swaks(server: &Server, args: &[&str]) -> (bool, String) {
+    let output = Command::new("swaks")
+        .args([
+            "--server",
+            &server.address.to_string(),
+            "--helo",
+            "client.test",
+            "--from",
+            "sender@remote.test",
+        ])
+        .args(args)
+        .output()
+        .expect("swaks is installed by scripts/setup");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[test]
+fn swaks_delivers_to_a_local_mailbox_with_a_received_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), free_port());
+    let (ok, transcript) = swaks(
+        &server,
+        &["--to", "info@local.test", "--h-Subject", "hello from swaks"],
+    );
+    assert!(ok, "{transcript}");
+    assert!(
+        transcript.contains("250 2.0.0 Ok: queued as"),
+        "{transcript}"
+    );
+    let files = wait_for_files(dir.path(), "taro", 1);
+    assert_eq!(files.len(), 1);
+    let message = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        message.starts_with("Received: from client.test ([127.0.0.1])\r\n\tby mx.test (mailcall)"),
+        "{message}"
+    );
+    assert!(message.contains("Subject: hello from swaks"), "{message}");
+
+    // Pipelined, to postmaster in the other local domain.
+    let (ok, transcript) = swaks(&server, &["--pipeline", "--to", "postmaster@localhost"]);
+    assert!(ok, "{transcript}");
+    assert_eq!(wait_for_files(dir.path(), "postmaster", 1).len(), 1);
+}
+
+#[test]
+fn swaks_sees_unknown_users_and_relaying_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), free_port());
+    let (ok, transcript) = swaks(&server, &["--to", "nobody@local.test"]);
+    assert!(!ok);
+    assert!(transcript.contains("550 5.1.1"), "{transcript}");
+    for to in [
+        "someone@remote.test",
+        "someone%remote.test@local.test",
+        "someone@remote.test.",
+    ] {
+        let (ok, transcript) = swaks(&server, &["--to", to]);
+        assert!(!ok, "{to}");
+        assert!(transcript.contains("<** 5"), "{to}: {transcript}");
+    }
+}
+
+/// One SMTP conversation over a socket; returns every reply line.
+fn converse(address: SocketAddr, script: &[u8]) -> Vec<String> {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(script).unwrap();
+    let reader = BufReader::new(stream);
+    let mut lines = Vec::new();
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        let done = line.starts_with("221");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    lines
+}
+
+#[test]
+fn smuggled_end_of_data_over_a_socket_never_queues_a_second_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), free_port());
+    let replies = converse(
+        server.address,
+        b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<taro@local.test>\r\nDATA\r\n\
+          Subject: one\r\n\r\nhello\n.\r\nMAIL FROM:<evil@remote.test>\r\nRCPT TO:<postmaster@local.test>\r\nDATA\r\nsmuggled\r\n.\r\nQUIT\r\n",
+    );
+    assert!(
+        replies.iter().any(|l| l.starts_with("550 5.5.2")),
+        "{replies:?}"
+    );
+    assert!(
+        !replies.iter().any(|l| l.contains("queued as")),
+        "{replies:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(maildir_files(dir.path(), "postmaster").is_empty());
+    assert!(maildir_files(dir.path(), "taro").is_empty());
+}
+
+#[test]
+fn after_kill_9_every_acknowledged_message_is_delivered_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = start(dir.path(), port);
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let client = {
+        let acknowledged = acknowledged.clone();
+        let sent = sent.clone();
+        let address = server.address;
+        std::thread::spawn(move || {
+            // Bounded: at most 200 messages, and it stops at the first
+            // connection failure (the kill).
+            for n in 0..200 {
+                let Ok(mut stream) = TcpStream::connect(address) else {
+                    return;
+                };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let script = format!(
+                    "EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<taro@local.test>\r\nDATA\r\nMessage-ID: <crash-{n}@test>\r\nSubject: {n}\r\n\r\nbody {n}\r\n.\r\nQUIT\r\n"
+                );
+                if stream.write_all(script.as_bytes()).is_err() {
+                    return;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                let reader = BufReader::new(stream);
+                for line in reader.lines() {
+                    let Ok(line) = line else { return };
+                    if line.contains("queued as") {
+                        acknowledged.lock().unwrap().push(n);
+                    }
+                    if line.starts_with("221") {
+                        break;
+                    }
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    while acknowledged.lock().unwrap().len() < 20 && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(server); // SIGKILL, mid-load
+    client.join().unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() >= 20,
+        "load too slow: {} acknowledged",
+        acknowledged.len()
+    );
+
+    let _server = start(dir.path(), port);
+    let files = wait_for_files(dir.path(), "taro", acknowledged.len());
+    let mut ids: Vec<String> = files
+        .iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(file).unwrap();
+            let id = text
+                .lines()
+                .find(|l| l.starts_with("Message-ID:"))
+                .unwrap()
+                .to_string();
+            id
+        })
+        .collect();
+    ids.sort();
+    let total = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), total, "a message was delivered twice");
+    for n in &acknowledged {
+        let id = format!("Message-ID: <crash-{n}@test>");
+        assert!(ids.contains(&id), "acknowledged message {n} is missing");
+    }
+    assert!(total <= sent.load(Ordering::Relaxed));
+}
