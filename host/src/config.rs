@@ -60,6 +60,8 @@ pub struct ServerSettings {
     pub data_dir: PathBuf,
     /// The SMTP listener.
     pub smtp_listen: std::net::SocketAddr,
+    /// The POP3 listener.
+    pub pop3_listen: std::net::SocketAddr,
     /// Domains whose mail is delivered to local mailboxes.
     pub local_domains: Vec<String>,
     /// Largest message accepted, in KiB.
@@ -82,6 +84,7 @@ impl Default for ServerSettings {
             hostname: "localhost".into(),
             data_dir: PathBuf::from("mailcall-data"),
             smtp_listen: ([127, 0, 0, 1], 2525).into(),
+            pop3_listen: ([127, 0, 0, 1], 1110).into(),
             local_domains: vec!["localhost".into()],
             max_message_size_kib: 10 * 1024,
             max_recipients: 100,
@@ -99,6 +102,9 @@ impl Default for ServerSettings {
 pub struct UserSettings {
     /// Other local parts delivered to this mailbox (`root`, `abuse`).
     pub aliases: Vec<String>,
+    /// The POP3 password as an argon2 PHC string (`mailcall hash-password`);
+    /// without one the user cannot log in.
+    pub password_hash: Option<String>,
 }
 
 /// RFC 5321 asks every domain for a `postmaster` mailbox.

@@ -6,6 +6,7 @@
 //! - [`delivery`]: the planner, steps S2–S8 per recipient.
 //! - [`mailbox`]: step S3, local Maildir storage.
 //! - [`policy`]: step S4, the chain of WebAssembly rules that finds a number.
+//! - [`pop3`]: the POP3 server, for reading local mail.
 //! - [`queue`]: the durable spool (group-committed journal) under the queue.
 //! - [`server`]: `mailcall serve`, listeners and the delivery worker.
 //! - [`smtp`]: SMTP protocol pieces: the DATA reader, replies, the session.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod delivery;
 pub mod mailbox;
 pub mod policy;
+pub mod pop3;
 pub mod queue;
 pub mod server;
 pub mod smtp;

@@ -34,11 +34,16 @@ fn free_port() -> u16 {
 /// Writes a configuration in `dir` (data in `dir/data`) and starts the
 /// server; waits until it accepts connections.
 fn start(dir: &Path, port: u16) -> Server {
+    start_with(dir, port, free_port(), "")
+}
+
+/// As [`start`], with the POP3 port and more for `[users.taro]`.
+fn start_with(dir: &Path, port: u16, pop3_port: u16, taro: &str) -> Server {
     let config = dir.join("mailcall.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nhostname = \"mx.test\"\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:{port}\"\nlocal_domains = [\"localhost\", \"local.test\"]\n\n[users.postmaster]\n[users.taro]\naliases = [\"info\"]\n"
+            "[server]\nhostname = \"mx.test\"\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:{port}\"\npop3_listen = \"127.0.0.1:{pop3_port}\"\nlocal_domains = [\"localhost\", \"local.test\"]\n\n[users.postmaster]\n[users.taro]\naliases = [\"info\"]\n{taro}"
         ),
     )
     .unwrap();
@@ -263,4 +268,118 @@ fn after_kill_9_every_acknowledged_message_is_delivered_exactly_once() {
         assert!(ids.contains(&id), "acknowledged message {n} is missing");
     }
     assert!(total <= sent.load(Ordering::Relaxed));
+}
+
+#[test]
+fn poplib_reads_and_deletes_local_mail() {
+    let hash = {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mailcall"))
+            .arg("hash-password")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"secret pw\n")
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success());
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let dir = tempfile::tempdir().unwrap();
+    let pop3_port = free_port();
+    let server = start_with(
+        dir.path(),
+        free_port(),
+        pop3_port,
+        &format!("password_hash = {hash:?}\n"),
+    );
+    for (subject, body) in [("first", "line one\n.leading dot"), ("second", "a\nb\nc")] {
+        let (ok, transcript) = swaks(
+            &server,
+            &[
+                "--to",
+                "taro@local.test",
+                "--h-Subject",
+                subject,
+                "--body",
+                body,
+            ],
+        );
+        assert!(ok, "{transcript}");
+    }
+    assert_eq!(wait_for_files(dir.path(), "taro", 2).len(), 2);
+
+    let script = r#"
+import poplib, sys
+port = int(sys.argv[1])
+p = poplib.POP3('127.0.0.1', port, timeout=10)
+assert p.getwelcome().startswith(b'+OK'), p.getwelcome()
+caps = p.capa()
+assert 'UIDL' in caps and 'TOP' in caps and 'USER' in caps, caps
+p.user('taro')
+try:
+    p.pass_('wrong')
+    raise SystemExit('a wrong password was accepted')
+except poplib.error_proto as e:
+    assert b'[AUTH]' in e.args[0], e
+p.user('taro')
+p.pass_('secret pw')
+count, size = p.stat()
+assert count == 2, count
+resp, listing, _ = p.list()
+assert len(listing) == 2 and sum(int(l.split()[1]) for l in listing) == size, listing
+resp, uids, _ = p.uidl()
+assert len(set(u.split()[1] for u in uids)) == 2, uids
+resp, lines, octets = p.retr(1)
+assert b'Subject: first' in lines and b'.leading dot' in lines, lines
+assert lines[0].startswith(b'Received: from client.test'), lines[0]
+resp, top, _ = p.top(2, 1)
+assert b'Subject: second' in top and b'a' in top and b'c' not in top, top
+q = poplib.POP3('127.0.0.1', port, timeout=10)
+q.user('taro')
+try:
+    q.pass_('secret pw')
+    raise SystemExit('the mailbox was opened twice')
+except poplib.error_proto as e:
+    assert b'[IN-USE]' in e.args[0], e
+q.quit()
+p.dele(1)
+p.rset()
+p.dele(1)
+assert p.stat()[0] == 1
+try:
+    p.retr(1)
+    raise SystemExit('a deleted message was retrieved')
+except poplib.error_proto:
+    pass
+p.quit()
+r = poplib.POP3('127.0.0.1', port, timeout=10)
+r.user('taro')
+r.pass_('secret pw')
+assert r.stat()[0] == 1
+resp, lines, _ = r.retr(1)
+assert b'Subject: second' in lines, lines
+r.quit()
+print('pop3 ok')
+"#;
+    let output = Command::new("python3")
+        .args(["-c", script, &pop3_port.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && text.contains("pop3 ok"),
+        "{text}"
+    );
+    assert_eq!(
+        maildir_files(dir.path(), "taro").len(),
+        1,
+        "the deletion took effect at QUIT"
+    );
 }

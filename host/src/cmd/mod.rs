@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod check_config;
+mod hash_password;
 mod rules_new;
 mod rules_test;
 mod serve;
@@ -32,6 +33,9 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Read a password on stdin and print its argon2 hash for
+    /// `[users.NAME] password_hash`.
+    HashPassword,
     /// Check a configuration file and say what is wrong, with the line.
     CheckConfig {
         /// The configuration file (TOML).
@@ -69,5 +73,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => rules_new::run(args),
         Command::CheckConfig { file } => check_config::run(&file),
         Command::Serve { config } => serve::run(config),
+        Command::HashPassword => hash_password::run(),
     }
 }

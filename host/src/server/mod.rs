@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::delivery::Planner;
+use crate::pop3::session::Pop3Shared;
 use crate::queue::spool::{MessageId, Spool, SpoolError};
 use crate::smtp::session::SessionPolicy;
 
@@ -91,15 +92,22 @@ pub async fn serve(
         deliveries,
         config: config.clone(),
     });
-    let listener = tokio::net::TcpListener::bind(server.smtp_listen)
-        .await
-        .map_err(|error| ServerError::Listen {
-            address: server.smtp_listen,
-            error,
-        })?;
-    tracing::info!(address = %server.smtp_listen, "SMTP listening");
+    let bind = |address| async move {
+        tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|error| ServerError::Listen { address, error })
+    };
+    let smtp_listener = bind(server.smtp_listen).await?;
+    let pop3_listener = bind(server.pop3_listen).await?;
+    tracing::info!(smtp = %server.smtp_listen, pop3 = %server.pop3_listen, "listening");
+    let pop3 = Arc::new(Pop3Shared {
+        config: config.clone(),
+        mail_dir: data_dir.join("mail"),
+        open: Default::default(),
+    });
     tokio::select! {
-        () = smtp::listen(listener, shared) => {}
+        () = smtp::listen(smtp_listener, shared) => {}
+        () = crate::pop3::listen(pop3_listener, pop3) => {}
         () = shutdown => tracing::info!("shutting down"),
     }
     Ok(())
