@@ -80,7 +80,7 @@ impl Planner {
 
     /// Delivers every recipient of message `id` that is not finished.
     pub fn deliver(&self, id: MessageId) -> Result<(), SpoolError> {
-        let Some(queued) = self.spool.pending().into_iter().find(|q| q.id == id) else {
+        let Some(queued) = self.spool.get(id) else {
             return Ok(());
         };
         self.deliver_queued(&queued)

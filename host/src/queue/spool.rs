@@ -321,6 +321,14 @@ impl Spool {
         Ok(body)
     }
 
+    /// Message `id`, if it is unfinished.
+    pub fn get(&self, id: MessageId) -> Option<Queued> {
+        self.lock()
+            .messages
+            .get(&id)
+            .map(|(queued, _)| queued.clone())
+    }
+
     /// The unfinished messages, oldest first.
     pub fn pending(&self) -> Vec<Queued> {
         let writer = self.lock();
