@@ -383,3 +383,51 @@ print('pop3 ok')
         "the deletion took effect at QUIT"
     );
 }
+
+#[test]
+fn queue_list_shows_deferred_mail_and_flush_retries_it_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), free_port());
+    // A file where taro's Maildir should be: local delivery fails and defers.
+    std::fs::create_dir_all(dir.path().join("data/mail")).unwrap();
+    std::fs::write(dir.path().join("data/mail/taro"), "not a folder").unwrap();
+    let (ok, transcript) = swaks(&server, &["--to", "taro@local.test"]);
+    assert!(ok, "{transcript}");
+
+    let queue = |action: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_mailcall"))
+            .args(["queue", action, "--config"])
+            .arg(dir.path().join("mailcall.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let started = Instant::now();
+    let mut listing = queue("list");
+    while !listing.contains("deferred") && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        listing = queue("list");
+    }
+    assert!(
+        listing.contains("taro@local.test  deferred (1 attempts"),
+        "{listing}"
+    );
+
+    std::fs::remove_file(dir.path().join("data/mail/taro")).unwrap();
+    assert!(queue("flush").contains("flush"));
+    assert_eq!(wait_for_files(dir.path(), "taro", 1).len(), 1);
+    let started = Instant::now();
+    while !queue("list").contains("the queue is empty") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            queue("list")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

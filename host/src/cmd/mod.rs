@@ -2,6 +2,7 @@
 
 mod check_config;
 mod hash_password;
+mod queue;
 mod rules_new;
 mod rules_test;
 mod serve;
@@ -32,6 +33,11 @@ enum Command {
     Rules {
         #[command(subcommand)]
         command: RulesCommand,
+    },
+    /// The operator's view of the queue.
+    Queue {
+        #[command(subcommand)]
+        command: queue::QueueCommand,
     },
     /// Read a password on stdin and print its argon2 hash for
     /// `[users.NAME] password_hash`.
@@ -74,5 +80,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { file } => check_config::run(&file),
         Command::Serve { config } => serve::run(config),
         Command::HashPassword => hash_password::run(),
+        Command::Queue { command } => queue::run(command),
     }
 }

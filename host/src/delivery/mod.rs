@@ -83,25 +83,34 @@ impl Planner {
         let Some(queued) = self.spool.get(id) else {
             return Ok(());
         };
-        self.deliver_queued(&queued)
+        self.deliver_queued(&queued, false)
     }
 
     /// Delivers every unfinished message whose time has come (after a
     /// restart, and on each queue run).
     pub fn deliver_pending(&self) -> Result<(), SpoolError> {
         for queued in self.spool.pending() {
-            self.deliver_queued(&queued)?;
+            self.deliver_queued(&queued, false)?;
         }
         Ok(())
     }
 
-    fn deliver_queued(&self, queued: &Queued) -> Result<(), SpoolError> {
+    /// Tries every unfinished recipient now, deferred or not
+    /// (`mailcall queue flush`).
+    pub fn flush(&self) -> Result<(), SpoolError> {
+        for queued in self.spool.pending() {
+            self.deliver_queued(&queued, true)?;
+        }
+        Ok(())
+    }
+
+    fn deliver_queued(&self, queued: &Queued, force: bool) -> Result<(), SpoolError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let due = |outcome: &Option<Outcome>| match outcome {
             None => true,
-            Some(Outcome::Deferred { retry_at, .. }) => *retry_at <= now,
+            Some(Outcome::Deferred { retry_at, .. }) => force || *retry_at <= now,
             Some(_) => false,
         };
         if !queued.outcomes.iter().any(due) {

@@ -244,6 +244,43 @@ impl Spool {
         Ok((spool, recovered))
     }
 
+    /// The unfinished messages of the spool in `dir`, read without changing
+    /// anything, so it is safe while a server has the spool open.
+    pub fn inspect(dir: &Path) -> Result<Vec<Queued>, SpoolError> {
+        let io = |error| SpoolError::Io {
+            path: dir.to_path_buf(),
+            error,
+        };
+        let mut segments: Vec<u64> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|entry| {
+                    let name = entry.ok()?.file_name().into_string().ok()?;
+                    u64::from_str_radix(name.strip_suffix(".seg")?, 16).ok()
+                })
+                .collect(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(error) => return Err(io(error)),
+        };
+        segments.sort();
+        let mut messages = HashMap::new();
+        let mut next_id = 0;
+        for segment in segments {
+            replay(
+                &segment_path(dir, segment),
+                segment,
+                &mut messages,
+                &mut next_id,
+            )?;
+        }
+        let mut pending: Vec<Queued> = messages
+            .into_values()
+            .map(|(queued, _)| queued)
+            .filter(|queued| !queued.is_finished())
+            .collect();
+        pending.sort_by_key(|queued| queued.id);
+        Ok(pending)
+    }
+
     /// Stores a message durably; returns once it is on disk.
     pub fn enqueue(&self, envelope: Envelope, body: &[u8]) -> Result<MessageId, SpoolError> {
         let mut writer = self.lock();
@@ -568,6 +605,7 @@ mod tests {
             .unwrap();
         drop(spool);
 
+        assert_eq!(Spool::inspect(dir.path()).unwrap().len(), 1);
         let (spool, recovered) = Spool::open(dir.path()).unwrap();
         assert_eq!(recovered.len(), 1, "the finished message is gone");
         assert_eq!(recovered[0].id, first);

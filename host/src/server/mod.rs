@@ -19,6 +19,19 @@ use crate::pop3::session::Pop3Shared;
 use crate::queue::spool::{MessageId, Spool, SpoolError};
 use crate::smtp::session::SessionPolicy;
 
+/// What the delivery worker is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub enum Work {
+    /// Deliver a message just accepted.
+    Deliver(MessageId),
+    /// Try every unfinished recipient now (`mailcall queue flush`).
+    Flush,
+}
+
+/// The file holding the server's process id, in the data folder, for
+/// `mailcall queue flush`.
+pub const PID_FILE: &str = "mailcall.pid";
+
 /// How often deferred recipients are looked at.
 pub const QUEUE_RUN_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -38,8 +51,8 @@ pub enum ServerError {
 pub struct Shared {
     pub policy: SessionPolicy,
     pub spool: Arc<Spool>,
-    /// New message ids for the delivery worker.
-    pub deliveries: mpsc::Sender<MessageId>,
+    /// Work for the delivery worker.
+    pub deliveries: mpsc::Sender<Work>,
     pub config: Arc<Config>,
 }
 
@@ -53,7 +66,15 @@ pub async fn serve(
     let spool = Arc::new(spool);
     tracing::info!(messages = recovered.len(), dir = %data_dir.display(), "queue recovered");
 
+    let pid_file = data_dir.join(PID_FILE);
+    std::fs::write(&pid_file, format!("{}\n", std::process::id())).map_err(|error| {
+        SpoolError::Io {
+            path: pid_file,
+            error,
+        }
+    })?;
     let (deliveries, received) = mpsc::channel();
+    let flushes = deliveries.clone();
     let planner = Planner::new(spool.clone(), config.clone());
     std::thread::Builder::new()
         .name("delivery".into())
@@ -105,7 +126,19 @@ pub async fn serve(
         mail_dir: data_dir.join("mail"),
         open: Default::default(),
     });
+    // SIGUSR1 asks for a queue run now, as `postqueue -f` does.
+    let flush_requests = async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut requests) = signal(SignalKind::user_defined1()) else {
+            return std::future::pending().await;
+        };
+        while requests.recv().await.is_some() {
+            tracing::info!("queue flush requested");
+            let _ = flushes.send(Work::Flush);
+        }
+    };
     tokio::select! {
+        () = flush_requests => {}
         () = smtp::listen(smtp_listener, shared) => {}
         () = crate::pop3::listen(pop3_listener, pop3) => {}
         () = shutdown => tracing::info!("shutting down"),
@@ -115,15 +148,20 @@ pub async fn serve(
 
 /// Delivers new messages as they come, and everything due on each queue
 /// run. Ends when every sender is gone.
-fn delivery_worker(planner: Planner, received: mpsc::Receiver<MessageId>) {
+fn delivery_worker(planner: Planner, received: mpsc::Receiver<Work>) {
     if let Err(error) = planner.deliver_pending() {
         tracing::error!("queue run failed: {error}");
     }
     loop {
         match received.recv_timeout(QUEUE_RUN_INTERVAL) {
-            Ok(id) => {
+            Ok(Work::Deliver(id)) => {
                 if let Err(error) = planner.deliver(id) {
                     tracing::error!(%id, "delivery failed: {error}");
+                }
+            }
+            Ok(Work::Flush) => {
+                if let Err(error) = planner.flush() {
+                    tracing::error!("queue flush failed: {error}");
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {

@@ -142,6 +142,6 @@ async fn commit(shared: &Shared, peer: SocketAddr, accepted: Accepted) -> Result
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     tracing::info!(step = "S1", %id, client = %peer, "accepted");
-    let _ = shared.deliveries.send(id);
+    let _ = shared.deliveries.send(super::Work::Deliver(id));
     Ok(id.to_string())
 }
