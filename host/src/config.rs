@@ -42,6 +42,10 @@ pub struct Config {
     /// Operator-edited tables, by the name rules use for them.
     #[serde(default)]
     pub tables: BTreeMap<String, TableSettings>,
+    /// Static routes for relaying (S8): a domain, or `*` for a smarthost,
+    /// to the `address:port` of the server that takes its mail.
+    #[serde(default)]
+    pub routes: BTreeMap<String, std::net::SocketAddr>,
     /// Per-rule settings, by rule name; rules not listed get the defaults.
     #[serde(default)]
     pub rules: BTreeMap<String, RuleSettings>,
@@ -64,6 +68,9 @@ pub struct ServerSettings {
     pub pop3_listen: std::net::SocketAddr,
     /// Domains whose mail is delivered to local mailboxes.
     pub local_domains: Vec<String>,
+    /// Client networks allowed to relay to other domains (`127.0.0.0/8`,
+    /// `2001:db8::/32`); none by default.
+    pub relay_networks: Vec<String>,
     /// Largest message accepted, in KiB.
     pub max_message_size_kib: u32,
     /// Most recipients per message.
@@ -86,6 +93,7 @@ impl Default for ServerSettings {
             smtp_listen: ([127, 0, 0, 1], 2525).into(),
             pop3_listen: ([127, 0, 0, 1], 1110).into(),
             local_domains: vec!["localhost".into()],
+            relay_networks: Vec::new(),
             max_message_size_kib: 10 * 1024,
             max_recipients: 100,
             max_errors: 20,
@@ -297,6 +305,7 @@ impl Config {
     /// given on the command line.
     pub fn empty() -> Config {
         Config {
+            routes: BTreeMap::new(),
             server: ServerSettings::default(),
             users: default_users(),
             policy: PolicySettings::default(),
@@ -361,6 +370,9 @@ impl Config {
                 return Err(format!("[server] {name} must be at least 1"));
             }
         }
+        for network in &server.relay_networks {
+            parse_network(network)?;
+        }
         for user in self.users.keys() {
             let valid = !user.is_empty()
                 && user
@@ -416,6 +428,35 @@ impl Config {
             }
         }
         self.numbering_plan.validate()
+    }
+}
+
+/// Parses `address/prefix` (a bare address is a host: /32 or /128).
+pub fn parse_network(text: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let invalid = || format!("[server] relay_networks: {text:?} is not address/prefix");
+    let (address, prefix) = match text.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (text, None),
+    };
+    let address: std::net::IpAddr = address.trim().parse().map_err(|_| invalid())?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(prefix) => prefix.trim().parse::<u8>().map_err(|_| invalid())?,
+        None => max,
+    };
+    if prefix > max {
+        return Err(invalid());
+    }
+    Ok((address, prefix))
+}
+
+impl ServerSettings {
+    /// The relay networks, parsed (validated when the file was loaded).
+    pub fn relay_networks(&self) -> Vec<(std::net::IpAddr, u8)> {
+        self.relay_networks
+            .iter()
+            .filter_map(|n| parse_network(n).ok())
+            .collect()
     }
 }
 

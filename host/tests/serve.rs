@@ -39,11 +39,17 @@ fn start(dir: &Path, port: u16) -> Server {
 
 /// As [`start`], with the POP3 port and more for `[users.taro]`.
 fn start_with(dir: &Path, port: u16, pop3_port: u16, taro: &str) -> Server {
+    start_full(dir, port, pop3_port, "", taro)
+}
+
+/// As [`start_with`], with more `[server]` settings (`server_extra`, then
+/// any further sections after the users).
+fn start_full(dir: &Path, port: u16, pop3_port: u16, server_extra: &str, taro: &str) -> Server {
     let config = dir.join("mailcall.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nhostname = \"mx.test\"\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:{port}\"\npop3_listen = \"127.0.0.1:{pop3_port}\"\nlocal_domains = [\"localhost\", \"local.test\"]\n\n[users.postmaster]\n[users.taro]\naliases = [\"info\"]\n{taro}"
+            "[server]\nhostname = \"mx.test\"\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:{port}\"\npop3_listen = \"127.0.0.1:{pop3_port}\"\nlocal_domains = [\"localhost\", \"local.test\"]\n{server_extra}\n[users.postmaster]\n[users.taro]\naliases = [\"info\"]\n{taro}"
         ),
     )
     .unwrap();
@@ -430,4 +436,122 @@ fn queue_list_shows_deferred_mail_and_flush_retries_it_now() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Postfix's smtp-sink on a free port, dumping each transaction into
+/// `dump`; `options` make it refuse commands (`-f rcpt`: 5xx, `-r rcpt`: 4xx).
+struct Sink {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sink(dump: &Path, options: &[&str]) -> Sink {
+    std::fs::create_dir_all(dump).unwrap();
+    let port = free_port();
+    // As root, smtp-sink wants a user to run as once it has its socket.
+    let user = if Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"))
+    {
+        vec!["-u", "root"]
+    } else {
+        vec![]
+    };
+    let child = Command::new("smtp-sink")
+        .args(user)
+        .args(options)
+        .arg("-d")
+        .arg(dump.join("%M."))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("10")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("smtp-sink is installed by scripts/setup (Debian package postfix)");
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "smtp-sink did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Sink { child, port }
+}
+
+#[test]
+fn relay_networks_relay_over_static_routes_with_per_recipient_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let accepting = sink(&dir.path().join("ok"), &[]);
+    let refusing = sink(&dir.path().join("hard"), &["-f", "rcpt"]);
+    let deferring = sink(&dir.path().join("soft"), &["-r", "rcpt"]);
+    let extra = format!(
+        "relay_networks = [\"127.0.0.0/8\"]\n\n[routes]\n\"remote.test\" = \"127.0.0.1:{}\"\n\"hard.test\" = \"127.0.0.1:{}\"\n\"soft.test\" = \"127.0.0.1:{}\"\n",
+        accepting.port, refusing.port, deferring.port
+    );
+    let server = start_full(dir.path(), free_port(), free_port(), &extra, "");
+    let (ok, transcript) = swaks(
+        &server,
+        &[
+            "--to",
+            "a@remote.test,b@REMOTE.test,c@hard.test,d@soft.test",
+            "--h-Subject",
+            "relayed",
+        ],
+    );
+    assert!(ok, "{transcript}");
+
+    // The accepting sink got one transaction with both of its recipients.
+    let started = Instant::now();
+    let dumped = loop {
+        let files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("ok"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        if !files.is_empty() || started.elapsed() > Duration::from_secs(10) {
+            break files;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(dumped.len(), 1, "{dumped:?}");
+    let text = String::from_utf8_lossy(&std::fs::read(&dumped[0]).unwrap()).into_owned();
+    assert!(text.contains("Subject: relayed"), "{text}");
+    assert!(
+        text.contains("a@remote.test") && text.contains("b@remote.test"),
+        "{text}"
+    );
+
+    // The refused recipient failed, the deferred one waits in the queue.
+    let started = Instant::now();
+    let listing = loop {
+        let output = Command::new(env!("CARGO_BIN_EXE_mailcall"))
+            .args(["queue", "list", "--config"])
+            .arg(dir.path().join("mailcall.toml"))
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&output.stdout).into_owned();
+        if listing.contains("d@soft.test  deferred") || started.elapsed() > Duration::from_secs(10)
+        {
+            break listing;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        listing.contains("d@soft.test  deferred (1 attempts"),
+        "{listing}"
+    );
+    assert!(listing.contains("c@hard.test  failed: 5"), "{listing}");
+    assert!(
+        listing.contains("a@remote.test  delivered: 250"),
+        "{listing}"
+    );
 }

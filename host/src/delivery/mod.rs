@@ -6,20 +6,34 @@
 //! | S2 | [`plan`]: is the recipient in one of our local domains? |
 //! | S3 | yes: store it in the user's Maildir ([`Planner::deliver_local`]) |
 //! | S4–S7 | no, and a rule finds a number: deliver over a call (to come) |
-//! | S8 | no number, or the call failed: normal SMTP relay (to come) |
+//! | S8 | no number, or the call failed: normal SMTP relay ([`Planner::relay`], static routes so far) |
 //!
 //! Every outcome is recorded in the spool before the next recipient, so a
 //! crash repeats at most the delivery in progress.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::mailbox::maildir::Maildir;
 use crate::queue::schedule::{NextAttempt, RetrySchedule};
 use crate::queue::spool::{MessageId, Outcome, Queued, Spool, SpoolError};
+use crate::smtp::client::{self, Relayed};
+
+/// How long the relay client waits for a connection or a reply.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The attempt about to be made for a recipient with this outcome.
+fn attempts_of(outcome: &Option<Outcome>) -> u32 {
+    match outcome {
+        Some(Outcome::Deferred { attempts, .. }) => attempts + 1,
+        _ => 1,
+    }
+}
 
 /// Where one recipient's copy goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,14 +131,14 @@ impl Planner {
             return Ok(());
         }
         let body = self.spool.body(queued.id)?;
+        // Remote recipients, grouped by the server that takes their mail:
+        // one transaction carries all of a message's recipients there.
+        let mut relays: BTreeMap<Option<SocketAddr>, Vec<(usize, u32)>> = BTreeMap::new();
         for (index, recipient) in queued.envelope.recipients.iter().enumerate() {
             if !due(&queued.outcomes[index]) {
                 continue;
             }
-            let attempts = match &queued.outcomes[index] {
-                Some(Outcome::Deferred { attempts, .. }) => *attempts + 1,
-                _ => 1,
-            };
+            let attempts = attempts_of(&queued.outcomes[index]);
             let route = self.plan(recipient);
             tracing::info!(step = "S2", id = %queued.id, rcpt = %recipient, route = ?route, "planned");
             let outcome = match route {
@@ -135,13 +149,88 @@ impl Planner {
                     detail: "5.1.1 no such local user".into(),
                 },
                 Route::Remote => {
-                    self.defer("4.4.0 relaying (S8) is not available yet", attempts, queued)
+                    relays
+                        .entry(self.route_of(recipient))
+                        .or_default()
+                        .push((index, attempts));
+                    continue;
                 }
             };
-            tracing::info!(id = %queued.id, rcpt = %recipient, outcome = ?outcome, "recorded");
-            self.spool.record(queued.id, index, outcome)?;
+            self.record(queued, index, outcome)?;
+        }
+        for (destination, recipients) in relays {
+            self.relay(queued, &body, destination, &recipients)?;
         }
         Ok(())
+    }
+
+    /// The server that takes mail for `recipient`'s domain: a static route
+    /// for the domain, else the smarthost (`*`).
+    fn route_of(&self, recipient: &str) -> Option<SocketAddr> {
+        let domain = recipient.rsplit_once('@').map_or("", |(_, d)| d);
+        let domain = domain.trim_end_matches('.').to_lowercase();
+        let routes = &self.config.routes;
+        routes
+            .iter()
+            .find(|(key, _)| key.to_lowercase() == domain)
+            .or_else(|| routes.get_key_value("*"))
+            .map(|(_, address)| *address)
+    }
+
+    /// S8: normal SMTP relay of some recipients of a message.
+    fn relay(
+        &self,
+        queued: &Queued,
+        body: &[u8],
+        destination: Option<SocketAddr>,
+        recipients: &[(usize, u32)],
+    ) -> Result<(), SpoolError> {
+        let addresses: Vec<String> = recipients
+            .iter()
+            .map(|(index, _)| queued.envelope.recipients[*index].clone())
+            .collect();
+        let Some(destination) = destination else {
+            for (index, attempts) in recipients {
+                let outcome = self.defer(
+                    "4.4.4 no route to the recipient's domain (no MX look-up yet)",
+                    *attempts,
+                    queued,
+                );
+                self.record(queued, *index, outcome)?;
+            }
+            return Ok(());
+        };
+        tracing::info!(step = "S8", id = %queued.id, to = %destination, rcpts = ?addresses, "relaying");
+        let relayed = client::relay(
+            destination,
+            &self.config.server.hostname,
+            &queued.envelope.mail_from,
+            &addresses,
+            body,
+            RELAY_TIMEOUT,
+        );
+        for (position, (index, attempts)) in recipients.iter().enumerate() {
+            let reply = match &relayed {
+                Relayed::Replies(replies) => &replies[position],
+                Relayed::Failed(reply) => reply,
+            };
+            let detail = format!("{reply} (from {destination})");
+            let outcome = if reply.is_positive() {
+                Outcome::Delivered { detail }
+            } else if reply.is_permanent() {
+                Outcome::Failed { detail }
+            } else {
+                self.defer(&detail, *attempts, queued)
+            };
+            self.record(queued, *index, outcome)?;
+        }
+        Ok(())
+    }
+
+    fn record(&self, queued: &Queued, index: usize, outcome: Outcome) -> Result<(), SpoolError> {
+        let recipient = &queued.envelope.recipients[index];
+        tracing::info!(id = %queued.id, rcpt = %recipient, outcome = ?outcome, "recorded");
+        self.spool.record(queued.id, index, outcome)
     }
 
     /// S3: into the user's Maildir, durably.

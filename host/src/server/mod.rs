@@ -101,8 +101,7 @@ pub async fn serve(
         hostname: server.hostname.clone(),
         local_domains,
         local_addresses,
-        // Relaying needs the outbound side (S8), which is not built yet.
-        relay_networks: Vec::new(),
+        relay_networks: server.relay_networks(),
         max_message_size: server.max_message_size_kib as usize * 1024,
         max_recipients: server.max_recipients as usize,
         max_errors: server.max_errors,
