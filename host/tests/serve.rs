@@ -94,15 +94,19 @@ fn wait_for_files(dir: &Path, user: &str, count: usize) -> Vec<PathBuf> {
 }
 
 fn swaks(server: &Server, args: &[&str]) -> (bool, String) {
+    let from: &[&str] = if args.contains(&"--from") {
+        &[]
+    } else {
+        &["--from", "sender@remote.test"]
+    };
     let output = Command::new("swaks")
         .args([
             "--server",
             &server.address.to_string(),
             "--helo",
             "client.test",
-            "--from",
-            "sender@remote.test",
         ])
+        .args(from)
         .args(args)
         .output()
         .expect("swaks is installed by scripts/setup");
@@ -501,6 +505,8 @@ fn relay_networks_relay_over_static_routes_with_per_recipient_outcomes() {
     let (ok, transcript) = swaks(
         &server,
         &[
+            "--from",
+            "postmaster@local.test",
             "--to",
             "a@remote.test,b@REMOTE.test,c@hard.test,d@soft.test",
             "--h-Subject",
@@ -553,5 +559,24 @@ fn relay_networks_relay_over_static_routes_with_per_recipient_outcomes() {
     assert!(
         listing.contains("a@remote.test  delivered: 250"),
         "{listing}"
+    );
+
+    // The sender (local here) gets an RFC 3464 bounce for the failed one only.
+    let bounces = wait_for_files(dir.path(), "postmaster", 1);
+    assert_eq!(bounces.len(), 1);
+    let bounce = std::fs::read_to_string(&bounces[0]).unwrap();
+    for expected in [
+        "From: Mail Delivery System <MAILER-DAEMON@mx.test>",
+        "report-type=delivery-status",
+        "Final-Recipient: rfc822; c@hard.test",
+        "Action: failed",
+        "Subject: relayed",
+    ] {
+        assert!(bounce.contains(expected), "{expected} missing in\n{bounce}");
+    }
+    assert!(
+        !bounce.contains("Final-Recipient: rfc822; d@")
+            && !bounce.contains("Final-Recipient: rfc822; a@"),
+        "{bounce}"
     );
 }

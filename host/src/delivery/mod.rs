@@ -20,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::mailbox::maildir::Maildir;
+use crate::queue::bounce::{self, FailedRecipient};
 use crate::queue::schedule::{NextAttempt, RetrySchedule};
 use crate::queue::spool::{MessageId, Outcome, Queued, Spool, SpoolError};
 use crate::smtp::client::{self, Relayed};
@@ -134,6 +135,7 @@ impl Planner {
         // Remote recipients, grouped by the server that takes their mail:
         // one transaction carries all of a message's recipients there.
         let mut relays: BTreeMap<Option<SocketAddr>, Vec<(usize, u32)>> = BTreeMap::new();
+        let mut failed = Vec::new();
         for (index, recipient) in queued.envelope.recipients.iter().enumerate() {
             if !due(&queued.outcomes[index]) {
                 continue;
@@ -156,10 +158,13 @@ impl Planner {
                     continue;
                 }
             };
-            self.record(queued, index, outcome)?;
+            self.record(queued, index, outcome, &mut failed)?;
         }
         for (destination, recipients) in relays {
-            self.relay(queued, &body, destination, &recipients)?;
+            self.relay(queued, &body, destination, &recipients, &mut failed)?;
+        }
+        if !failed.is_empty() {
+            self.send_bounce(queued, &body, &failed)?;
         }
         Ok(())
     }
@@ -184,6 +189,7 @@ impl Planner {
         body: &[u8],
         destination: Option<SocketAddr>,
         recipients: &[(usize, u32)],
+        failed: &mut Vec<FailedRecipient>,
     ) -> Result<(), SpoolError> {
         let addresses: Vec<String> = recipients
             .iter()
@@ -196,7 +202,7 @@ impl Planner {
                     *attempts,
                     queued,
                 );
-                self.record(queued, *index, outcome)?;
+                self.record(queued, *index, outcome, failed)?;
             }
             return Ok(());
         };
@@ -222,15 +228,56 @@ impl Planner {
             } else {
                 self.defer(&detail, *attempts, queued)
             };
-            self.record(queued, *index, outcome)?;
+            self.record(queued, *index, outcome, failed)?;
         }
         Ok(())
     }
 
-    fn record(&self, queued: &Queued, index: usize, outcome: Outcome) -> Result<(), SpoolError> {
+    /// Records a recipient's outcome; a failure the sender wants to hear
+    /// of joins `failed`, for the bounce.
+    fn record(
+        &self,
+        queued: &Queued,
+        index: usize,
+        outcome: Outcome,
+        failed: &mut Vec<FailedRecipient>,
+    ) -> Result<(), SpoolError> {
         let recipient = &queued.envelope.recipients[index];
         tracing::info!(id = %queued.id, rcpt = %recipient, outcome = ?outcome, "recorded");
+        if let Outcome::Failed { detail } = &outcome {
+            if bounce::wants_failure_notice(&queued.envelope, index) {
+                failed.push(FailedRecipient {
+                    address: recipient.clone(),
+                    original: queued
+                        .envelope
+                        .original_recipients
+                        .get(index)
+                        .cloned()
+                        .flatten(),
+                    detail: detail.clone(),
+                });
+            }
+        }
         self.spool.record(queued.id, index, outcome)
+    }
+
+    /// Queues a bounce for `failed` recipients and delivers it.
+    fn send_bounce(
+        &self,
+        queued: &Queued,
+        body: &[u8],
+        failed: &[FailedRecipient],
+    ) -> Result<(), SpoolError> {
+        let (envelope, bytes) = bounce::bounce(
+            &self.config.server.hostname,
+            queued.id,
+            &queued.envelope,
+            body,
+            failed,
+        );
+        let id = self.spool.enqueue(envelope, &bytes)?;
+        tracing::info!(id = %queued.id, bounce = %id, to = %queued.envelope.mail_from, "bounce queued");
+        self.deliver(id)
     }
 
     /// S3: into the user's Maildir, durably.

@@ -1,0 +1,215 @@
+//! Bounces (RFC 3464 delivery status notifications): when recipients fail
+//! for good, the sender gets a `multipart/report` saying which and why. A
+//! bounce is never sent for a bounce (null sender), nor to a recipient whose
+//! `NOTIFY` excludes `FAILURE`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::spool::{Envelope, MessageId};
+
+/// One failed recipient for the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRecipient {
+    pub address: String,
+    pub original: Option<String>,
+    /// The reply or reason (`550 5.1.1 no such user (from 127.0.0.1:25)`).
+    pub detail: String,
+}
+
+/// True when the sender wants to hear that `index` failed: not a bounce,
+/// and `NOTIFY` (if given) includes `FAILURE`.
+pub fn wants_failure_notice(envelope: &Envelope, index: usize) -> bool {
+    if envelope.mail_from.is_empty() {
+        return false;
+    }
+    match envelope.notify.get(index) {
+        Some(&flags) if flags != 0 => flags & smtp_proto::RCPT_NOTIFY_FAILURE != 0,
+        _ => true,
+    }
+}
+
+/// The bounce for `failed` recipients of message `id`: its envelope (null
+/// sender, to the original sender) and its bytes.
+pub fn bounce(
+    hostname: &str,
+    id: MessageId,
+    original: &Envelope,
+    message: &[u8],
+    failed: &[FailedRecipient],
+) -> (Envelope, Vec<u8>) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let date = mail_parser::DateTime::from_timestamp(now as i64).to_rfc822();
+    let arrival = mail_parser::DateTime::from_timestamp(original.received_at as i64).to_rfc822();
+    let boundary = format!("{id}.{now}/{hostname}");
+    let mut text = format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
+         To: <{to}>\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\
+         Date: {date}\r\n\
+         Message-ID: <{id}.{now}.bounce@{hostname}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a MIME-encapsulated message.\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         This is the mail system at host {hostname}.\r\n\
+         \r\n\
+         Your message could not be delivered to one or more recipients.\r\n\
+         \r\n",
+        to = original.mail_from,
+    );
+    for recipient in failed {
+        text.push_str(&format!(
+            "<{}>: {}\r\n",
+            recipient.address, recipient.detail
+        ));
+    }
+    text.push_str(&format!(
+        "\r\n--{boundary}\r\n\
+         Content-Type: message/delivery-status\r\n\
+         \r\n\
+         Reporting-MTA: dns; {hostname}\r\n\
+         X-Mailcall-Queue-ID: {id}\r\n"
+    ));
+    if let Some(envelope_id) = &original.envelope_id {
+        text.push_str(&format!("Original-Envelope-Id: {envelope_id}\r\n"));
+    }
+    text.push_str(&format!("Arrival-Date: {arrival}\r\n"));
+    for recipient in failed {
+        text.push_str("\r\n");
+        if let Some(original) = &recipient.original {
+            text.push_str(&format!("Original-Recipient: {original}\r\n"));
+        }
+        text.push_str(&format!(
+            "Final-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: smtp; {}\r\n",
+            recipient.address,
+            status_code(&recipient.detail),
+            recipient.detail
+        ));
+    }
+    // RET=FULL returns the whole message; otherwise (RET=HDRS, or no RET)
+    // its headers, as Postfix does by default.
+    let full = original.return_full == Some(true);
+    let headers_end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message.len(), |at| at + 2);
+    let returned = if full {
+        message
+    } else {
+        &message[..headers_end]
+    };
+    let content_type = if full {
+        "message/rfc822"
+    } else {
+        "text/rfc822-headers"
+    };
+    text.push_str(&format!(
+        "\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n"
+    ));
+    let mut bytes = text.into_bytes();
+    bytes.extend_from_slice(returned);
+    if !bytes.ends_with(b"\r\n") {
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let envelope = Envelope {
+        mail_from: String::new(),
+        recipients: vec![original.mail_from.clone()],
+        received_at: now,
+        client_address: String::new(),
+        helo: hostname.to_string(),
+        envelope_id: None,
+        return_full: None,
+        notify: Vec::new(),
+        original_recipients: Vec::new(),
+    };
+    (envelope, bytes)
+}
+
+/// The enhanced status code in a reply (`5.1.1`), or the generic `5.0.0`.
+fn status_code(detail: &str) -> String {
+    detail
+        .split_whitespace()
+        .find(|word| {
+            let parts: Vec<&str> = word.split('.').collect();
+            parts.len() == 3
+                && parts[0] == "5"
+                && parts
+                    .iter()
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .unwrap_or("5.0.0")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(from: &str, notify: Vec<u64>) -> Envelope {
+        Envelope {
+            mail_from: from.into(),
+            recipients: vec!["a@remote.test".into()],
+            received_at: 1_795_000_000,
+            client_address: "127.0.0.1".into(),
+            helo: "c".into(),
+            envelope_id: Some("env-1".into()),
+            return_full: None,
+            notify,
+            original_recipients: vec![None],
+        }
+    }
+
+    #[test]
+    fn a_bounce_is_a_delivery_status_report_to_the_sender() {
+        let original = envelope("taro@local.test", vec![]);
+        let failed = [FailedRecipient {
+            address: "a@remote.test".into(),
+            original: Some("rfc822;a@remote.test".into()),
+            detail: "550 5.1.1 no such user (from 127.0.0.1:2525)".into(),
+        }];
+        let message = b"Subject: hello\r\nFrom: taro@local.test\r\n\r\nsecret body\r\n";
+        let (bounce_envelope, bytes) = bounce("mx.test", MessageId(7), &original, message, &failed);
+        assert_eq!(bounce_envelope.mail_from, "");
+        assert_eq!(bounce_envelope.recipients, ["taro@local.test"]);
+        let text = String::from_utf8(bytes).unwrap();
+        for expected in [
+            "Content-Type: multipart/report; report-type=delivery-status;",
+            "Final-Recipient: rfc822; a@remote.test",
+            "Original-Recipient: rfc822;a@remote.test",
+            "Action: failed",
+            "Status: 5.1.1",
+            "Original-Envelope-Id: env-1",
+            "Content-Type: text/rfc822-headers",
+            "Subject: hello",
+        ] {
+            assert!(text.contains(expected), "{expected} missing in\n{text}");
+        }
+        assert!(!text.contains("secret body"), "RET=HDRS by default");
+    }
+
+    #[test]
+    fn no_bounce_for_bounces_or_when_notify_excludes_failure() {
+        assert!(!wants_failure_notice(&envelope("", vec![]), 0));
+        assert!(wants_failure_notice(&envelope("a@b.test", vec![]), 0));
+        assert!(!wants_failure_notice(
+            &envelope("a@b.test", vec![smtp_proto::RCPT_NOTIFY_NEVER]),
+            0
+        ));
+        assert!(!wants_failure_notice(
+            &envelope("a@b.test", vec![smtp_proto::RCPT_NOTIFY_SUCCESS]),
+            0
+        ));
+        assert!(wants_failure_notice(
+            &envelope("a@b.test", vec![smtp_proto::RCPT_NOTIFY_FAILURE]),
+            0
+        ));
+    }
+}
