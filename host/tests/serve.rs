@@ -545,8 +545,11 @@ fn relay_networks_relay_over_static_routes_with_per_recipient_outcomes() {
             .output()
             .unwrap();
         let listing = String::from_utf8_lossy(&output.stdout).into_owned();
-        if listing.contains("d@soft.test  deferred") || started.elapsed() > Duration::from_secs(10)
-        {
+        // Each destination is recorded in turn: wait for all three.
+        let settled = listing.contains("d@soft.test  deferred")
+            && listing.contains("c@hard.test  failed")
+            && listing.contains("a@remote.test  delivered");
+        if settled || started.elapsed() > Duration::from_secs(10) {
             break listing;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -12,6 +12,7 @@ use argon2::{Argon2, PasswordVerifier};
 
 use crate::config::Config;
 use crate::mailbox::maildir::{Maildir, StoredMessage};
+use crate::smtp::data::dot_stuff;
 
 /// What all POP3 sessions share.
 pub struct Pop3Shared {
@@ -279,26 +280,7 @@ impl Pop3Session {
             }
         };
         let mut bytes = format!("+OK {} octets\r\n", message.size).into_bytes();
-        let mut in_body = false;
-        let mut body_lines = 0;
-        for line in content.split_inclusive(|&b| b == b'\n') {
-            if in_body && top.is_some_and(|limit| body_lines >= limit) {
-                break;
-            }
-            let text = line.strip_suffix(b"\n").unwrap_or(line);
-            let text = text.strip_suffix(b"\r").unwrap_or(text);
-            if text.starts_with(b".") {
-                bytes.push(b'.');
-            }
-            bytes.extend_from_slice(text);
-            bytes.extend_from_slice(b"\r\n");
-            if in_body {
-                body_lines += 1;
-            } else if text.is_empty() {
-                in_body = true;
-            }
-        }
-        bytes.extend_from_slice(b".\r\n");
+        bytes.extend_from_slice(&dot_stuff(&content, top));
         Response {
             bytes,
             close: false,

@@ -184,30 +184,14 @@ impl Spool {
             error,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let mut segments: Vec<u64> = std::fs::read_dir(dir)
-            .map_err(io)?
-            .filter_map(|entry| {
-                let name = entry.ok()?.file_name().into_string().ok()?;
-                u64::from_str_radix(name.strip_suffix(".seg")?, 16).ok()
-            })
-            .collect();
-        segments.sort();
-
-        let mut messages: HashMap<MessageId, (Queued, BodyLocation)> = HashMap::new();
+        let segments = list_segments(dir)?;
         // Ids grow across restarts even when the spool was left empty: they
         // start from the clock (microseconds), so a message is never given
         // the id of one delivered before.
         let mut next_id = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
-        for &segment in &segments {
-            replay(
-                &segment_path(dir, segment),
-                segment,
-                &mut messages,
-                &mut next_id,
-            )?;
-        }
+        let mut messages = replay_all(dir, &segments, &mut next_id)?;
         messages.retain(|_, (queued, _)| !queued.is_finished());
         let mut live = BTreeMap::new();
         for (_, location) in messages.values() {
@@ -247,31 +231,13 @@ impl Spool {
     /// The unfinished messages of the spool in `dir`, read without changing
     /// anything, so it is safe while a server has the spool open.
     pub fn inspect(dir: &Path) -> Result<Vec<Queued>, SpoolError> {
-        let io = |error| SpoolError::Io {
-            path: dir.to_path_buf(),
-            error,
+        let segments = match list_segments(dir) {
+            Err(SpoolError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+                Vec::new()
+            }
+            other => other?,
         };
-        let mut segments: Vec<u64> = match std::fs::read_dir(dir) {
-            Ok(entries) => entries
-                .filter_map(|entry| {
-                    let name = entry.ok()?.file_name().into_string().ok()?;
-                    u64::from_str_radix(name.strip_suffix(".seg")?, 16).ok()
-                })
-                .collect(),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(error) => return Err(io(error)),
-        };
-        segments.sort();
-        let mut messages = HashMap::new();
-        let mut next_id = 0;
-        for segment in segments {
-            replay(
-                &segment_path(dir, segment),
-                segment,
-                &mut messages,
-                &mut next_id,
-            )?;
-        }
+        let messages = replay_all(dir, &segments, &mut 0)?;
         let mut pending: Vec<Queued> = messages
             .into_values()
             .map(|(queued, _)| queued)
@@ -464,6 +430,35 @@ impl Spool {
             }
         }
     }
+}
+
+/// The segments in `dir`, oldest first.
+fn list_segments(dir: &Path) -> Result<Vec<u64>, SpoolError> {
+    let entries = std::fs::read_dir(dir).map_err(|error| SpoolError::Io {
+        path: dir.to_path_buf(),
+        error,
+    })?;
+    let mut segments: Vec<u64> = entries
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            u64::from_str_radix(name.strip_suffix(".seg")?, 16).ok()
+        })
+        .collect();
+    segments.sort();
+    Ok(segments)
+}
+
+/// Replays `segments` in order; `next_id` ends above every id seen.
+fn replay_all(
+    dir: &Path,
+    segments: &[u64],
+    next_id: &mut u64,
+) -> Result<HashMap<MessageId, (Queued, BodyLocation)>, SpoolError> {
+    let mut messages = HashMap::new();
+    for &segment in segments {
+        replay(&segment_path(dir, segment), segment, &mut messages, next_id)?;
+    }
+    Ok(messages)
 }
 
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {

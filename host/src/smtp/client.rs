@@ -6,6 +6,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use super::data::dot_stuff;
+
 /// One reply: its code and its text (lines joined by spaces).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerReply {
@@ -143,7 +145,7 @@ fn transaction(
     if replies.iter().any(ServerReply::is_positive) {
         let data = connection.command("DATA")?;
         let end = if data.code == 354 {
-            connection.writer.write_all(&dot_stuffed(message))?;
+            connection.writer.write_all(&dot_stuff(message, None))?;
             connection.reply()?
         } else {
             data
@@ -154,32 +156,4 @@ fn transaction(
     }
     let _ = connection.command("QUIT");
     Ok(Relayed::Replies(replies))
-}
-
-/// The message as DATA sends it: CRLF line ends, leading dots doubled,
-/// then the `.` line.
-fn dot_stuffed(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + 64);
-    for line in message.split_inclusive(|&b| b == b'\n') {
-        let text = line.strip_suffix(b"\n").unwrap_or(line);
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
-        if text.starts_with(b".") {
-            out.push(b'.');
-        }
-        out.extend_from_slice(text);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_is_dot_stuffed_and_terminated_once() {
-        assert_eq!(dot_stuffed(b"a\r\n.b\r\nc"), b"a\r\n..b\r\nc\r\n.\r\n");
-        assert_eq!(dot_stuffed(b"a\r\n"), b"a\r\n.\r\n");
-    }
 }

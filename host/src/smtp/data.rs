@@ -148,6 +148,35 @@ impl DataReceiver {
     }
 }
 
+/// A message as it is sent line by line in SMTP `DATA` and POP3 `RETR`:
+/// CRLF line ends, a dot doubled at the start of a line, then the `.`
+/// line. With `body_lines`, only the headers, the blank line and that many
+/// body lines are sent (POP3 `TOP`).
+pub fn dot_stuff(message: &[u8], body_lines: Option<usize>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 64);
+    let mut in_body = false;
+    let mut sent_body_lines = 0;
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        if in_body && body_lines.is_some_and(|limit| sent_body_lines >= limit) {
+            break;
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(text);
+        out.extend_from_slice(b"\r\n");
+        if in_body {
+            sent_body_lines += 1;
+        } else if text.is_empty() {
+            in_body = true;
+        }
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +201,16 @@ mod tests {
             let (outcome, rest) = read(input, chunk);
             check(outcome, rest);
         }
+    }
+
+    #[test]
+    fn dot_stuffing_doubles_leading_dots_and_can_stop_after_n_body_lines() {
+        assert_eq!(dot_stuff(b"a\r\n.b\r\nc", None), b"a\r\n..b\r\nc\r\n.\r\n");
+        assert_eq!(dot_stuff(b"a\r\n", None), b"a\r\n.\r\n");
+        assert_eq!(
+            dot_stuff(b"S: x\r\n\r\none\r\ntwo\r\n", Some(1)),
+            b"S: x\r\n\r\none\r\n.\r\n"
+        );
     }
 
     #[test]
