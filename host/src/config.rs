@@ -301,9 +301,10 @@ impl Config {
         Ok(config)
     }
 
-    /// A configuration with every default and no chain, for running rules
-    /// given on the command line.
-    pub fn empty() -> Config {
+    /// The embedded default: every setting at its default, no rule chain.
+    /// `mailcall serve` runs on it without `--config`; `rules test` with
+    /// `--rule` only.
+    pub fn defaults() -> Config {
         Config {
             routes: BTreeMap::new(),
             server: ServerSettings::default(),

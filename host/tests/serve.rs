@@ -10,17 +10,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A running `mailcall serve`, killed when dropped.
-struct Server {
-    child: Child,
-    address: SocketAddr,
+/// A child process killed (SIGKILL) when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A running `mailcall serve`.
+struct Server {
+    _process: Killed,
+    address: SocketAddr,
 }
 
 fn free_port() -> u16 {
@@ -69,7 +72,10 @@ fn start_full(dir: &Path, port: u16, pop3_port: u16, server_extra: &str, taro: &
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Server { child, address }
+    Server {
+        _process: Killed(child),
+        address,
+    }
 }
 
 fn maildir_files(dir: &Path, user: &str) -> Vec<PathBuf> {
@@ -445,15 +451,8 @@ fn queue_list_shows_deferred_mail_and_flush_retries_it_now() {
 /// Postfix's smtp-sink on a free port, dumping each transaction into
 /// `dump`; `options` make it refuse commands (`-f rcpt`: 5xx, `-r rcpt`: 4xx).
 struct Sink {
-    child: Child,
+    _process: Killed,
     port: u16,
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn sink(dump: &Path, options: &[&str]) -> Sink {
@@ -488,7 +487,10 @@ fn sink(dump: &Path, options: &[&str]) -> Sink {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    Sink { child, port }
+    Sink {
+        _process: Killed(child),
+        port,
+    }
 }
 
 #[test]

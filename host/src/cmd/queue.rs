@@ -24,7 +24,7 @@ pub enum QueueCommand {
 fn data_dir(config: Option<&Path>) -> anyhow::Result<PathBuf> {
     let config = match config {
         Some(path) => Config::load(path)?,
-        None => Config::empty(),
+        None => Config::defaults(),
     };
     Ok(config.resolve(&config.server.data_dir))
 }

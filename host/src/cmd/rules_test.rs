@@ -46,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read message {}", args.message.display()))?;
     let config = match &args.config {
         Some(path) => Config::load(path)?,
-        None if !args.rules.is_empty() => Config::empty(),
+        None if !args.rules.is_empty() => Config::defaults(),
         None => bail!("give --config FILE, or --rule FILE.wasm to run modules without one"),
     };
     for rule in &args.rules {

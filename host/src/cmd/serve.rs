@@ -10,7 +10,7 @@ use mailcall::config::Config;
 pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = match config {
         Some(path) => Config::load(&path)?,
-        None => Config::empty(),
+        None => Config::defaults(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

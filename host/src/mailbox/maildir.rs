@@ -159,11 +159,14 @@ fn unique_name() -> String {
     )
 }
 
-/// This machine's name, made safe for a Maildir file name.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().replace(['/', ':'], "_"))
-        .unwrap_or_else(|_| "localhost".into())
+/// This machine's name, made safe for a Maildir file name; read once.
+pub fn host_name() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().replace(['/', ':'], "_"))
+            .unwrap_or_else(|_| "localhost".into())
+    })
 }
 
 #[cfg(test)]

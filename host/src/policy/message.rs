@@ -49,7 +49,7 @@ pub fn message_view(raw: &[u8], body_limit: usize) -> Result<Message, NotAMessag
     }
     let body_truncated = body.len() > body_limit;
     if body_truncated {
-        body.truncate(floor_char_boundary(&body, body_limit));
+        body.truncate(body.floor_char_boundary(body_limit));
     }
 
     Ok(Message {
@@ -112,13 +112,6 @@ fn unfold(raw: &str) -> String {
         }
     }
     out
-}
-
-fn floor_char_boundary(text: &str, mut index: usize) -> usize {
-    while !text.is_char_boundary(index) {
-        index -= 1;
-    }
-    index
 }
 
 #[cfg(test)]

@@ -184,39 +184,29 @@ impl LoadedRule {
     }
 }
 
-/// A decision the host can act on: a dial number is digits only.
+/// A decision the host can act on: a dial number is digits only, and a
+/// reason fits the record.
 fn validate(decision: Decision) -> Result<Decision, RuleFailure> {
-    match &decision {
+    let reason = match &decision {
         Decision::Dial(dial) => {
             if dial.number.is_empty()
                 || dial.number.len() > NUMBER_MAX
                 || !dial.number.bytes().all(|b| b.is_ascii_digit())
             {
+                let shown = &dial.number[..dial.number.floor_char_boundary(64)];
                 return Err(RuleFailure::InvalidDecision(format!(
-                    "dial number {:?} is not 1 to {NUMBER_MAX} digits",
-                    truncate(&dial.number, 64)
+                    "dial number {shown:?} is not 1 to {NUMBER_MAX} digits"
                 )));
             }
-            if dial.reason.len() > REASON_MAX {
-                return Err(RuleFailure::InvalidDecision(format!(
-                    "reason longer than {REASON_MAX} bytes"
-                )));
-            }
+            dial.reason.as_str()
         }
-        Decision::UseSmtp(reason) if reason.len() > REASON_MAX => {
-            return Err(RuleFailure::InvalidDecision(format!(
-                "reason longer than {REASON_MAX} bytes"
-            )));
-        }
-        _ => {}
+        Decision::UseSmtp(reason) => reason.as_str(),
+        Decision::NoOpinion => "",
+    };
+    if reason.len() > REASON_MAX {
+        return Err(RuleFailure::InvalidDecision(format!(
+            "reason longer than {REASON_MAX} bytes"
+        )));
     }
     Ok(decision)
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }

@@ -204,11 +204,7 @@ impl log::Host for RuleState {
             }
             return;
         }
-        let mut end = message.len().min(LOG_LINE_MAX);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        let line = &message[..end];
+        let line = &message[..message.floor_char_boundary(LOG_LINE_MAX)];
         let rule = &*self.context.name;
         match level {
             LogLevel::Trace => tracing::trace!(rule, "{line}"),

@@ -96,64 +96,54 @@ pub fn relay(
     message: &[u8],
     timeout: Duration,
 ) -> Relayed {
-    let local_failure = |error: std::io::Error| ServerReply {
-        code: 451,
-        text: format!("4.4.1 cannot talk to {address}: {error}"),
-    };
-    match transaction(address, hostname, mail_from, recipients, message, timeout) {
-        Ok(relayed) => relayed,
-        Err(error) => Relayed::Failed(local_failure(error)),
-    }
-}
-
-fn transaction(
-    address: SocketAddr,
-    hostname: &str,
-    mail_from: &str,
-    recipients: &[String],
-    message: &[u8],
-    timeout: Duration,
-) -> std::io::Result<Relayed> {
-    let stream = TcpStream::connect_timeout(&address, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.set_nodelay(true)?;
-    let mut connection = Connection {
-        reader: BufReader::new(stream.try_clone()?),
-        writer: stream,
-    };
-    let greeting = connection.reply()?;
-    if !greeting.is_positive() {
-        return Ok(Relayed::Failed(greeting));
-    }
-    let mut hello = connection.command(&format!("EHLO {hostname}"))?;
-    if !hello.is_positive() {
-        hello = connection.command(&format!("HELO {hostname}"))?;
-        if !hello.is_positive() {
-            return Ok(Relayed::Failed(hello));
-        }
-    }
-    let mail = connection.command(&format!("MAIL FROM:<{mail_from}>"))?;
-    if !mail.is_positive() {
-        let _ = connection.command("QUIT");
-        return Ok(Relayed::Failed(mail));
-    }
-    let mut replies = Vec::with_capacity(recipients.len());
-    for recipient in recipients {
-        replies.push(connection.command(&format!("RCPT TO:<{recipient}>"))?);
-    }
-    if replies.iter().any(ServerReply::is_positive) {
-        let data = connection.command("DATA")?;
-        let end = if data.code == 354 {
-            connection.writer.write_all(&dot_stuff(message, None))?;
-            connection.reply()?
-        } else {
-            data
+    let attempt = || -> std::io::Result<Relayed> {
+        let stream = TcpStream::connect_timeout(&address, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        let mut connection = Connection {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
         };
-        for reply in replies.iter_mut().filter(|r| r.is_positive()) {
-            *reply = end.clone();
+        let greeting = connection.reply()?;
+        if !greeting.is_positive() {
+            return Ok(Relayed::Failed(greeting));
         }
-    }
-    let _ = connection.command("QUIT");
-    Ok(Relayed::Replies(replies))
+        let mut hello = connection.command(&format!("EHLO {hostname}"))?;
+        if !hello.is_positive() {
+            hello = connection.command(&format!("HELO {hostname}"))?;
+            if !hello.is_positive() {
+                return Ok(Relayed::Failed(hello));
+            }
+        }
+        let mail = connection.command(&format!("MAIL FROM:<{mail_from}>"))?;
+        if !mail.is_positive() {
+            let _ = connection.command("QUIT");
+            return Ok(Relayed::Failed(mail));
+        }
+        let mut replies = Vec::with_capacity(recipients.len());
+        for recipient in recipients {
+            replies.push(connection.command(&format!("RCPT TO:<{recipient}>"))?);
+        }
+        if replies.iter().any(ServerReply::is_positive) {
+            let data = connection.command("DATA")?;
+            let end = if data.code == 354 {
+                connection.writer.write_all(&dot_stuff(message, None))?;
+                connection.reply()?
+            } else {
+                data
+            };
+            for reply in replies.iter_mut().filter(|r| r.is_positive()) {
+                *reply = end.clone();
+            }
+        }
+        let _ = connection.command("QUIT");
+        Ok(Relayed::Replies(replies))
+    };
+    attempt().unwrap_or_else(|error| {
+        Relayed::Failed(ServerReply {
+            code: 451,
+            text: format!("4.4.1 cannot talk to {address}: {error}"),
+        })
+    })
 }
