@@ -49,6 +49,12 @@ pub struct Config {
     /// Per-rule settings, by rule name; rules not listed get the defaults.
     #[serde(default)]
     pub rules: BTreeMap<String, RuleSettings>,
+    /// Outbound SMTP (S8): TLS, timeouts, parallelism, DNS.
+    #[serde(default)]
+    pub relay: RelaySettings,
+    /// How deferred mail is retried, and for how long.
+    #[serde(default)]
+    pub queue: QueueSettings,
     /// The folder relative paths are resolved against (the file's folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -82,6 +88,79 @@ pub struct ServerSettings {
     /// Seconds to wait for a command, and for each read of message data.
     pub command_timeout_secs: u32,
     pub data_timeout_secs: u32,
+    /// The TLS certificate chain and key (PEM) for `STARTTLS` and `STLS`.
+    /// Without them a self-signed certificate is generated on first start
+    /// and kept in `data_dir/tls/`.
+    pub tls_certificate: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `[relay]`: how mail for other domains is sent on (S8).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelaySettings {
+    /// `may`: use `STARTTLS` whenever the server offers it, without checking
+    /// its certificate (Postfix's `smtp_tls_security_level = may`); `none`.
+    pub tls: RelayTls,
+    /// Seconds to wait for a connection, and for each reply.
+    pub connect_timeout_secs: u32,
+    pub reply_timeout_secs: u32,
+    /// Messages delivered at once.
+    pub max_parallel: u32,
+    /// The port of the servers found by MX look-up.
+    pub mx_port: u16,
+    /// Name servers for MX and address look-ups (`address:port`); default:
+    /// the system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<std::net::SocketAddr>,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            tls: RelayTls::May,
+            connect_timeout_secs: 30,
+            reply_timeout_secs: 300,
+            max_parallel: 20,
+            mx_port: 25,
+            dns_servers: Vec::new(),
+        }
+    }
+}
+
+/// Whether relaying uses TLS.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayTls {
+    #[default]
+    May,
+    None,
+}
+
+/// `[queue]`: the retry schedule, Postfix's defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    /// How often deferred mail is looked at (`queue_run_delay`).
+    pub queue_run_delay_secs: u32,
+    /// The wait after the first failed attempt, doubled after each one
+    /// (`minimal_backoff_time`).
+    pub minimal_backoff_secs: u32,
+    /// The longest wait between attempts (`maximal_backoff_time`).
+    pub maximal_backoff_secs: u32,
+    /// How long a message is tried before it is bounced
+    /// (`maximal_queue_lifetime`).
+    pub maximal_lifetime_secs: u32,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            queue_run_delay_secs: 300,
+            minimal_backoff_secs: 300,
+            maximal_backoff_secs: 4000,
+            maximal_lifetime_secs: 5 * 24 * 3600,
+        }
+    }
 }
 
 impl Default for ServerSettings {
@@ -100,6 +179,8 @@ impl Default for ServerSettings {
             max_sessions: 100,
             command_timeout_secs: 300,
             data_timeout_secs: 180,
+            tls_certificate: None,
+            tls_key: None,
         }
     }
 }
@@ -313,6 +394,8 @@ impl Config {
             numbering_plan: NumberingPlanSettings::default(),
             tables: BTreeMap::new(),
             rules: BTreeMap::new(),
+            relay: RelaySettings::default(),
+            queue: QueueSettings::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -370,6 +453,33 @@ impl Config {
             if value == 0 {
                 return Err(format!("[server] {name} must be at least 1"));
             }
+        }
+        if server.tls_certificate.is_some() != server.tls_key.is_some() {
+            return Err("[server] tls_certificate and tls_key go together".into());
+        }
+        let relay = &self.relay;
+        for (name, value) in [
+            ("connect_timeout_secs", relay.connect_timeout_secs),
+            ("reply_timeout_secs", relay.reply_timeout_secs),
+            ("max_parallel", relay.max_parallel),
+            ("mx_port", relay.mx_port.into()),
+        ] {
+            if value == 0 {
+                return Err(format!("[relay] {name} must be at least 1"));
+            }
+        }
+        let queue = &self.queue;
+        for (name, value) in [
+            ("queue_run_delay_secs", queue.queue_run_delay_secs),
+            ("minimal_backoff_secs", queue.minimal_backoff_secs),
+            ("maximal_lifetime_secs", queue.maximal_lifetime_secs),
+        ] {
+            if value == 0 {
+                return Err(format!("[queue] {name} must be at least 1"));
+            }
+        }
+        if queue.maximal_backoff_secs < queue.minimal_backoff_secs {
+            return Err("[queue] maximal_backoff_secs must not be below minimal_backoff_secs".into());
         }
         for network in &server.relay_networks {
             parse_network(network)?;

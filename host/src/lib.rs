@@ -3,15 +3,19 @@
 //! ladder (T1–T7).
 //!
 //! - [`config`]: the configuration file.
+//! - [`credentials`]: user names and passwords, for SMTP AUTH and POP3.
 //! - [`delivery`]: the planner, steps S2–S8 per recipient.
 //! - [`mailbox`]: step S3, local Maildir storage.
 //! - [`policy`]: step S4, the chain of WebAssembly rules that finds a number.
 //! - [`pop3`]: the POP3 server, for reading local mail.
 //! - [`queue`]: the durable spool (group-committed journal) under the queue.
 //! - [`server`]: `mailcall serve`, listeners and the delivery worker.
-//! - [`smtp`]: SMTP protocol pieces: the DATA reader, replies, the session.
+//! - [`smtp`]: SMTP protocol pieces: the DATA reader, replies, the session,
+//!   the client.
+//! - [`tls`]: certificates and TLS settings for STARTTLS and STLS.
 
 pub mod config;
+pub mod credentials;
 pub mod delivery;
 pub mod mailbox;
 pub mod policy;
@@ -19,3 +23,4 @@ pub mod pop3;
 pub mod queue;
 pub mod server;
 pub mod smtp;
+pub mod tls;

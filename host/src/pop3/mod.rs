@@ -7,10 +7,10 @@ pub mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use session::{Pop3Session, Pop3Shared};
+use session::{After, Pop3Session, Pop3Shared};
 
 /// The longest command line accepted (RFC 2449 allows 255 octets).
 const LINE_LIMIT: usize = 512;
@@ -40,17 +40,44 @@ async fn connection(
     client: std::net::IpAddr,
     shared: Arc<Pop3Shared>,
 ) -> std::io::Result<()> {
+    let mut session = Pop3Session::new(shared.clone(), client);
+    let mut stream = BufReader::new(stream);
+    stream.write_all(&session.greeting()).await?;
+    let Some(stream) = drive(&mut session, stream, &shared).await? else {
+        return Ok(());
+    };
+    let Some(acceptor) = &shared.tls else {
+        return Ok(());
+    };
     let timeout = Duration::from_secs(shared.config.server.command_timeout_secs.into());
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(reader);
-    let mut session = Pop3Session::new(shared, client);
-    writer.write_all(&session.greeting()).await?;
+    // Input the client sent before the handshake is dropped with the
+    // buffer: nothing can be injected in clear into the TLS session.
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream.into_inner())).await {
+        Ok(Ok(tls)) => tls,
+        _ => return Ok(()),
+    };
+    session.tls_started();
+    drive(&mut session, BufReader::new(tls), &shared).await?;
+    Ok(())
+}
+
+/// Answers commands over `stream` until the session ends (`None`) or asks
+/// for TLS (the stream is handed back for the handshake).
+async fn drive<S>(
+    session: &mut Pop3Session,
+    mut stream: BufReader<S>,
+    shared: &Pop3Shared,
+) -> std::io::Result<Option<BufReader<S>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let timeout = Duration::from_secs(shared.config.server.command_timeout_secs.into());
     let mut line = Vec::new();
     loop {
         line.clear();
         let read = tokio::time::timeout(
             timeout,
-            (&mut reader)
+            (&mut stream)
                 .take(LINE_LIMIT as u64 + 2)
                 .read_until(b'\n', &mut line),
         )
@@ -58,25 +85,30 @@ async fn connection(
         let read = match read {
             Ok(read) => read?,
             Err(_) => {
-                writer.write_all(b"-ERR timeout, closing\r\n").await?;
-                return Ok(());
+                stream.write_all(b"-ERR timeout, closing\r\n").await?;
+                return Ok(None);
             }
         };
         if read == 0 {
-            return Ok(());
+            return Ok(None);
         }
         if !line.ends_with(b"\n") {
-            writer.write_all(b"-ERR line too long\r\n").await?;
-            return Ok(());
+            stream.write_all(b"-ERR line too long\r\n").await?;
+            return Ok(None);
         }
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\r', '\n']).to_string();
-        // Reading a message or a mailbox touches the disk: keep it off the
-        // runtime's async workers.
+        // Reading a message or a mailbox touches the disk, and checking a
+        // password is slow on purpose: keep both off the async workers.
         let response = tokio::task::block_in_place(|| session.command(&text));
-        writer.write_all(&response.bytes).await?;
-        if response.close {
-            return Ok(());
+        stream.write_all(&response.bytes).await?;
+        match response.after {
+            After::Continue => {}
+            After::Close => return Ok(None),
+            After::StartTls => {
+                stream.flush().await?;
+                return Ok(Some(stream));
+            }
         }
     }
 }

@@ -8,8 +8,6 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use argon2::{Argon2, PasswordVerifier};
-
 use crate::config::Config;
 use crate::mailbox::maildir::{Maildir, StoredMessage};
 use crate::smtp::data::dot_stuff;
@@ -21,6 +19,8 @@ pub struct Pop3Shared {
     pub mail_dir: PathBuf,
     /// Mailboxes open in a session now.
     pub open: Mutex<HashSet<String>>,
+    /// For `STLS`; `None` if TLS could not be set up.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Keeps a mailbox marked open until dropped.
@@ -52,25 +52,35 @@ pub struct Pop3Session {
     user: Option<String>,
     transaction: Option<Transaction>,
     errors: u32,
+    tls: bool,
 }
 
-/// A response and whether the session ends after it.
+/// A response, and what the connection does after sending it.
 pub struct Response {
     pub bytes: Vec<u8>,
-    pub close: bool,
+    pub after: After,
+}
+
+/// What follows a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    Continue,
+    Close,
+    /// Run the TLS handshake (`STLS`), then call [`Pop3Session::tls_started`].
+    StartTls,
 }
 
 fn ok(text: &str) -> Response {
     Response {
         bytes: format!("+OK {text}\r\n").into_bytes(),
-        close: false,
+        after: After::Continue,
     }
 }
 
 fn err(text: &str) -> Response {
     Response {
         bytes: format!("-ERR {text}\r\n").into_bytes(),
-        close: false,
+        after: After::Continue,
     }
 }
 
@@ -82,6 +92,7 @@ impl Pop3Session {
             user: None,
             transaction: None,
             errors: 0,
+            tls: false,
         }
     }
 
@@ -101,7 +112,7 @@ impl Pop3Session {
             if self.errors >= self.shared.config.server.max_errors {
                 let mut bytes = response.bytes;
                 bytes.extend_from_slice(b"-ERR too many errors, closing\r\n");
-                return Response { bytes, close: true };
+                return Response { bytes, after: After::Close };
             }
         }
         response
@@ -112,16 +123,13 @@ impl Pop3Session {
         let keyword = words.next().unwrap_or("").to_ascii_uppercase();
         let args: Vec<&str> = words.collect();
         match (keyword.as_str(), self.transaction.is_some()) {
-            ("CAPA", _) => Response {
-                bytes: b"+OK Capability list follows\r\nUSER\r\nUIDL\r\nTOP\r\nRESP-CODES\r\nPIPELINING\r\nIMPLEMENTATION mailcall\r\n.\r\n".to_vec(),
-                close: false,
-            },
-            ("QUIT", false) => Response { close: true, ..ok("bye") },
+            ("CAPA", _) => self.capabilities(),
+            ("QUIT", false) => Response { after: After::Close, ..ok("bye") },
             ("QUIT", true) => self.update(),
             ("NOOP", true) => ok(""),
             ("USER", false) => self.user(&args),
             ("PASS", false) => self.pass(line),
-            ("STLS", _) => err("STLS is not available"),
+            ("STLS", false) => self.start_tls(),
             ("STAT", true) => self.stat(),
             ("LIST", true) => self.list(&args, false),
             ("UIDL", true) => self.list(&args, true),
@@ -140,14 +148,55 @@ impl Pop3Session {
             (_, false) if ["STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET", "NOOP"].contains(&keyword.as_str()) => {
                 err("not in the TRANSACTION state: log in first")
             }
-            (_, true) if ["USER", "PASS"].contains(&keyword.as_str()) => err("already logged in"),
+            (_, true) if ["USER", "PASS", "STLS"].contains(&keyword.as_str()) => err("already logged in"),
             _ => err("unknown command"),
         }
     }
 
+    /// TLS is up after `STLS`: the client starts over in AUTHORIZATION.
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.user = None;
+    }
+
+    /// Passwords only where they cannot be read on the way (RFC 2595).
+    fn login_allowed(&self) -> bool {
+        self.tls || self.client.is_loopback()
+    }
+
+    fn capabilities(&self) -> Response {
+        let mut bytes = b"+OK Capability list follows\r\n".to_vec();
+        if self.login_allowed() && self.transaction.is_none() {
+            bytes.extend_from_slice(b"USER\r\n");
+        }
+        if self.shared.tls.is_some() && !self.tls && self.transaction.is_none() {
+            bytes.extend_from_slice(b"STLS\r\n");
+        }
+        bytes.extend_from_slice(
+            b"UIDL\r\nTOP\r\nRESP-CODES\r\nPIPELINING\r\nIMPLEMENTATION mailcall\r\n.\r\n",
+        );
+        Response {
+            bytes,
+            after: After::Continue,
+        }
+    }
+
+    fn start_tls(&mut self) -> Response {
+        if self.tls {
+            err("TLS is already active")
+        } else if self.shared.tls.is_none() {
+            err("STLS is not available")
+        } else {
+            Response {
+                after: After::StartTls,
+                ..ok("Begin TLS negotiation")
+            }
+        }
+    }
+
     fn user(&mut self, args: &[&str]) -> Response {
-        if !self.client.is_loopback() {
-            return err("[AUTH] USER/PASS only after STLS, which is not available");
+        if !self.login_allowed() {
+            return err("[AUTH] USER/PASS only after STLS");
         }
         match args {
             [name] => {
@@ -164,22 +213,9 @@ impl Pop3Session {
         };
         // The password is the rest of the line: it may contain spaces.
         let password = line.get(5..).unwrap_or("");
-        let hash = self
-            .shared
-            .config
-            .users
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(&user))
-            .and_then(|(name, settings)| Some((name.clone(), settings.password_hash.clone()?)));
-        let Some((name, hash)) = hash else {
+        let Some(name) = crate::credentials::check(&self.shared.config, &user, password) else {
             return err("[AUTH] invalid user name or password");
         };
-        if Argon2::default()
-            .verify_password(password.as_bytes(), hash.as_str())
-            .is_err()
-        {
-            return err("[AUTH] invalid user name or password");
-        }
         {
             let Ok(mut open) = self.shared.open.lock() else {
                 return err("[SYS/TEMP] internal error");
@@ -263,7 +299,7 @@ impl Pop3Session {
         bytes.extend_from_slice(b".\r\n");
         Response {
             bytes,
-            close: false,
+            after: After::Continue,
         }
     }
 
@@ -283,7 +319,7 @@ impl Pop3Session {
         bytes.extend_from_slice(&dot_stuff(&content, top));
         Response {
             bytes,
-            close: false,
+            after: After::Continue,
         }
     }
 
@@ -302,7 +338,7 @@ impl Pop3Session {
     fn update(&mut self) -> Response {
         let Some(transaction) = self.transaction.take() else {
             return Response {
-                close: true,
+                after: After::Close,
                 ..ok("bye")
             };
         };
@@ -314,12 +350,12 @@ impl Pop3Session {
         }
         if failed > 0 {
             return Response {
-                close: true,
+                after: After::Close,
                 ..err("[SYS/TEMP] some deleted messages were not removed")
             };
         }
         Response {
-            close: true,
+            after: After::Close,
             ..ok("bye")
         }
     }

@@ -1,42 +1,88 @@
-//! Bounces (RFC 3464 delivery status notifications): when recipients fail
-//! for good, the sender gets a `multipart/report` saying which and why. A
-//! bounce is never sent for a bounce (null sender), nor to a recipient whose
-//! `NOTIFY` excludes `FAILURE`.
+//! Bounces and other delivery status notifications (RFC 3464): when
+//! recipients fail for good, the sender gets a `multipart/report` saying
+//! which and why; with `NOTIFY=SUCCESS` it also hears of deliveries, and
+//! with `NOTIFY=DELAY` of the first deferral (RFC 3461). A notice is never
+//! sent for a notice (null sender), nor against a recipient's `NOTIFY`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::spool::{Envelope, MessageId};
 
-/// One failed recipient for the report.
+/// What happened to a recipient, as RFC 3464's `Action` field names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Failed,
+    /// Deferred, still being retried.
+    Delayed,
+    /// Stored in a final mailbox, here or by the final server.
+    Delivered,
+    /// Handed to a server that sends no notices of its own.
+    Relayed,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delayed => "delayed",
+            Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
+        }
+    }
+}
+
+/// One recipient for a report.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailedRecipient {
+pub struct Notice {
     pub address: String,
     pub original: Option<String>,
+    pub action: Action,
     /// The reply or reason (`550 5.1.1 no such user (from 127.0.0.1:25)`).
     pub detail: String,
 }
 
-/// True when the sender wants to hear that `index` failed: not a bounce,
-/// and `NOTIFY` (if given) includes `FAILURE`.
-pub fn wants_failure_notice(envelope: &Envelope, index: usize) -> bool {
+/// True when the sender wants to hear of `action` for recipient `index`:
+/// not a notice itself, and `NOTIFY` asks for it (without `NOTIFY`: only
+/// failures, as RFC 3461 §4.1 says).
+pub fn wants_notice(envelope: &Envelope, index: usize, action: Action) -> bool {
     if envelope.mail_from.is_empty() {
         return false;
     }
-    match envelope.notify.get(index) {
-        Some(&flags) if flags != 0 => flags & smtp_proto::RCPT_NOTIFY_FAILURE != 0,
-        _ => true,
+    let flags = envelope.notify.get(index).copied().unwrap_or(0);
+    match action {
+        Action::Failed => flags == 0 || flags & smtp_proto::RCPT_NOTIFY_FAILURE != 0,
+        Action::Delayed => flags & smtp_proto::RCPT_NOTIFY_DELAY != 0,
+        Action::Delivered | Action::Relayed => flags & smtp_proto::RCPT_NOTIFY_SUCCESS != 0,
     }
 }
 
-/// The bounce for `failed` recipients of message `id`: its envelope (null
+/// The report on `notices` (recipients of message `id`): its envelope (null
 /// sender, to the original sender) and its bytes.
-pub fn bounce(
+pub fn report(
     hostname: &str,
     id: MessageId,
     original: &Envelope,
     message: &[u8],
-    failed: &[FailedRecipient],
+    notices: &[Notice],
 ) -> (Envelope, Vec<u8>) {
+    let failed = notices.iter().any(|n| n.action == Action::Failed);
+    let delayed = notices.iter().any(|n| n.action == Action::Delayed);
+    let (subject, summary) = if failed {
+        (
+            "Undelivered Mail Returned to Sender",
+            "Your message could not be delivered to one or more recipients.",
+        )
+    } else if delayed {
+        (
+            "Delayed Mail (still being retried)",
+            "Your message could not be delivered yet; it will be tried again.",
+        )
+    } else {
+        (
+            "Successful Mail Delivery Report",
+            "Your message was delivered to the recipients below.",
+        )
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -46,7 +92,7 @@ pub fn bounce(
     let mut text = format!(
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
          To: <{to}>\r\n\
-         Subject: Undelivered Mail Returned to Sender\r\n\
+         Subject: {subject}\r\n\
          Date: {date}\r\n\
          Message-ID: <{id}.{now}.bounce@{hostname}>\r\n\
          Auto-Submitted: auto-replied\r\n\
@@ -60,11 +106,11 @@ pub fn bounce(
          \r\n\
          This is the mail system at host {hostname}.\r\n\
          \r\n\
-         Your message could not be delivered to one or more recipients.\r\n\
+         {summary}\r\n\
          \r\n",
         to = original.mail_from,
     );
-    for recipient in failed {
+    for recipient in notices {
         text.push_str(&format!(
             "<{}>: {}\r\n",
             recipient.address, recipient.detail
@@ -81,21 +127,22 @@ pub fn bounce(
         text.push_str(&format!("Original-Envelope-Id: {envelope_id}\r\n"));
     }
     text.push_str(&format!("Arrival-Date: {arrival}\r\n"));
-    for recipient in failed {
+    for recipient in notices {
         text.push_str("\r\n");
         if let Some(original) = &recipient.original {
             text.push_str(&format!("Original-Recipient: {original}\r\n"));
         }
         text.push_str(&format!(
-            "Final-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: smtp; {}\r\n",
+            "Final-Recipient: rfc822; {}\r\nAction: {}\r\nStatus: {}\r\nDiagnostic-Code: smtp; {}\r\n",
             recipient.address,
-            status_code(&recipient.detail),
+            recipient.action.name(),
+            status_code(&recipient.detail, recipient.action),
             recipient.detail
         ));
     }
-    // RET=FULL returns the whole message; otherwise (RET=HDRS, or no RET)
-    // its headers, as Postfix does by default.
-    let full = original.return_full == Some(true);
+    // RET=FULL returns the whole message of a bounce; otherwise (RET=HDRS,
+    // no RET, or no failure) its headers, as Postfix does by default.
+    let full = failed && original.return_full == Some(true);
     let headers_end = message
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -133,20 +180,25 @@ pub fn bounce(
     (envelope, bytes)
 }
 
-/// The enhanced status code in a reply (`5.1.1`), or the generic `5.0.0`.
-fn status_code(detail: &str) -> String {
+/// The enhanced status code in a reply (`5.1.1`) of the class the action
+/// has (5 failed, 4 delayed, 2 otherwise), or that class's generic one.
+fn status_code(detail: &str, action: Action) -> String {
+    let class = match action {
+        Action::Failed => "5",
+        Action::Delayed => "4",
+        Action::Delivered | Action::Relayed => "2",
+    };
     detail
         .split_whitespace()
         .find(|word| {
             let parts: Vec<&str> = word.split('.').collect();
             parts.len() == 3
-                && parts[0] == "5"
+                && parts[0] == class
                 && parts
                     .iter()
                     .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
         })
-        .unwrap_or("5.0.0")
-        .to_string()
+        .map_or_else(|| format!("{class}.0.0"), str::to_string)
 }
 
 #[cfg(test)]
@@ -170,13 +222,14 @@ mod tests {
     #[test]
     fn a_bounce_is_a_delivery_status_report_to_the_sender() {
         let original = envelope("taro@local.test", vec![]);
-        let failed = [FailedRecipient {
+        let failed = [Notice {
             address: "a@remote.test".into(),
             original: Some("rfc822;a@remote.test".into()),
+            action: Action::Failed,
             detail: "550 5.1.1 no such user (from 127.0.0.1:2525)".into(),
         }];
         let message = b"Subject: hello\r\nFrom: taro@local.test\r\n\r\nsecret body\r\n";
-        let (bounce_envelope, bytes) = bounce("mx.test", MessageId(7), &original, message, &failed);
+        let (bounce_envelope, bytes) = report("mx.test", MessageId(7), &original, message, &failed);
         assert_eq!(bounce_envelope.mail_from, "");
         assert_eq!(bounce_envelope.recipients, ["taro@local.test"]);
         let text = String::from_utf8(bytes).unwrap();
@@ -197,19 +250,53 @@ mod tests {
 
     #[test]
     fn no_bounce_for_bounces_or_when_notify_excludes_failure() {
-        assert!(!wants_failure_notice(&envelope("", vec![]), 0));
-        assert!(wants_failure_notice(&envelope("a@b.test", vec![]), 0));
-        assert!(!wants_failure_notice(
+        assert!(!wants_notice(&envelope("", vec![]), 0, Action::Failed));
+        assert!(wants_notice(&envelope("a@b.test", vec![]), 0, Action::Failed));
+        assert!(!wants_notice(
             &envelope("a@b.test", vec![smtp_proto::RCPT_NOTIFY_NEVER]),
-            0
+            0,
+            Action::Failed
         ));
-        assert!(!wants_failure_notice(
+        assert!(!wants_notice(
             &envelope("a@b.test", vec![smtp_proto::RCPT_NOTIFY_SUCCESS]),
-            0
+            0,
+            Action::Failed
         ));
-        assert!(wants_failure_notice(
+        assert!(wants_notice(
             &envelope("a@b.test", vec![smtp_proto::RCPT_NOTIFY_FAILURE]),
-            0
+            0,
+            Action::Failed
         ));
+    }
+
+    #[test]
+    fn success_and_delay_notices_only_when_asked_for() {
+        let success = envelope("a@b.test", vec![smtp_proto::RCPT_NOTIFY_SUCCESS]);
+        assert!(wants_notice(&success, 0, Action::Delivered));
+        assert!(wants_notice(&success, 0, Action::Relayed));
+        assert!(!wants_notice(&success, 0, Action::Delayed));
+        let plain = envelope("a@b.test", vec![]);
+        assert!(!wants_notice(&plain, 0, Action::Delivered));
+        assert!(!wants_notice(&plain, 0, Action::Delayed));
+        let delay = envelope("a@b.test", vec![smtp_proto::RCPT_NOTIFY_DELAY]);
+        assert!(wants_notice(&delay, 0, Action::Delayed));
+        let notice = Notice {
+            address: "a@remote.test".into(),
+            original: None,
+            action: Action::Relayed,
+            detail: "250 2.0.0 Ok: queued as 1 (from 127.0.0.1:2525)".into(),
+        };
+        let message = b"Subject: hello\r\n\r\nsecret body\r\n";
+        let (_, bytes) = report("mx.test", MessageId(8), &success, message, &[notice]);
+        let text = String::from_utf8(bytes).unwrap();
+        for expected in [
+            "Subject: Successful Mail Delivery Report",
+            "Action: relayed",
+            "Status: 2.0.0",
+            "Content-Type: text/rfc822-headers",
+        ] {
+            assert!(text.contains(expected), "{expected} missing in\n{text}");
+        }
+        assert!(!text.contains("secret body"));
     }
 }

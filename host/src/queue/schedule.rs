@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use crate::config::QueueSettings;
+
 /// The retry policy of the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetrySchedule {
@@ -16,13 +18,20 @@ pub struct RetrySchedule {
     pub lifetime: Duration,
 }
 
+impl RetrySchedule {
+    /// The schedule of a `[queue]` section.
+    pub fn new(settings: &QueueSettings) -> RetrySchedule {
+        RetrySchedule {
+            first_backoff: Duration::from_secs(settings.minimal_backoff_secs.into()),
+            max_backoff: Duration::from_secs(settings.maximal_backoff_secs.into()),
+            lifetime: Duration::from_secs(settings.maximal_lifetime_secs.into()),
+        }
+    }
+}
+
 impl Default for RetrySchedule {
     fn default() -> Self {
-        RetrySchedule {
-            first_backoff: Duration::from_secs(300),
-            max_backoff: Duration::from_secs(4000),
-            lifetime: Duration::from_secs(5 * 24 * 3600),
-        }
+        RetrySchedule::new(&QueueSettings::default())
     }
 }
 

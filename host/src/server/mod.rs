@@ -2,16 +2,18 @@
 //!
 //! Like Postfix, a pipeline of small stages around a durable queue: the
 //! SMTP listener ([`smtp`]) accepts and commits a message to the spool
-//! before its `250`, then hands its id to the delivery worker, which runs
-//! the planner ([`crate::delivery`]); a queue run every
-//! [`QUEUE_RUN_INTERVAL`] retries what was deferred.
+//! before its `250`, then hands its id to the delivery scheduler, which
+//! runs the planner ([`crate::delivery`]) for up to `[relay] max_parallel`
+//! messages at once; a queue run every `[queue] queue_run_delay_secs`
+//! retries what was deferred.
 
 pub mod smtp;
 
 use std::collections::HashSet;
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
 use crate::delivery::Planner;
@@ -19,7 +21,7 @@ use crate::pop3::session::Pop3Shared;
 use crate::queue::spool::{MessageId, Spool, SpoolError};
 use crate::smtp::session::SessionPolicy;
 
-/// What the delivery worker is asked to do.
+/// What the delivery scheduler is asked to do.
 #[derive(Debug, Clone, Copy)]
 pub enum Work {
     /// Deliver a message just accepted.
@@ -31,9 +33,6 @@ pub enum Work {
 /// The file holding the server's process id, in the data folder, for
 /// `mailcall queue flush`.
 pub const PID_FILE: &str = "mailcall.pid";
-
-/// How often deferred recipients are looked at.
-pub const QUEUE_RUN_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,9 +50,11 @@ pub enum ServerError {
 pub struct Shared {
     pub policy: SessionPolicy,
     pub spool: Arc<Spool>,
-    /// Work for the delivery worker.
-    pub deliveries: mpsc::Sender<Work>,
+    /// Work for the delivery scheduler.
+    pub deliveries: mpsc::UnboundedSender<Work>,
     pub config: Arc<Config>,
+    /// For `STARTTLS` and `STLS`; `None` if TLS could not be set up.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Runs the server until `shutdown` completes.
@@ -73,14 +74,25 @@ pub async fn serve(
             error,
         }
     })?;
-    let (deliveries, received) = mpsc::channel();
+    let (deliveries, received) = mpsc::unbounded_channel();
     let flushes = deliveries.clone();
-    let planner = Planner::new(spool.clone(), config.clone());
-    std::thread::Builder::new()
-        .name("delivery".into())
-        .spawn(move || delivery_worker(planner, received))
-        .expect("spawn the delivery thread");
+    let planner = Arc::new(Planner::new(spool.clone(), config.clone()));
+    tokio::spawn(schedule_deliveries(
+        planner,
+        received,
+        deliveries.clone(),
+        config.clone(),
+    ));
 
+    // A server without TLS still takes mail (and logs why), as Postfix
+    // does with a broken certificate; clients then see no STARTTLS.
+    let tls = match crate::tls::server_config(&config) {
+        Ok(tls) => Some(tokio_rustls::TlsAcceptor::from(tls)),
+        Err(error) => {
+            tracing::error!("TLS is off: {error}");
+            None
+        }
+    };
     let server = &config.server;
     let local_domains: HashSet<String> = server
         .local_domains
@@ -105,12 +117,14 @@ pub async fn serve(
         max_message_size: server.max_message_size_kib as usize * 1024,
         max_recipients: server.max_recipients as usize,
         max_errors: server.max_errors,
+        tls_available: tls.is_some(),
     };
     let shared = Arc::new(Shared {
         policy,
         spool,
         deliveries,
         config: config.clone(),
+        tls: tls.clone(),
     });
     let bind = |address| async move {
         tokio::net::TcpListener::bind(address)
@@ -124,6 +138,7 @@ pub async fn serve(
         config: config.clone(),
         mail_dir: data_dir.join("mail"),
         open: Default::default(),
+        tls,
     });
     // SIGUSR1 asks for a queue run now, as `postqueue -f` does.
     let flush_requests = async move {
@@ -146,29 +161,51 @@ pub async fn serve(
 }
 
 /// Delivers new messages as they come, and everything due on each queue
-/// run. Ends when every sender is gone.
-fn delivery_worker(planner: Planner, received: mpsc::Receiver<Work>) {
-    if let Err(error) = planner.deliver_pending() {
-        tracing::error!("queue run failed: {error}");
-    }
+/// run (the first at start, for the recovered queue), at most
+/// `max_parallel` messages at once and each message in one task at a time.
+/// Ends when every sender is gone.
+async fn schedule_deliveries(
+    planner: Arc<Planner>,
+    mut work: mpsc::UnboundedReceiver<Work>,
+    more_work: mpsc::UnboundedSender<Work>,
+    config: Arc<Config>,
+) {
+    let slots = Arc::new(Semaphore::new(config.relay.max_parallel as usize));
+    let in_flight: Arc<Mutex<HashSet<MessageId>>> = Arc::default();
+    let delay = Duration::from_secs(config.queue.queue_run_delay_secs.into());
+    let mut queue_runs = tokio::time::interval(delay);
+    queue_runs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match received.recv_timeout(QUEUE_RUN_INTERVAL) {
-            Ok(Work::Deliver(id)) => {
-                if let Err(error) = planner.deliver(id) {
-                    tracing::error!(%id, "delivery failed: {error}");
-                }
+        let (ids, force) = tokio::select! {
+            _ = queue_runs.tick() => (planner.due(false), false),
+            next = work.recv() => match next {
+                Some(Work::Deliver(id)) => (vec![id], false),
+                Some(Work::Flush) => (planner.due(true), true),
+                None => return,
+            },
+        };
+        for id in ids {
+            if !in_flight.lock().is_ok_and(|mut set| set.insert(id)) {
+                continue; // being delivered now; that run sees it all
             }
-            Ok(Work::Flush) => {
-                if let Err(error) = planner.flush() {
-                    tracing::error!("queue flush failed: {error}");
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (planner, in_flight, more_work) =
+                (planner.clone(), in_flight.clone(), more_work.clone());
+            tokio::spawn(async move {
+                match planner.deliver(id, force).await {
+                    Ok(Some(report)) => {
+                        let _ = more_work.send(Work::Deliver(report));
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::error!(%id, "delivery failed: {error}"),
                 }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Err(error) = planner.deliver_pending() {
-                    tracing::error!("queue run failed: {error}");
+                if let Ok(mut set) = in_flight.lock() {
+                    set.remove(&id);
                 }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                drop(slot);
+            });
         }
     }
 }

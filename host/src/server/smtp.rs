@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -58,15 +58,44 @@ pub async fn listen(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    shared: &Shared,
-) -> std::io::Result<()> {
+async fn connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> std::io::Result<()> {
     let mut session = Session::new(shared.policy.clone(), peer.ip());
+    let mut stream = stream;
     stream
         .write_all(session.greeting().to_string().as_bytes())
         .await?;
+    let Some(stream) = drive(&mut session, stream, peer, shared).await? else {
+        return Ok(());
+    };
+    // STARTTLS: the same session goes on over TLS (it refuses a second one).
+    let Some(acceptor) = &shared.tls else {
+        return Ok(());
+    };
+    let timeout = Duration::from_secs(shared.config.server.command_timeout_secs.into());
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            tracing::info!(%peer, "TLS handshake failed: {error}");
+            return Ok(());
+        }
+        Err(_) => return Ok(()),
+    };
+    session.tls_started();
+    drive(&mut session, tls, peer, shared).await?;
+    Ok(())
+}
+
+/// Runs `session` over `stream` until it ends (`None`) or asks for TLS
+/// (the stream is handed back for the handshake).
+pub async fn drive<S>(
+    session: &mut Session,
+    mut stream: S,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> std::io::Result<Option<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let command_timeout = Duration::from_secs(shared.config.server.command_timeout_secs.into());
     let data_timeout = Duration::from_secs(shared.config.server.data_timeout_secs.into());
     let mut buffer = vec![0u8; 64 * 1024];
@@ -84,7 +113,7 @@ async fn connection(
                     command_timeout
                 };
                 match tokio::time::timeout(timeout, stream.read(&mut buffer)).await {
-                    Ok(Ok(0)) => return Ok(()),
+                    Ok(Ok(0)) => return Ok(None),
                     Ok(Ok(read)) => session.feed(&buffer[..read]),
                     Ok(Err(error)) => return Err(error),
                     Err(_) => {
@@ -94,7 +123,7 @@ async fn connection(
                             format!("{} Error: timeout exceeded", shared.policy.hostname),
                         );
                         stream.write_all(reply.to_string().as_bytes()).await?;
-                        return Ok(());
+                        return Ok(None);
                     }
                 }
             }
@@ -102,10 +131,25 @@ async fn connection(
                 let result = commit(shared, peer, *accepted).await;
                 session.committed(result, &mut out);
             }
+            Step::StartTls => {
+                stream.write_all(&out).await?;
+                stream.flush().await?;
+                return Ok(Some(stream));
+            }
+            Step::Authenticate { login, password } => {
+                let config = shared.config.clone();
+                let user = tokio::task::spawn_blocking(move || {
+                    crate::credentials::check(&config, &login, &password)
+                })
+                .await
+                .ok()
+                .flatten();
+                session.authenticated(user, &mut out);
+            }
             Step::Close => {
                 stream.write_all(&out).await?;
                 let _ = stream.shutdown().await;
-                return Ok(());
+                return Ok(None);
             }
         }
     }

@@ -38,6 +38,8 @@ pub struct SessionPolicy {
     pub max_recipients: usize,
     /// Errors before the session is closed.
     pub max_errors: u32,
+    /// Whether `STARTTLS` is offered (the caller can upgrade the stream).
+    pub tls_available: bool,
 }
 
 /// The envelope of an accepted message, with the RFC 3461 parameters.
@@ -72,6 +74,12 @@ pub enum Step {
     Commit(Box<Accepted>),
     /// Write what is pending, then close the connection.
     Close,
+    /// Write what is pending (the `220`), run the TLS handshake, then call
+    /// [`Session::tls_started`].
+    StartTls,
+    /// Check these credentials (`AUTH`), then call
+    /// [`Session::authenticated`].
+    Authenticate { login: String, password: String },
 }
 
 /// Where the session is.
@@ -89,7 +97,23 @@ enum Mode {
     },
     /// Waiting for the caller to commit; input is held.
     Committing,
+    /// The `220` to `STARTTLS` is out; waiting for the handshake.
+    StartingTls,
+    /// Reading the client's next line of an `AUTH` exchange.
+    Auth(AuthStage),
+    /// Waiting for the caller to check credentials.
+    Authenticating,
     Closed,
+}
+
+/// Where an `AUTH` exchange is.
+enum AuthStage {
+    /// `AUTH PLAIN` without an initial response: the response is next.
+    Plain,
+    /// `AUTH LOGIN`: the user name is next.
+    LoginUser,
+    /// `AUTH LOGIN`: the password for this user is next.
+    LoginPassword(String),
 }
 
 struct Transaction {
@@ -113,7 +137,9 @@ pub struct Session {
     input: Vec<u8>,
     requests: RequestReceiver,
     errors: u32,
-    authenticated: bool,
+    /// The user logged in with `AUTH`.
+    authenticated: Option<String>,
+    tls: bool,
 }
 
 impl Session {
@@ -127,7 +153,8 @@ impl Session {
             input: Vec::new(),
             requests: RequestReceiver::default(),
             errors: 0,
-            authenticated: false,
+            authenticated: None,
+            tls: false,
         }
     }
 
@@ -142,6 +169,46 @@ impl Session {
         matches!(self.mode, Mode::Data(_) | Mode::Bdat { .. })
     }
 
+    /// The TLS handshake after `STARTTLS` succeeded: the session starts
+    /// over (RFC 3207), and anything the client sent before the handshake is
+    /// dropped, so no command can be injected in clear into the encrypted
+    /// session.
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.helo = None;
+        self.transaction = None;
+        self.input.clear();
+        self.mode = Mode::Commands;
+    }
+
+    /// The stream is encrypted already (a call's channel over TLS).
+    pub fn set_encrypted(&mut self) {
+        self.tls = true;
+    }
+
+    /// The caller checked the credentials of [`Step::Authenticate`]: the
+    /// user they identify, or `None`.
+    pub fn authenticated(&mut self, user: Option<String>, out: &mut Vec<u8>) {
+        self.mode = Mode::Commands;
+        match user {
+            Some(user) => {
+                tracing::info!(client = %self.client, %user, "authenticated");
+                self.authenticated = Some(user);
+                self.reply(out, Reply::new(235, "2.7.0", "Authentication successful"));
+            }
+            None => self.reply(
+                out,
+                Reply::new(535, "5.7.8", "Authentication credentials invalid"),
+            ),
+        }
+    }
+
+    /// Whether `AUTH` may be used now: only where the password cannot be
+    /// read on the way (TLS, or the loopback interface).
+    fn auth_allowed(&self) -> bool {
+        self.tls || self.client.is_loopback()
+    }
+
     /// Adds bytes read from the client.
     pub fn feed(&mut self, bytes: &[u8]) {
         self.input.extend_from_slice(bytes);
@@ -152,7 +219,28 @@ impl Session {
         loop {
             match &mut self.mode {
                 Mode::Closed => return Step::Close,
-                Mode::Committing => return Step::NeedInput,
+                Mode::Committing | Mode::Authenticating => return Step::NeedInput,
+                Mode::StartingTls => return Step::StartTls,
+                Mode::Auth(_) => {
+                    let Some(end) = self.input.iter().position(|&b| b == b'\n') else {
+                        if self.input.len() > COMMAND_LINE_LIMIT {
+                            self.input.clear();
+                            self.mode = Mode::Commands;
+                            self.reply(out, Reply::new(500, "5.5.2", "Line too long"));
+                            continue;
+                        }
+                        return Step::NeedInput;
+                    };
+                    let line: Vec<u8> = self.input.drain(..=end).collect();
+                    let line = String::from_utf8_lossy(&line).trim().to_string();
+                    let Mode::Auth(stage) = std::mem::replace(&mut self.mode, Mode::Commands)
+                    else {
+                        unreachable!("in auth mode");
+                    };
+                    if let Some(step) = self.auth_response(stage, &line, out) {
+                        return step;
+                    }
+                }
                 Mode::Data(receiver) => match receiver.feed(&self.input) {
                     Progress::More => {
                         self.input.clear();
@@ -302,8 +390,15 @@ impl Session {
             [only] => format!("\r\n\tfor <{}>", only.address),
             _ => String::new(),
         };
+        // RFC 3848: ESMTP, plus S with TLS, plus A when authenticated.
+        let protocol = match (self.tls, self.authenticated.is_some()) {
+            (false, false) => "ESMTP",
+            (true, false) => "ESMTPS",
+            (false, true) => "ESMTPA",
+            (true, true) => "ESMTPSA",
+        };
         format!(
-            "Received: from {helo} ([{client}])\r\n\tby {host} (mailcall) with ESMTP{for_clause};\r\n\t{date}\r\n",
+            "Received: from {helo} ([{client}])\r\n\tby {host} (mailcall) with {protocol}{for_clause};\r\n\t{date}\r\n",
             client = self.client,
             host = self.policy.hostname,
         )
@@ -330,19 +425,26 @@ impl Session {
             Request::Ehlo { host } => {
                 self.helo = Some(host.clone());
                 self.transaction = None;
+                let mut lines = vec![
+                    format!("{} greets {host}", self.policy.hostname),
+                    "PIPELINING".into(),
+                    format!("SIZE {}", self.policy.max_message_size),
+                    "8BITMIME".into(),
+                    "ENHANCEDSTATUSCODES".into(),
+                    "SMTPUTF8".into(),
+                    "DSN".into(),
+                    "CHUNKING".into(),
+                ];
+                if self.policy.tls_available && !self.tls {
+                    lines.push("STARTTLS".into());
+                }
+                if self.auth_allowed() {
+                    lines.push("AUTH PLAIN LOGIN".into());
+                }
                 Reply {
                     code: 250,
                     status: "",
-                    lines: vec![
-                        format!("{} greets {host}", self.policy.hostname),
-                        "PIPELINING".into(),
-                        format!("SIZE {}", self.policy.max_message_size),
-                        "8BITMIME".into(),
-                        "ENHANCEDSTATUSCODES".into(),
-                        "SMTPUTF8".into(),
-                        "DSN".into(),
-                        "CHUNKING".into(),
-                    ],
+                    lines,
                 }
             }
             Request::Helo { host } => {
@@ -395,13 +497,110 @@ impl Session {
             ),
             Request::Expn { .. } => Reply::new(502, "5.5.1", "EXPN is disabled"),
             Request::Help { .. } => Reply::new(214, "2.0.0", "See RFC 5321"),
-            Request::StartTls => Reply::new(454, "4.7.0", "TLS not available"),
-            Request::Auth { .. } => Reply::new(502, "5.5.1", "AUTH is not offered"),
+            Request::StartTls => {
+                if self.tls {
+                    Reply::new(503, "5.5.1", "TLS already active")
+                } else if !self.policy.tls_available {
+                    Reply::new(454, "4.7.0", "TLS not available")
+                } else {
+                    Reply::new(220, "2.0.0", "Ready to start TLS").write_to(out);
+                    self.mode = Mode::StartingTls;
+                    return;
+                }
+            }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => match self.auth(mechanism, initial_response, out) {
+                Some(reply) => reply,
+                None => return,
+            },
             Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
                 Reply::new(502, "5.5.1", "Command not implemented")
             }
         };
         self.reply(out, reply);
+    }
+
+    /// `AUTH mechanism [initial-response]`: a reply, or `None` when the
+    /// exchange goes on (a `334` challenge is out) or the caller must check.
+    fn auth(&mut self, mechanism: u64, initial: String, out: &mut Vec<u8>) -> Option<Reply> {
+        if !self.auth_allowed() {
+            return Some(Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            ));
+        }
+        if self.authenticated.is_some() {
+            return Some(Reply::new(503, "5.5.1", "Already authenticated"));
+        }
+        if self.transaction.is_some() {
+            return Some(Reply::new(503, "5.5.1", "AUTH not allowed during a mail transaction"));
+        }
+        let stage = if mechanism == smtp_proto::AUTH_PLAIN {
+            AuthStage::Plain
+        } else if mechanism == smtp_proto::AUTH_LOGIN {
+            AuthStage::LoginUser
+        } else {
+            return Some(Reply::new(504, "5.5.4", "Unrecognized authentication type"));
+        };
+        if initial.is_empty() {
+            let challenge = match stage {
+                AuthStage::Plain => "",
+                _ => "VXNlcm5hbWU6", // "Username:"
+            };
+            Reply::new(334, "", challenge).write_to(out);
+            self.mode = Mode::Auth(stage);
+            return None;
+        }
+        // The initial response is answered as if it came on its own line.
+        let line = format!("{initial}\r\n");
+        self.input.splice(0..0, line.into_bytes());
+        self.mode = Mode::Auth(stage);
+        None
+    }
+
+    /// The client's answer to a `334`: the next challenge, an error, or
+    /// credentials for the caller to check.
+    fn auth_response(&mut self, stage: AuthStage, line: &str, out: &mut Vec<u8>) -> Option<Step> {
+        if line == "*" {
+            self.reply(out, Reply::new(501, "5.7.0", "Authentication cancelled"));
+            return None;
+        }
+        let Some(decoded) = decode_base64(line) else {
+            self.reply(out, Reply::new(501, "5.5.2", "Cannot decode the response"));
+            return None;
+        };
+        match stage {
+            AuthStage::Plain => {
+                // authzid NUL authcid NUL password (RFC 4616).
+                let mut parts = decoded.split('\0');
+                let (Some(_authzid), Some(login), Some(password), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    self.reply(out, Reply::new(501, "5.5.2", "Malformed PLAIN response"));
+                    return None;
+                };
+                self.mode = Mode::Authenticating;
+                Some(Step::Authenticate {
+                    login: login.to_string(),
+                    password: password.to_string(),
+                })
+            }
+            AuthStage::LoginUser => {
+                Reply::new(334, "", "UGFzc3dvcmQ6").write_to(out); // "Password:"
+                self.mode = Mode::Auth(AuthStage::LoginPassword(decoded));
+                None
+            }
+            AuthStage::LoginPassword(login) => {
+                self.mode = Mode::Authenticating;
+                Some(Step::Authenticate {
+                    login,
+                    password: decoded,
+                })
+            }
+        }
     }
 
     fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> Reply {
@@ -474,7 +673,7 @@ impl Session {
     }
 
     fn may_relay(&self) -> bool {
-        self.authenticated
+        self.authenticated.is_some()
             || self
                 .policy
                 .relay_networks
@@ -499,6 +698,18 @@ fn in_network(address: IpAddr, network: IpAddr, prefix: u8) -> bool {
         }
         _ => false,
     }
+}
+
+/// Base64 text (an `AUTH` response) as UTF-8; `=` alone is empty.
+fn decode_base64(text: &str) -> Option<String> {
+    use base64::Engine;
+    if text == "=" {
+        return Some(String::new());
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 fn data_error_reply(error: DataError) -> Reply {
@@ -547,6 +758,7 @@ mod tests {
             max_message_size: 10_000,
             max_recipients: 3,
             max_errors: 10,
+            tls_available: true,
         }
     }
 
@@ -587,6 +799,13 @@ mod tests {
                         let id = format!("Q{}", self.accepted.len());
                         self.session.committed(Ok(id), &mut out);
                     }
+                    // The handshake itself is the connection's business.
+                    Step::StartTls => self.session.tls_started(),
+                    Step::Authenticate { login, password } => {
+                        let user = (login == "taro" && password == "secret pass")
+                            .then(|| "taro".to_string());
+                        self.session.authenticated(user, &mut out);
+                    }
                 }
             }
             String::from_utf8(out)
@@ -600,6 +819,89 @@ mod tests {
         fn say(&mut self, line: &str) -> String {
             self.send(&format!("{line}\r\n")).pop().unwrap_or_default()
         }
+    }
+
+    fn base64(text: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(text)
+    }
+
+    #[test]
+    fn starttls_drops_what_was_pipelined_before_the_handshake() {
+        let mut client = Client::new("192.0.2.7");
+        let ehlo = client.send("EHLO c\r\n");
+        assert!(ehlo.iter().any(|l| l == "250-STARTTLS" || l == "250 STARTTLS"));
+        assert!(!ehlo.iter().any(|l| l.contains("AUTH")), "no AUTH in clear");
+        // CVE-2011-0411: a command sent in clear after STARTTLS must not be
+        // run inside the TLS session.
+        let replies = client.send("STARTTLS\r\nMAIL FROM:<evil@x.test>\r\n");
+        assert_eq!(replies, ["220 2.0.0 Ready to start TLS"]);
+        assert!(client.say("MAIL FROM:<a@b.test>").starts_with("503"), "EHLO again first");
+        let ehlo = client.send("EHLO c\r\n");
+        assert!(!ehlo.iter().any(|l| l.contains("STARTTLS")));
+        assert!(ehlo.iter().any(|l| l.ends_with("AUTH PLAIN LOGIN")));
+        assert!(client.say("STARTTLS").starts_with("503"));
+        client.say("MAIL FROM:<a@b.test>");
+        client.say("RCPT TO:<taro@local.example>");
+        client.send("DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n");
+        let message = String::from_utf8(client.accepted[0].message.clone()).unwrap();
+        assert!(message.contains("with ESMTPS"), "{message}");
+    }
+
+    #[test]
+    fn auth_needs_tls_or_loopback() {
+        let mut client = Client::new("192.0.2.7");
+        client.say("EHLO c");
+        let initial = base64("\0taro\0secret pass");
+        assert!(client
+            .say(&format!("AUTH PLAIN {initial}"))
+            .starts_with("538 5.7.11"));
+        let mut local = Client::new("127.0.0.1");
+        let ehlo = local.send("EHLO c\r\n");
+        assert!(ehlo.iter().any(|l| l.ends_with("AUTH PLAIN LOGIN")));
+        assert_eq!(
+            local.say(&format!("AUTH PLAIN {initial}")),
+            "235 2.7.0 Authentication successful"
+        );
+        assert!(local.say("AUTH PLAIN").starts_with("503"), "only once");
+    }
+
+    #[test]
+    fn an_authenticated_client_may_relay_and_a_wrong_password_may_not() {
+        let mut client = Client::new("192.0.2.7");
+        client.send("EHLO c\r\nSTARTTLS\r\n");
+        client.say("EHLO c");
+        // AUTH PLAIN with the response on its own line.
+        assert_eq!(client.say("AUTH PLAIN"), "334 ");
+        assert!(client
+            .say(&base64("\0taro\0wrong"))
+            .starts_with("535 5.7.8"));
+        client.say("MAIL FROM:<a@b.test>");
+        assert!(client.say("RCPT TO:<x@remote.test>").starts_with("554 5.7.1"));
+        client.say("RSET");
+        // AUTH LOGIN: user name, then password, each asked for.
+        assert_eq!(client.say("AUTH LOGIN"), "334 VXNlcm5hbWU6");
+        assert_eq!(client.say(&base64("taro")), "334 UGFzc3dvcmQ6");
+        assert!(client.say(&base64("secret pass")).starts_with("235"));
+        client.say("MAIL FROM:<a@b.test>");
+        assert!(client.say("RCPT TO:<x@remote.test>").starts_with("250"));
+        client.send("DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n");
+        let message = String::from_utf8(client.accepted[0].message.clone()).unwrap();
+        assert!(message.contains("with ESMTPSA"), "{message}");
+    }
+
+    #[test]
+    fn auth_exchanges_can_be_cancelled_and_bad_input_is_refused() {
+        let mut client = Client::new("127.0.0.1");
+        client.say("EHLO c");
+        assert_eq!(client.say("AUTH LOGIN"), "334 VXNlcm5hbWU6");
+        assert!(client.say("*").starts_with("501 5.7.0"));
+        assert!(client.say("AUTH PLAIN !!notbase64").starts_with("501"));
+        assert!(client
+            .say(&format!("AUTH PLAIN {}", base64("no separators")))
+            .starts_with("501"));
+        assert!(client.say("AUTH CRAM-MD5").starts_with("504"));
+        assert!(client.say("NOOP").starts_with("250"), "still in step");
     }
 
     #[test]
@@ -818,7 +1120,15 @@ mod tests {
             .starts_with("503 5.5.1"));
         assert_eq!(client.say("RSET"), "250 2.0.0 Ok");
         assert_eq!(client.say("MAIL FROM:<b@s.example>"), "250 2.1.0 Ok");
-        assert!(client.say("STARTTLS").starts_with("454"));
         assert!(client.say("EXPN list").starts_with("502"));
+        let mut without_tls = Client::with(
+            SessionPolicy {
+                tls_available: false,
+                ..policy()
+            },
+            "192.0.2.7",
+        );
+        without_tls.say("EHLO c");
+        assert!(without_tls.say("STARTTLS").starts_with("454 4.7.0"));
     }
 }
