@@ -3,123 +3,15 @@
 //! `250` is in the mailbox exactly once.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A child process killed (SIGKILL) when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A running `mailcall serve`.
-struct Server {
-    _process: Killed,
-    address: SocketAddr,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Writes a configuration in `dir` (data in `dir/data`) and starts the
-/// server; waits until it accepts connections.
-fn start(dir: &Path, port: u16) -> Server {
-    start_with(dir, port, free_port(), "")
-}
-
-/// As [`start`], with the POP3 port and more for `[users.taro]`.
-fn start_with(dir: &Path, port: u16, pop3_port: u16, taro: &str) -> Server {
-    start_full(dir, port, pop3_port, "", taro)
-}
-
-/// As [`start_with`], with more `[server]` settings (`server_extra`, then
-/// any further sections after the users).
-fn start_full(dir: &Path, port: u16, pop3_port: u16, server_extra: &str, taro: &str) -> Server {
-    let config = dir.join("mailcall.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nhostname = \"mx.test\"\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:{port}\"\npop3_listen = \"127.0.0.1:{pop3_port}\"\nlocal_domains = [\"localhost\", \"local.test\"]\n{server_extra}\n[users.postmaster]\n[users.taro]\naliases = [\"info\"]\n{taro}"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mailcall"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let started = Instant::now();
-    while TcpStream::connect(address).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server {
-        _process: Killed(child),
-        address,
-    }
-}
-
-fn maildir_files(dir: &Path, user: &str) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for sub in ["new", "cur"] {
-        if let Ok(entries) = std::fs::read_dir(dir.join("data/mail").join(user).join(sub)) {
-            files.extend(entries.flatten().map(|e| e.path()));
-        }
-    }
-    files
-}
-
-fn wait_for_files(dir: &Path, user: &str, count: usize) -> Vec<PathBuf> {
-    let started = Instant::now();
-    loop {
-        let files = maildir_files(dir, user);
-        if files.len() >= count || started.elapsed() > Duration::from_secs(10) {
-            return files;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn swaks(server: &Server, args: &[&str]) -> (bool, String) {
-    let from: &[&str] = if args.contains(&"--from") {
-        &[]
-    } else {
-        &["--from", "sender@remote.test"]
-    };
-    let output = Command::new("swaks")
-        .args([
-            "--server",
-            &server.address.to_string(),
-            "--helo",
-            "client.test",
-        ])
-        .args(from)
-        .args(args)
-        .output()
-        .expect("swaks is installed by scripts/setup");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
-}
+mod common;
+use common::server::*;
 
 #[test]
 fn swaks_delivers_to_a_local_mailbox_with_a_received_header() {
@@ -288,23 +180,7 @@ fn after_kill_9_every_acknowledged_message_is_delivered_exactly_once() {
 
 #[test]
 fn poplib_reads_and_deletes_local_mail() {
-    let hash = {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mailcall"))
-            .arg("hash-password")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"secret pw\n")
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success());
-        String::from_utf8(output.stdout).unwrap().trim().to_string()
-    };
+    let hash = hash_password("secret pw");
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     let dir = tempfile::tempdir().unwrap();
     let pop3_port = free_port();
@@ -445,51 +321,6 @@ fn queue_list_shows_deferred_mail_and_flush_retries_it_now() {
             queue("list")
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Postfix's smtp-sink on a free port, dumping each transaction into
-/// `dump`; `options` make it refuse commands (`-f rcpt`: 5xx, `-r rcpt`: 4xx).
-struct Sink {
-    _process: Killed,
-    port: u16,
-}
-
-fn sink(dump: &Path, options: &[&str]) -> Sink {
-    std::fs::create_dir_all(dump).unwrap();
-    let port = free_port();
-    // As root, smtp-sink wants a user to run as once it has its socket.
-    let user = if Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0"))
-    {
-        vec!["-u", "root"]
-    } else {
-        vec![]
-    };
-    let child = Command::new("smtp-sink")
-        .args(user)
-        .args(options)
-        .arg("-d")
-        .arg(dump.join("%M."))
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("10")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("smtp-sink is installed by scripts/setup (Debian package postfix)");
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "smtp-sink did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Sink {
-        _process: Killed(child),
-        port,
     }
 }
 

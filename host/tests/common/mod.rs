@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 
 use mailcall::config::Config;

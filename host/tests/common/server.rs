@@ -1,0 +1,239 @@
+//! `mailcall serve` and its real peers, started and stopped by tests:
+//! the server on free loopback ports, swaks, Postfix's smtp-sink.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `mailcall serve`.
+pub struct Server {
+    pub _process: Killed,
+    pub address: SocketAddr,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes a configuration in `dir` (data in `dir/data`) and starts the
+/// server; waits until it accepts connections.
+pub fn start(dir: &Path, port: u16) -> Server {
+    start_with(dir, port, free_port(), "")
+}
+
+/// As [`start`], with the POP3 port and more for `[users.taro]`.
+pub fn start_with(dir: &Path, port: u16, pop3_port: u16, taro: &str) -> Server {
+    start_full(dir, port, pop3_port, "", taro)
+}
+
+/// As [`start_with`], with more `[server]` settings (`server_extra`, then
+/// any further sections after the users).
+pub fn start_full(dir: &Path, port: u16, pop3_port: u16, server_extra: &str, taro: &str) -> Server {
+    start_config(
+        dir,
+        port,
+        &format!(
+            "[server]\nhostname = \"mx.test\"\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:{port}\"\npop3_listen = \"127.0.0.1:{pop3_port}\"\nlocal_domains = [\"localhost\", \"local.test\"]\n{server_extra}\n[users.postmaster]\n[users.taro]\naliases = [\"info\"]\n{taro}"
+        ),
+    )
+}
+
+/// Writes `config` to `dir/mailcall.toml`, starts the server on it, and
+/// waits until it takes connections on `port`.
+pub fn start_config(dir: &Path, port: u16, config: &str) -> Server {
+    let path = dir.join("mailcall.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mailcall"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    while TcpStream::connect(address).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server {
+        _process: Killed(child),
+        address,
+    }
+}
+
+pub fn maildir_files(dir: &Path, user: &str) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for sub in ["new", "cur"] {
+        if let Ok(entries) = std::fs::read_dir(dir.join("data/mail").join(user).join(sub)) {
+            files.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    files
+}
+
+pub fn wait_for_files(dir: &Path, user: &str, count: usize) -> Vec<PathBuf> {
+    let started = Instant::now();
+    loop {
+        let files = maildir_files(dir, user);
+        if files.len() >= count || started.elapsed() > Duration::from_secs(10) {
+            return files;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn swaks(server: &Server, args: &[&str]) -> (bool, String) {
+    let from: &[&str] = if args.contains(&"--from") {
+        &[]
+    } else {
+        &["--from", "sender@remote.test"]
+    };
+    let output = Command::new("swaks")
+        .args([
+            "--server",
+            &server.address.to_string(),
+            "--helo",
+            "client.test",
+        ])
+        .args(from)
+        .args(args)
+        .output()
+        .expect("swaks is installed by scripts/setup");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+/// Postfix's smtp-sink on a free port, dumping each transaction into
+/// `dump`; `options` make it refuse commands (`-f rcpt`: 5xx, `-r rcpt`: 4xx).
+pub struct Sink {
+    pub _process: Killed,
+    pub port: u16,
+}
+
+pub fn sink(dump: &Path, options: &[&str]) -> Sink {
+    sink_on(dump, options, free_port())
+}
+
+/// As [`sink`], on `port` (to stand in for one that was stopped).
+pub fn sink_on(dump: &Path, options: &[&str], port: u16) -> Sink {
+    std::fs::create_dir_all(dump).unwrap();
+    // As root, smtp-sink wants a user to run as once it has its socket.
+    let user = if Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"))
+    {
+        vec!["-u", "root"]
+    } else {
+        vec![]
+    };
+    let child = Command::new("smtp-sink")
+        .args(user)
+        .args(options)
+        .arg("-d")
+        .arg(dump.join("%M."))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("10")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("smtp-sink is installed by scripts/setup (Debian package postfix)");
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "smtp-sink did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Sink {
+        _process: Killed(child),
+        port,
+    }
+}
+
+
+/// An argon2 hash of `password`, from `mailcall hash-password`.
+pub fn hash_password(password: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mailcall"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// `mailcall queue ACTION` for the configuration in `dir`; its output.
+pub fn queue(dir: &Path, action: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_mailcall"))
+        .args(["queue", action, "--config"])
+        .arg(dir.join("mailcall.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Waits (at most 15 s) until `mailcall queue list` shows every one of
+/// `expected`; returns the last listing.
+pub fn wait_for_queue(dir: &Path, expected: &[&str]) -> String {
+    let started = Instant::now();
+    loop {
+        let listing = queue(dir, "list");
+        if expected.iter().all(|e| listing.contains(e))
+            || started.elapsed() > Duration::from_secs(15)
+        {
+            return listing;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The files smtp-sink dumped into `dump`, waiting (at most 15 s) for
+/// `count` of them.
+pub fn wait_for_dumps(dump: &Path, count: usize) -> Vec<PathBuf> {
+    let started = Instant::now();
+    loop {
+        let files: Vec<PathBuf> = std::fs::read_dir(dump)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if files.len() >= count || started.elapsed() > Duration::from_secs(15) {
+            return files;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,171 @@
+//! STARTTLS, AUTH and STLS with real clients: swaks (SMTP), Python's
+//! poplib (POP3), and mailcall relaying to another mailcall over
+//! opportunistic TLS.
+
+use std::process::Command;
+
+mod common;
+use common::server::*;
+
+const PASSWORD: &str = "secret pw";
+
+#[test]
+fn swaks_authenticates_over_starttls_and_relays() {
+    let dir = tempfile::tempdir().unwrap();
+    let accepting = sink(&dir.path().join("sink"), &[]);
+    let hash = hash_password(PASSWORD);
+    let server = start_full(
+        dir.path(),
+        free_port(),
+        free_port(),
+        "",
+        &format!(
+            "password_hash = {hash:?}\n\n[routes]\n\"remote.test\" = \"127.0.0.1:{}\"\n",
+            accepting.port
+        ),
+    );
+    // The certificate was generated on first start, its key private.
+    let key = dir.path().join("data/tls/key.pem");
+    assert!(dir.path().join("data/tls/certificate.pem").is_file());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Without AUTH, relaying is refused even over TLS.
+    let (ok, transcript) = swaks(&server, &["--tls", "--to", "x@remote.test"]);
+    assert!(!ok);
+    assert!(transcript.contains("554 5.7.1"), "{transcript}");
+
+    for mechanism in ["PLAIN", "LOGIN"] {
+        let (ok, transcript) = swaks(
+            &server,
+            &[
+                "--tls",
+                "--auth",
+                mechanism,
+                "--auth-user",
+                "taro@local.test",
+                "--auth-password",
+                PASSWORD,
+                "--to",
+                "x@remote.test",
+                "--h-Subject",
+                &format!("relayed after AUTH {mechanism}"),
+            ],
+        );
+        assert!(ok, "{transcript}");
+        assert!(transcript.contains("220 2.0.0 Ready to start TLS"), "{transcript}");
+        assert!(transcript.contains("235 2.7.0"), "{transcript}");
+    }
+    let dumps = wait_for_dumps(&dir.path().join("sink"), 2);
+    assert_eq!(dumps.len(), 2, "{dumps:?}");
+    for dump in dumps {
+        let text = String::from_utf8_lossy(&std::fs::read(dump).unwrap()).into_owned();
+        assert!(text.contains("with ESMTPSA"), "{text}");
+    }
+
+    let (ok, transcript) = swaks(
+        &server,
+        &[
+            "--tls",
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "taro",
+            "--auth-password",
+            "wrong",
+            "--to",
+            "x@remote.test",
+        ],
+    );
+    assert!(!ok);
+    assert!(transcript.contains("535 5.7.8"), "{transcript}");
+}
+
+#[test]
+fn poplib_logs_in_after_stls() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = hash_password(PASSWORD);
+    let pop3_port = free_port();
+    let server = start_with(
+        dir.path(),
+        free_port(),
+        pop3_port,
+        &format!("password_hash = {hash:?}\n"),
+    );
+    let (ok, transcript) = swaks(&server, &["--to", "taro@local.test"]);
+    assert!(ok, "{transcript}");
+    assert_eq!(wait_for_files(dir.path(), "taro", 1).len(), 1);
+    let script = format!(
+        r#"
+import poplib, ssl
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+pop = poplib.POP3("127.0.0.1", {pop3_port}, timeout=10)
+assert "STLS" in pop.capa(), pop.capa()
+pop.stls(context=context)
+assert "STLS" not in pop.capa()
+pop.user("taro")
+pop.pass_("{PASSWORD}")
+count, size = pop.stat()
+print("messages", count)
+lines = pop.retr(1)[1]
+print("received", any(line.startswith(b"Received:") for line in lines))
+pop.quit()
+"#
+    );
+    let output = Command::new("python3").arg("-c").arg(script).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("messages 1"), "{stdout}");
+    assert!(stdout.contains("received True"), "{stdout}");
+}
+
+#[test]
+fn relaying_uses_starttls_when_the_next_server_offers_it() {
+    // B: the final server, local domain b.test.
+    let b_dir = tempfile::tempdir().unwrap();
+    let b_port = free_port();
+    let _b = start_config(
+        b_dir.path(),
+        b_port,
+        &format!(
+            "[server]\nhostname = \"mx.b.test\"\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:{b_port}\"\npop3_listen = \"127.0.0.1:{}\"\nlocal_domains = [\"b.test\"]\n\n[users.hanako]\n",
+            free_port()
+        ),
+    );
+    // A relays for loopback clients, to B by a static route.
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = start_full(
+        a_dir.path(),
+        free_port(),
+        free_port(),
+        "relay_networks = [\"127.0.0.0/8\"]",
+        &format!("\n[routes]\n\"b.test\" = \"127.0.0.1:{b_port}\"\n"),
+    );
+    let (ok, transcript) = swaks(
+        &a,
+        &["--to", "hanako@b.test", "--h-Subject", "over TLS to B"],
+    );
+    assert!(ok, "{transcript}");
+    let files = wait_for_files(b_dir.path(), "hanako", 1);
+    assert_eq!(files.len(), 1);
+    let message = std::fs::read_to_string(&files[0]).unwrap();
+    // B's trace header says the hop from A was encrypted; A's is below it.
+    assert!(
+        message.starts_with("Received: from mx.test ([127.0.0.1])\r\n\tby mx.b.test (mailcall) with ESMTPS"),
+        "{message}"
+    );
+    assert!(
+        message.contains("by mx.test (mailcall) with ESMTP\r\n\tfor <hanako@b.test>"),
+        "{message}"
+    );
+    assert!(message.contains("Subject: over TLS to B"), "{message}");
+}
