@@ -130,7 +130,13 @@ pub fn report(
     for recipient in notices {
         text.push_str("\r\n");
         if let Some(original) = &recipient.original {
-            text.push_str(&format!("Original-Recipient: {original}\r\n"));
+            // smtp-proto keeps the address of `ORCPT=rfc822;addr` alone.
+            let typed = if original.contains(';') {
+                original.clone()
+            } else {
+                format!("rfc822;{original}")
+            };
+            text.push_str(&format!("Original-Recipient: {typed}\r\n"));
         }
         text.push_str(&format!(
             "Final-Recipient: rfc822; {}\r\nAction: {}\r\nStatus: {}\r\nDiagnostic-Code: smtp; {}\r\n",
