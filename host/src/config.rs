@@ -377,7 +377,10 @@ impl Config {
         };
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_path_buf(),
-            message,
+            message: match line_of(text, &message) {
+                Some(line) => format!("line {line}: {message}"),
+                None => message,
+            },
         })?;
         Ok(config)
     }
@@ -542,6 +545,36 @@ impl Config {
     }
 }
 
+/// The line a validation message is about. Messages start with the table
+/// and, most, the key (`[relay] mx_port must be ...`); the line is that
+/// key's in that table, else the table's header. `None` when the table is
+/// not in the file (a default is wrong).
+fn line_of(text: &str, message: &str) -> Option<usize> {
+    let rest = message.strip_prefix('[')?;
+    let (table, rest) = rest.split_once(']')?;
+    let key = rest
+        .trim_start_matches(':')
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_end_matches(':');
+    let header = format!("[{table}]");
+    let mut lines = text.lines().enumerate();
+    let (header_index, _) = lines.find(|(_, line)| line.trim() == header)?;
+    let in_table = lines.take_while(|(_, line)| !line.trim_start().starts_with('['));
+    for (index, line) in in_table {
+        let line = line.trim_start();
+        let matches = !key.is_empty()
+            && line.strip_prefix(key).is_some_and(|after| {
+                after.starts_with(|c: char| c == '=' || c.is_whitespace())
+            });
+        if matches {
+            return Some(index + 1);
+        }
+    }
+    Some(header_index + 1)
+}
+
 /// Parses `address/prefix` (a bare address is a host: /32 or /128).
 pub fn parse_network(text: &str) -> Result<(std::net::IpAddr, u8), String> {
     let invalid = || format!("[server] relay_networks: {text:?} is not address/prefix");
@@ -639,6 +672,20 @@ mod tests {
             error.contains("unknown field") && error.contains("line 2"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn invalid_values_name_their_line() {
+        let error = parse("[server]\nhostname = \"mx\"\n\n[relay]\ntls = \"may\"\nmx_port = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("line 6: [relay] mx_port"), "{error}");
+        let error = parse("[policy]\nchain = [\"a\", \"a\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("line 2: [policy] chain"), "{error}");
+        let error = parse("[users.\"bad name\"]\n").unwrap_err().to_string();
+        assert!(error.contains("a user name is"), "{error}");
     }
 
     #[test]
