@@ -482,7 +482,9 @@ impl Config {
             }
         }
         if queue.maximal_backoff_secs < queue.minimal_backoff_secs {
-            return Err("[queue] maximal_backoff_secs must not be below minimal_backoff_secs".into());
+            return Err(
+                "[queue] maximal_backoff_secs must not be below minimal_backoff_secs".into(),
+            );
         }
         for network in &server.relay_networks {
             parse_network(network)?;
@@ -565,9 +567,9 @@ fn line_of(text: &str, message: &str) -> Option<usize> {
     for (index, line) in in_table {
         let line = line.trim_start();
         let matches = !key.is_empty()
-            && line.strip_prefix(key).is_some_and(|after| {
-                after.starts_with(|c: char| c == '=' || c.is_whitespace())
-            });
+            && line
+                .strip_prefix(key)
+                .is_some_and(|after| after.starts_with(|c: char| c == '=' || c.is_whitespace()));
         if matches {
             return Some(index + 1);
         }

@@ -52,7 +52,10 @@ pub fn server_config(config: &Config) -> Result<Arc<rustls::ServerConfig>, TlsEr
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| file_error(&certificate, e.to_string()))?;
     if chain.is_empty() {
-        return Err(file_error(&certificate, "no certificate in the file".into()));
+        return Err(file_error(
+            &certificate,
+            "no certificate in the file".into(),
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| file_error(&key, e.to_string()))?;
     let tls = rustls::ServerConfig::builder_with_provider(provider())

@@ -35,7 +35,9 @@ fn smtp(server: &Server, commands: &[&str]) -> Vec<String> {
     };
     let mut replies = vec![reply()];
     for command in commands {
-        writer.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+        writer
+            .write_all(format!("{command}\r\n").as_bytes())
+            .unwrap();
         replies.push(reply());
     }
     replies

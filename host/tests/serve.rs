@@ -416,3 +416,138 @@ fn relay_networks_relay_over_static_routes_with_per_recipient_outcomes() {
         "{bounce}"
     );
 }
+
+/// Runs a Python script (smtplib, poplib) and returns its output; fails
+/// the test if the script fails.
+fn python(script: &str) -> String {
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn smtplib_exercises_every_command_and_extension() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = start(dir.path(), port);
+    let output = python(&format!(
+        r#"
+import smtplib
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=10)
+assert s.helo("client.test")[0] == 250
+code, _ = s.ehlo("client.test")
+assert code == 250
+for extension in ["pipelining", "size", "8bitmime", "enhancedstatuscodes", "smtputf8",
+                  "dsn", "chunking", "starttls", "auth"]:
+    assert s.has_extn(extension), extension
+assert s.noop()[0] == 250
+assert s.vrfy("taro")[0] == 252
+assert s.docmd("EXPN", "staff")[0] == 502
+assert s.mail("a@remote.test", ["SIZE=999999999"])[0] == 552
+assert s.mail("a@remote.test")[0] == 250
+assert s.rcpt("someone@remote.test")[0] == 554
+assert s.rcpt("nobody@local.test")[0] == 550
+assert s.rset()[0] == 250
+
+# 8BITMIME, SIZE and DSN parameters, to a local user, success notice asked.
+body = "Subject: 8bit\r\n\r\ncaf\u00e9\r\n".encode("utf-8")
+refused = s.sendmail("postmaster@local.test", ["taro@local.test"], body,
+                     mail_options=["BODY=8BITMIME", "SIZE=%d" % len(body), "RET=HDRS", "ENVID=env-8bit"],
+                     rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;taro@local.test"])
+assert refused == {{}}, refused
+
+# SMTPUTF8: an internationalized sender.
+s.command_encoding = "utf-8"
+refused = s.sendmail("\u9001\u4fe1@remote.test", ["info@local.test"], b"Subject: utf8\r\n\r\nx\r\n",
+                     mail_options=["SMTPUTF8"])
+assert refused == {{}}, refused
+s.command_encoding = "ascii"
+
+# CHUNKING: the message in two BDAT chunks.
+assert s.mail("a@remote.test")[0] == 250
+assert s.rcpt("taro@local.test")[0] == 250
+first = b"Subject: chunked\r\n\r\n"
+last = b"in two chunks\r\n"
+s.send(b"BDAT %d\r\n" % len(first) + first)
+assert s.getreply()[0] == 250
+s.send(b"BDAT %d LAST\r\n" % len(last) + last)
+code, text = s.getreply()
+assert code == 250, (code, text)
+print("bdat", text.decode())
+assert s.quit()[0] == 221
+print("done")
+"#
+    ));
+    assert!(output.contains("done"), "{output}");
+    let files = wait_for_files(dir.path(), "taro", 3);
+    let texts: Vec<String> = files
+        .iter()
+        .map(|f| String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned())
+        .collect();
+    for subject in ["Subject: 8bit", "Subject: utf8", "Subject: chunked"] {
+        assert!(
+            texts.iter().any(|t| t.contains(subject)),
+            "{subject} missing in {texts:?}"
+        );
+    }
+    assert!(texts.iter().any(|t| t.contains("café")), "{texts:?}");
+    // NOTIFY=SUCCESS for a local delivery: "delivered", to the sender.
+    let notices = wait_for_files(dir.path(), "postmaster", 1);
+    let notice = std::fs::read_to_string(&notices[0]).unwrap();
+    for expected in [
+        "Subject: Successful Mail Delivery Report",
+        "Original-Envelope-Id: env-8bit",
+        "Final-Recipient: rfc822; taro@local.test",
+        "Action: delivered",
+    ] {
+        assert!(notice.contains(expected), "{expected} missing in\n{notice}");
+    }
+}
+
+#[test]
+fn no_address_trick_relays_for_an_outside_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), free_port());
+    let tricks = [
+        "<someone@remote.test>",
+        "<someone@REMOTE.test.>",
+        "<@local.test:someone@remote.test>",
+        "<@local.test,@other.test:someone@remote.test>",
+        "<someone%remote.test@local.test>",
+        "<\"someone@remote.test\"@local.test>",
+        "<someone!remote.test@local.test>",
+        "<remote.test!someone@local.test>",
+        "<someone@remote.test@local.test>",
+        "<someone@[127.0.0.1]>",
+        "<\"someone@remote.test\">",
+        "<someone@local.test@remote.test>",
+    ];
+    let mut script = b"EHLO client.test\r\nMAIL FROM:<a@outside.test>\r\n".to_vec();
+    for trick in tricks {
+        script.extend_from_slice(format!("RCPT TO:{trick}\r\n").as_bytes());
+    }
+    script.extend_from_slice(b"QUIT\r\n");
+    // The last line of each reply: the greeting, EHLO, MAIL, one per
+    // trick, QUIT.
+    let replies: Vec<String> = converse(server.address, &script)
+        .into_iter()
+        .filter(|line| line.as_bytes().get(3) != Some(&b'-'))
+        .collect();
+    let rcpt_replies = &replies[3..3 + tricks.len()];
+    for (trick, reply) in tricks.iter().zip(rcpt_replies) {
+        assert!(
+            reply.starts_with('5'),
+            "{trick} was not refused: {reply}\n{replies:?}"
+        );
+    }
+    assert!(replies.last().unwrap().starts_with("221"), "{replies:?}");
+}

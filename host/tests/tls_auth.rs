@@ -56,7 +56,10 @@ fn swaks_authenticates_over_starttls_and_relays() {
             ],
         );
         assert!(ok, "{transcript}");
-        assert!(transcript.contains("220 2.0.0 Ready to start TLS"), "{transcript}");
+        assert!(
+            transcript.contains("220 2.0.0 Ready to start TLS"),
+            "{transcript}"
+        );
         assert!(transcript.contains("235 2.7.0"), "{transcript}");
     }
     let dumps = wait_for_dumps(&dir.path().join("sink"), 2);
@@ -117,7 +120,11 @@ print("received", any(line.startswith(b"Received:") for line in lines))
 pop.quit()
 "#
     );
-    let output = Command::new("python3").arg("-c").arg(script).output().unwrap();
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -160,7 +167,9 @@ fn relaying_uses_starttls_when_the_next_server_offers_it() {
     let message = std::fs::read_to_string(&files[0]).unwrap();
     // B's trace header says the hop from A was encrypted; A's is below it.
     assert!(
-        message.starts_with("Received: from mx.test ([127.0.0.1])\r\n\tby mx.b.test (mailcall) with ESMTPS"),
+        message.starts_with(
+            "Received: from mx.test ([127.0.0.1])\r\n\tby mx.b.test (mailcall) with ESMTPS"
+        ),
         "{message}"
     );
     assert!(

@@ -122,7 +122,9 @@ impl Router {
             Err(error) => return lookup_failed(&domain, "MX", &error),
         };
         if exchanges.iter().any(|(_, exchange)| exchange == ".") {
-            return unreachable_for_good(format!("5.1.10 domain {domain} accepts no mail (null MX)"));
+            return unreachable_for_good(format!(
+                "5.1.10 domain {domain} accepts no mail (null MX)"
+            ));
         }
         if exchanges.is_empty() {
             // RFC 5321 §5.1: the implicit MX.

@@ -128,7 +128,11 @@ impl Planner {
     /// Delivers every due recipient of message `id` (`force`: deferred
     /// ones too). Returns the delivery report it queued for the sender, if
     /// any, for the caller to deliver in turn.
-    pub async fn deliver(&self, id: MessageId, force: bool) -> Result<Option<MessageId>, SpoolError> {
+    pub async fn deliver(
+        &self,
+        id: MessageId,
+        force: bool,
+    ) -> Result<Option<MessageId>, SpoolError> {
         let Some(queued) = self.spool.get(id) else {
             return Ok(None);
         };
@@ -236,7 +240,13 @@ impl Planner {
     }
 
     /// A recipient's outcome from the server's reply.
-    fn outcome_of(&self, reply: &ServerReply, from: &str, queued: &Queued, index: usize) -> Outcome {
+    fn outcome_of(
+        &self,
+        reply: &ServerReply,
+        from: &str,
+        queued: &Queued,
+        index: usize,
+    ) -> Outcome {
         let detail = format!("{reply} (from {from})");
         if reply.is_positive() {
             Outcome::Delivered { detail }
@@ -265,7 +275,9 @@ impl Planner {
             Outcome::Deferred {
                 detail, attempts, ..
             } if *attempts == 1 => (Action::Delayed, detail),
-            Outcome::Deferred { .. } => return blocking(|| self.spool.record(queued.id, index, outcome)),
+            Outcome::Deferred { .. } => {
+                return blocking(|| self.spool.record(queued.id, index, outcome))
+            }
             Outcome::Delivered { detail } => (success, detail),
         };
         if bounce::wants_notice(&queued.envelope, index, action) {

@@ -112,7 +112,10 @@ impl Pop3Session {
             if self.errors >= self.shared.config.server.max_errors {
                 let mut bytes = response.bytes;
                 bytes.extend_from_slice(b"-ERR too many errors, closing\r\n");
-                return Response { bytes, after: After::Close };
+                return Response {
+                    bytes,
+                    after: After::Close,
+                };
             }
         }
         response
@@ -124,7 +127,10 @@ impl Pop3Session {
         let args: Vec<&str> = words.collect();
         match (keyword.as_str(), self.transaction.is_some()) {
             ("CAPA", _) => self.capabilities(),
-            ("QUIT", false) => Response { after: After::Close, ..ok("bye") },
+            ("QUIT", false) => Response {
+                after: After::Close,
+                ..ok("bye")
+            },
             ("QUIT", true) => self.update(),
             ("NOOP", true) => ok(""),
             ("USER", false) => self.user(&args),
@@ -145,10 +151,17 @@ impl Pop3Session {
                 }
                 ok("")
             }
-            (_, false) if ["STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET", "NOOP"].contains(&keyword.as_str()) => {
+            (_, false)
+                if [
+                    "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET", "NOOP",
+                ]
+                .contains(&keyword.as_str()) =>
+            {
                 err("not in the TRANSACTION state: log in first")
             }
-            (_, true) if ["USER", "PASS", "STLS"].contains(&keyword.as_str()) => err("already logged in"),
+            (_, true) if ["USER", "PASS", "STLS"].contains(&keyword.as_str()) => {
+                err("already logged in")
+            }
             _ => err("unknown command"),
         }
     }

@@ -257,7 +257,11 @@ mod tests {
     #[test]
     fn no_bounce_for_bounces_or_when_notify_excludes_failure() {
         assert!(!wants_notice(&envelope("", vec![]), 0, Action::Failed));
-        assert!(wants_notice(&envelope("a@b.test", vec![]), 0, Action::Failed));
+        assert!(wants_notice(
+            &envelope("a@b.test", vec![]),
+            0,
+            Action::Failed
+        ));
         assert!(!wants_notice(
             &envelope("a@b.test", vec![smtp_proto::RCPT_NOTIFY_NEVER]),
             0,

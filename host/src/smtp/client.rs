@@ -105,7 +105,11 @@ pub async fn relay(
             Ok(capabilities) => capabilities,
             Err(refused) => return Ok(Relayed::Failed(refused)),
         };
-        let Some(tls) = settings.tls.clone().filter(|_| capabilities.has("STARTTLS")) else {
+        let Some(tls) = settings
+            .tls
+            .clone()
+            .filter(|_| capabilities.has("STARTTLS"))
+        else {
             return connection.transact(&capabilities, outgoing).await;
         };
         let reply = connection.command("STARTTLS").await?;
@@ -277,7 +281,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// The greeting, then `EHLO` (or `HELO` if `EHLO` is refused).
-    async fn hello(&mut self, hostname: &str) -> std::io::Result<Result<Capabilities, ServerReply>> {
+    async fn hello(
+        &mut self,
+        hostname: &str,
+    ) -> std::io::Result<Result<Capabilities, ServerReply>> {
         let greeting = self.reply().await?;
         if greeting.code != 220 {
             let _ = self.command("QUIT").await;
@@ -323,8 +330,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if capabilities.has("8BITMIME") && !outgoing.message.is_ascii() {
             mail.push_str(" BODY=8BITMIME");
         }
-        let international = !outgoing.mail_from.is_ascii()
-            || outgoing.recipients.iter().any(|r| !r.is_ascii());
+        let international =
+            !outgoing.mail_from.is_ascii() || outgoing.recipients.iter().any(|r| !r.is_ascii());
         if international {
             if !capabilities.has("SMTPUTF8") {
                 let _ = self.command("QUIT").await;

@@ -536,7 +536,11 @@ impl Session {
             return Some(Reply::new(503, "5.5.1", "Already authenticated"));
         }
         if self.transaction.is_some() {
-            return Some(Reply::new(503, "5.5.1", "AUTH not allowed during a mail transaction"));
+            return Some(Reply::new(
+                503,
+                "5.5.1",
+                "AUTH not allowed during a mail transaction",
+            ));
         }
         let stage = if mechanism == smtp_proto::AUTH_PLAIN {
             AuthStage::Plain
@@ -830,13 +834,18 @@ mod tests {
     fn starttls_drops_what_was_pipelined_before_the_handshake() {
         let mut client = Client::new("192.0.2.7");
         let ehlo = client.send("EHLO c\r\n");
-        assert!(ehlo.iter().any(|l| l == "250-STARTTLS" || l == "250 STARTTLS"));
+        assert!(ehlo
+            .iter()
+            .any(|l| l == "250-STARTTLS" || l == "250 STARTTLS"));
         assert!(!ehlo.iter().any(|l| l.contains("AUTH")), "no AUTH in clear");
         // CVE-2011-0411: a command sent in clear after STARTTLS must not be
         // run inside the TLS session.
         let replies = client.send("STARTTLS\r\nMAIL FROM:<evil@x.test>\r\n");
         assert_eq!(replies, ["220 2.0.0 Ready to start TLS"]);
-        assert!(client.say("MAIL FROM:<a@b.test>").starts_with("503"), "EHLO again first");
+        assert!(
+            client.say("MAIL FROM:<a@b.test>").starts_with("503"),
+            "EHLO again first"
+        );
         let ehlo = client.send("EHLO c\r\n");
         assert!(!ehlo.iter().any(|l| l.contains("STARTTLS")));
         assert!(ehlo.iter().any(|l| l.ends_with("AUTH PLAIN LOGIN")));
@@ -877,7 +886,9 @@ mod tests {
             .say(&base64("\0taro\0wrong"))
             .starts_with("535 5.7.8"));
         client.say("MAIL FROM:<a@b.test>");
-        assert!(client.say("RCPT TO:<x@remote.test>").starts_with("554 5.7.1"));
+        assert!(client
+            .say("RCPT TO:<x@remote.test>")
+            .starts_with("554 5.7.1"));
         client.say("RSET");
         // AUTH LOGIN: user name, then password, each asked for.
         assert_eq!(client.say("AUTH LOGIN"), "334 VXNlcm5hbWU6");

@@ -172,7 +172,6 @@ pub fn sink_on(dump: &Path, options: &[&str], port: u16) -> Sink {
     }
 }
 
-
 /// An argon2 hash of `password`, from `mailcall hash-password`.
 pub fn hash_password(password: &str) -> String {
     use std::io::Write;
