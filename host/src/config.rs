@@ -55,6 +55,9 @@ pub struct Config {
     /// How deferred mail is retried, and for how long.
     #[serde(default)]
     pub queue: QueueSettings,
+    /// Delivery over calls (S5–S7): what a failed call leads to.
+    #[serde(default)]
+    pub call: CallSettings,
     /// The folder relative paths are resolved against (the file's folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -134,6 +137,36 @@ pub enum RelayTls {
     #[default]
     May,
     None,
+}
+
+/// `[call]`: delivery over calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallSettings {
+    /// What a failed call (busy, no answer, channel broken, final server
+    /// answering `4xx`) leads to: `relay` at once (the patent's S8), `retry`
+    /// the call on the queue's schedule, or `retry-then-relay`.
+    pub on_failure: OnCallFailure,
+    /// With `retry-then-relay`: calls retried before relaying.
+    pub retries: u32,
+}
+
+impl Default for CallSettings {
+    fn default() -> Self {
+        CallSettings {
+            on_failure: OnCallFailure::Relay,
+            retries: 3,
+        }
+    }
+}
+
+/// What follows a failed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnCallFailure {
+    Relay,
+    Retry,
+    RetryThenRelay,
 }
 
 /// `[queue]`: the retry schedule, Postfix's defaults.
@@ -399,6 +432,7 @@ impl Config {
             rules: BTreeMap::new(),
             relay: RelaySettings::default(),
             queue: QueueSettings::default(),
+            call: CallSettings::default(),
             base_dir: PathBuf::from("."),
         }
     }

@@ -5,6 +5,7 @@
 //! - [`config`]: the configuration file.
 //! - [`credentials`]: user names and passwords, for SMTP AUTH and POP3.
 //! - [`delivery`]: the planner, steps S2–S8 per recipient.
+//! - [`history`]: what became of every recipient, for `mailcall history`.
 //! - [`mailbox`]: step S3, local Maildir storage.
 //! - [`policy`]: step S4, the chain of WebAssembly rules that finds a number.
 //! - [`pop3`]: the POP3 server, for reading local mail.
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod credentials;
 pub mod delivery;
+pub mod history;
 pub mod mailbox;
 pub mod policy;
 pub mod pop3;

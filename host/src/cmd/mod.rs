@@ -2,6 +2,7 @@
 
 mod check_config;
 mod hash_password;
+mod history;
 mod queue;
 mod rules_new;
 mod rules_test;
@@ -39,6 +40,9 @@ enum Command {
         #[command(subcommand)]
         command: queue::QueueCommand,
     },
+    /// What became of each recipient: path (local, call, relay), number,
+    /// rule, Call-ID, replies and times.
+    History(history::Args),
     /// Read a password on stdin and print its argon2 hash for
     /// `[users.NAME] password_hash`.
     HashPassword,
@@ -81,5 +85,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => serve::run(config),
         Command::HashPassword => hash_password::run(),
         Command::Queue { command } => queue::run(command),
+        Command::History(args) => history::run(args),
     }
 }

@@ -5,29 +5,36 @@
 //! |---|---|
 //! | S2 | [`Planner::plan`]: is the recipient in one of our local domains? |
 //! | S3 | yes: store it in the user's Maildir ([`Planner::deliver_local`]) |
-//! | S4–S7 | no, and a rule finds a number: deliver over a call (to come) |
+//! | S4 | no: does a rule find a number? ([`Planner::choose`], the policy engine) |
+//! | S5–S7 | yes: call it and send the message over the call ([`Planner::call`], a [`call::Caller`]) |
 //! | S8 | no number, or the call failed: normal SMTP relay ([`Planner::relay`]; servers from [`destination`]) |
 //!
-//! Every outcome is recorded in the spool before the message is left, so a
-//! crash repeats at most the deliveries in progress. Disk work (the spool's
-//! fsync, Maildir) runs off the async workers.
+//! Recipients that resolve to the same number share one call; those of one
+//! domain share one relay transaction. Every outcome is recorded in the
+//! spool before the message is left, so a crash repeats at most the
+//! deliveries in progress, and in the [history](crate::history). Disk work
+//! (the spool's fsync, Maildir) runs off the async workers.
 
+pub mod call;
 pub mod destination;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::{Config, RelayTls};
+use crate::config::{Config, OnCallFailure, RelayTls};
+use crate::history::{Attempt, DeliveryPath, History};
 use crate::mailbox::maildir::Maildir;
+use crate::policy::{self, PolicyEngine, Verdict};
 use crate::queue::bounce::{self, Action, Notice};
 use crate::queue::schedule::{NextAttempt, RetrySchedule};
 use crate::queue::spool::{MessageId, Outcome, Queued, Spool, SpoolError};
 use crate::smtp::client::{self, ClientSettings, Outgoing, Relayed, ServerReply};
+use call::Caller;
 use destination::{Destination, Router};
 
-/// Where one recipient's copy goes.
+/// Where one recipient's copy goes (S2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// S3: the local mailbox of this user.
@@ -47,6 +54,44 @@ pub struct Planner {
     schedule: RetrySchedule,
     router: Router,
     client: ClientSettings,
+    /// S4: the rule chain; without one every remote recipient is relayed.
+    policy: Option<Arc<PolicyEngine>>,
+    /// S5–S7; without it numbers found are not called.
+    caller: Option<Arc<dyn Caller>>,
+    history: History,
+}
+
+/// What is known of one recipient's attempt, for the history.
+#[derive(Default)]
+struct Trace {
+    number: Option<String>,
+    rule: Option<String>,
+    rule_version: Option<String>,
+    reason: Option<String>,
+    call_id: Option<String>,
+    sip_status: Option<u16>,
+    peer: Option<String>,
+}
+
+impl Trace {
+    fn of(verdict: Option<&Verdict>) -> Trace {
+        Trace {
+            number: verdict.and_then(|v| v.number().map(str::to_string)),
+            rule: verdict.and_then(|v| v.rule.clone()),
+            rule_version: verdict.and_then(|v| v.version.clone()),
+            reason: verdict.map(|v| v.reason.clone()),
+            ..Trace::default()
+        }
+    }
+}
+
+/// One recipient on its way: its index in the envelope, the verdict of the
+/// rule chain (if it ran), and when the attempt started.
+struct Pending {
+    index: usize,
+    verdict: Option<Verdict>,
+    started: Instant,
+    started_ms: u64,
 }
 
 /// The attempt about to be made for a recipient with this outcome.
@@ -57,27 +102,32 @@ fn attempts_of(outcome: &Option<Outcome>) -> u32 {
     }
 }
 
-fn now() -> u64 {
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Disk work (fsync) off the async workers.
+/// Disk and rule work off the async workers.
 fn blocking<T>(work: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(work)
 }
 
 impl Planner {
     /// Must be made inside the tokio runtime (the DNS resolver's home).
-    pub fn new(spool: Arc<Spool>, config: Arc<Config>) -> Planner {
+    pub fn new(
+        spool: Arc<Spool>,
+        config: Arc<Config>,
+        policy: Option<Arc<PolicyEngine>>,
+        caller: Option<Arc<dyn Caller>>,
+    ) -> Planner {
         let local_domains = config
             .server
             .local_domains
             .iter()
             .map(|domain| domain.trim_end_matches('.').to_lowercase())
             .collect();
-        let mail_dir = config.resolve(&config.server.data_dir).join("mail");
+        let data_dir = config.resolve(&config.server.data_dir);
         let relay = &config.relay;
         let client = ClientSettings {
             hostname: config.server.hostname.clone(),
@@ -88,12 +138,20 @@ impl Planner {
         Planner {
             spool,
             local_domains,
-            mail_dir,
+            mail_dir: data_dir.join("mail"),
+            history: History::new(&data_dir),
             schedule: RetrySchedule::new(&config.queue),
             router: Router::new(&config),
             client,
+            policy,
+            caller,
             config,
         }
+    }
+
+    /// The SMTP client settings (the call path uses them too).
+    pub fn client_settings(&self) -> &ClientSettings {
+        &self.client
     }
 
     /// S2: local or remote.
@@ -116,7 +174,7 @@ impl Planner {
     /// The messages with a recipient due now (`force`: every unfinished
     /// one, as `mailcall queue flush` asks).
     pub fn due(&self, force: bool) -> Vec<MessageId> {
-        let now = now();
+        let now = now_ms() / 1000;
         self.spool
             .pending()
             .into_iter()
@@ -136,7 +194,7 @@ impl Planner {
         let Some(queued) = self.spool.get(id) else {
             return Ok(None);
         };
-        let now = now();
+        let now = now_ms() / 1000;
         let due: Vec<usize> = (0..queued.outcomes.len())
             .filter(|&index| is_due(&queued.outcomes[index], force, now))
             .collect();
@@ -144,63 +202,215 @@ impl Planner {
             return Ok(None);
         }
         let body = blocking(|| self.spool.body(id))?;
-        let mut notices = Vec::new();
-        // Remote recipients, grouped by domain: one transaction carries all
-        // of a message's recipients there.
-        let mut remote: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut delivery = Delivery {
+            queued: &queued,
+            body: &body,
+            message_id: message_id_of(&body),
+            notices: Vec::new(),
+        };
+        let mut view = None;
+        // Recipients sharing a number share a call; those of one domain
+        // share a relay transaction.
+        let mut calls: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
+        let mut relays: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
         for index in due {
             let recipient = &queued.envelope.recipients[index];
+            let pending = Pending {
+                index,
+                verdict: None,
+                started: Instant::now(),
+                started_ms: now_ms(),
+            };
             let route = self.plan(recipient);
             tracing::info!(step = "S2", %id, rcpt = %recipient, route = ?route, "planned");
-            let outcome = match route {
-                Route::Local { mailbox } => self.deliver_local(&mailbox, &body, &queued, index),
-                Route::NoSuchUser => Outcome::Failed {
-                    detail: "5.1.1 no such local user".into(),
-                },
-                Route::Remote { domain } => {
-                    remote.entry(domain).or_default().push(index);
-                    continue;
+            match route {
+                Route::Local { mailbox } => self.deliver_local(&mut delivery, &mailbox, pending)?,
+                Route::NoSuchUser => {
+                    let outcome = Outcome::Failed {
+                        detail: "5.1.1 no such local user".into(),
+                    };
+                    self.finish(
+                        &mut delivery,
+                        pending,
+                        DeliveryPath::Local,
+                        Trace::default(),
+                        outcome,
+                    )?;
                 }
-            };
-            self.record(&queued, index, outcome, Action::Delivered, &mut notices)?;
+                Route::Remote { domain } => {
+                    let verdict = self.choose(&queued, index, &body, &mut view);
+                    let number = verdict
+                        .as_ref()
+                        .and_then(Verdict::number)
+                        .filter(|_| self.may_call(&queued, index))
+                        .map(str::to_string);
+                    let pending = Pending { verdict, ..pending };
+                    match number {
+                        Some(number) => calls.entry(number).or_default().push(pending),
+                        None => relays.entry(domain).or_default().push(pending),
+                    }
+                }
+            }
         }
-        for (domain, recipients) in remote {
-            self.relay(&queued, &body, &domain, &recipients, &mut notices)
-                .await?;
+        for (number, recipients) in calls {
+            let fell_back = self.call(&mut delivery, &number, recipients).await?;
+            for (domain, pending) in fell_back {
+                relays.entry(domain).or_default().push(pending);
+            }
         }
-        if notices.is_empty() {
+        for (domain, recipients) in relays {
+            self.relay(&mut delivery, &domain, recipients).await?;
+        }
+        if delivery.notices.is_empty() {
             return Ok(None);
         }
-        self.send_report(&queued, &body, &notices).map(Some)
+        self.send_report(&queued, &body, &delivery.notices)
+            .map(Some)
+    }
+
+    /// S4: runs the rule chain for one recipient; `None` without rules.
+    fn choose(
+        &self,
+        queued: &Queued,
+        index: usize,
+        body: &[u8],
+        view: &mut Option<policy::Message>,
+    ) -> Option<Verdict> {
+        let policy = self.policy.as_ref()?;
+        if view.is_none() {
+            *view = Some(policy.view(body).unwrap_or_else(|_| empty_view()));
+        }
+        let envelope = policy::Envelope {
+            mail_from: queued.envelope.mail_from.clone(),
+            rcpt_to: queued.envelope.recipients[index].clone(),
+            client_address: queued.envelope.client_address.clone(),
+            helo: queued.envelope.helo.clone(),
+        };
+        let message = view.as_ref()?;
+        Some(blocking(|| policy.evaluate(&envelope, message)))
+    }
+
+    /// Whether this attempt may be a call: there is a caller, and with
+    /// `retry-then-relay` the calls are not used up.
+    fn may_call(&self, queued: &Queued, index: usize) -> bool {
+        let attempt = attempts_of(&queued.outcomes[index]);
+        self.caller.is_some()
+            && (self.config.call.on_failure != OnCallFailure::RetryThenRelay
+                || attempt <= self.config.call.retries + 1)
+    }
+
+    /// S5–S7: one call to `number` for these recipients. Returns those to
+    /// relay now (S8) because the call failed and the configuration says so.
+    async fn call(
+        &self,
+        delivery: &mut Delivery<'_>,
+        number: &str,
+        recipients: Vec<Pending>,
+    ) -> Result<Vec<(String, Pending)>, SpoolError> {
+        let Some(caller) = &self.caller else {
+            return Ok(Vec::new());
+        };
+        let queued = delivery.queued;
+        let addresses: Vec<String> = recipients
+            .iter()
+            .map(|p| queued.envelope.recipients[p.index].clone())
+            .collect();
+        tracing::info!(step = "S5", id = %queued.id, %number, rcpts = ?addresses, "calling");
+        let outgoing = Outgoing {
+            mail_from: &queued.envelope.mail_from,
+            recipients: &addresses,
+            message: delivery.body,
+        };
+        let report = caller.deliver(number, outgoing).await;
+        let mut fell_back = Vec::new();
+        for (position, pending) in recipients.into_iter().enumerate() {
+            let mut trace = Trace::of(pending.verdict.as_ref());
+            trace.call_id = report.call_id.clone();
+            trace.sip_status = report.sip_status;
+            trace.peer = Some(format!("call {number}"));
+            // The final server's reply; anything else is a failed call.
+            let reply = match &report.result {
+                Ok(Relayed::Replies(replies)) => Ok(&replies[position]),
+                Ok(Relayed::Failed(reply)) if reply.is_permanent() => Ok(reply),
+                Ok(Relayed::Failed(reply)) => Err(reply.to_string()),
+                Err(reason) => Err(reason.clone()),
+            };
+            let failure = match reply {
+                Ok(reply) if reply.is_positive() || reply.is_permanent() => {
+                    let detail = format!("{reply} (over a call to {number})");
+                    let outcome = if reply.is_positive() {
+                        Outcome::Delivered { detail }
+                    } else {
+                        Outcome::Failed { detail }
+                    };
+                    self.finish(delivery, pending, DeliveryPath::Call, trace, outcome)?;
+                    continue;
+                }
+                Ok(reply) => reply.to_string(),
+                Err(reason) => reason,
+            };
+            tracing::info!(step = "S5", id = %queued.id, %number, "call failed: {failure}");
+            let attempt = attempts_of(&queued.outcomes[pending.index]);
+            let retry = match self.config.call.on_failure {
+                OnCallFailure::Relay => false,
+                OnCallFailure::Retry => true,
+                OnCallFailure::RetryThenRelay => attempt <= self.config.call.retries,
+            };
+            let detail = format!("4.4.0 call to {number} failed: {failure}");
+            if retry {
+                let outcome = self.defer(&detail, queued, pending.index);
+                self.finish(delivery, pending, DeliveryPath::Call, trace, outcome)?;
+            } else {
+                // The failed call goes in the history; the relay follows.
+                self.history.record(&self.attempt(
+                    delivery,
+                    &pending,
+                    DeliveryPath::Call,
+                    trace,
+                    "fell-back",
+                    &detail,
+                ));
+                let recipient = &queued.envelope.recipients[pending.index];
+                let domain = recipient.rsplit_once('@').map_or("", |(_, d)| d);
+                let domain = domain.trim_end_matches('.').to_lowercase();
+                let pending = Pending {
+                    started: Instant::now(),
+                    started_ms: now_ms(),
+                    ..pending
+                };
+                fell_back.push((domain, pending));
+            }
+        }
+        Ok(fell_back)
     }
 
     /// S8: normal SMTP relay of a message's recipients in one domain,
     /// trying the domain's servers in order until one answers for them.
     async fn relay(
         &self,
-        queued: &Queued,
-        body: &[u8],
+        delivery: &mut Delivery<'_>,
         domain: &str,
-        recipients: &[usize],
-        notices: &mut Vec<Notice>,
+        recipients: Vec<Pending>,
     ) -> Result<(), SpoolError> {
+        let queued = delivery.queued;
         let addresses: Vec<String> = recipients
             .iter()
-            .map(|&index| queued.envelope.recipients[index].clone())
+            .map(|p| queued.envelope.recipients[p.index].clone())
             .collect();
         let servers = match self.router.destination(domain).await {
             Destination::Servers(servers) => servers,
             Destination::Unreachable { permanent, detail } => {
                 tracing::info!(step = "S8", id = %queued.id, %domain, "{detail}");
-                for &index in recipients {
+                for pending in recipients {
                     let outcome = if permanent {
                         Outcome::Failed {
                             detail: detail.clone(),
                         }
                     } else {
-                        self.defer(&detail, queued, index)
+                        self.defer(&detail, queued, pending.index)
                     };
-                    self.record(queued, index, outcome, Action::Relayed, notices)?;
+                    let trace = Trace::of(pending.verdict.as_ref());
+                    self.finish(delivery, pending, DeliveryPath::Relay, trace, outcome)?;
                 }
                 return Ok(());
             }
@@ -208,7 +418,7 @@ impl Planner {
         let outgoing = Outgoing {
             mail_from: &queued.envelope.mail_from,
             recipients: &addresses,
-            message: body,
+            message: delivery.body,
         };
         let mut result = None;
         for server in &servers {
@@ -228,13 +438,16 @@ impl Planner {
         let Some((relayed, server)) = result else {
             return Ok(());
         };
-        for (position, &index) in recipients.iter().enumerate() {
+        for (position, pending) in recipients.into_iter().enumerate() {
             let reply = match &relayed {
                 Relayed::Replies(replies) => &replies[position],
                 Relayed::Failed(reply) => reply,
             };
-            let outcome = self.outcome_of(reply, &server.address.to_string(), queued, index);
-            self.record(queued, index, outcome, Action::Relayed, notices)?;
+            let outcome =
+                self.outcome_of(reply, &server.address.to_string(), queued, pending.index);
+            let mut trace = Trace::of(pending.verdict.as_ref());
+            trace.peer = Some(server.address.to_string());
+            self.finish(delivery, pending, DeliveryPath::Relay, trace, outcome)?;
         }
         Ok(())
     }
@@ -257,31 +470,38 @@ impl Planner {
         }
     }
 
-    /// Records a recipient's outcome; one the sender wants to hear of
-    /// (`success` names what a delivery was) joins `notices`.
-    fn record(
+    /// Records a recipient's outcome in the spool and the history; one the
+    /// sender wants to hear of joins the delivery's notices.
+    fn finish(
         &self,
-        queued: &Queued,
-        index: usize,
+        delivery: &mut Delivery<'_>,
+        pending: Pending,
+        path: DeliveryPath,
+        trace: Trace,
         outcome: Outcome,
-        success: Action,
-        notices: &mut Vec<Notice>,
     ) -> Result<(), SpoolError> {
+        let queued = delivery.queued;
+        let index = pending.index;
         let recipient = &queued.envelope.recipients[index];
-        tracing::info!(id = %queued.id, rcpt = %recipient, outcome = ?outcome, "recorded");
-        let (action, detail) = match &outcome {
-            Outcome::Failed { detail } => (Action::Failed, detail),
-            // Only the first deferral is announced.
-            Outcome::Deferred {
-                detail, attempts, ..
-            } if *attempts == 1 => (Action::Delayed, detail),
-            Outcome::Deferred { .. } => {
-                return blocking(|| self.spool.record(queued.id, index, outcome))
-            }
-            Outcome::Delivered { detail } => (success, detail),
+        let (name, detail) = match &outcome {
+            Outcome::Delivered { detail } => ("delivered", detail),
+            Outcome::Deferred { detail, .. } => ("deferred", detail),
+            Outcome::Failed { detail } => ("failed", detail),
         };
-        if bounce::wants_notice(&queued.envelope, index, action) {
-            notices.push(Notice {
+        tracing::info!(id = %queued.id, rcpt = %recipient, path = ?path, outcome = name, "{detail}");
+        let attempt = self.attempt(delivery, &pending, path, trace, name, detail);
+        // RFC 3464: "delivered" when it reached the final mailbox (here, or
+        // the final server over a call); "relayed" when handed on.
+        let action = match &outcome {
+            Outcome::Failed { .. } => Some(Action::Failed),
+            // Only the first deferral is announced.
+            Outcome::Deferred { attempts: 1, .. } => Some(Action::Delayed),
+            Outcome::Deferred { .. } => None,
+            Outcome::Delivered { .. } if path == DeliveryPath::Relay => Some(Action::Relayed),
+            Outcome::Delivered { .. } => Some(Action::Delivered),
+        };
+        if let Some(action) = action.filter(|&a| bounce::wants_notice(&queued.envelope, index, a)) {
+            delivery.notices.push(Notice {
                 address: recipient.clone(),
                 original: queued
                     .envelope
@@ -293,11 +513,41 @@ impl Planner {
                 detail: detail.clone(),
             });
         }
-        blocking(|| self.spool.record(queued.id, index, outcome))
+        blocking(|| self.spool.record(queued.id, index, outcome))?;
+        self.history.record(&attempt);
+        Ok(())
+    }
+
+    fn attempt(
+        &self,
+        delivery: &Delivery<'_>,
+        pending: &Pending,
+        path: DeliveryPath,
+        trace: Trace,
+        outcome: &str,
+        detail: &str,
+    ) -> Attempt {
+        Attempt {
+            at_ms: pending.started_ms,
+            queue_id: delivery.queued.id.to_string(),
+            message_id: delivery.message_id.clone(),
+            recipient: delivery.queued.envelope.recipients[pending.index].clone(),
+            path,
+            outcome: outcome.to_string(),
+            detail: detail.to_string(),
+            number: trace.number,
+            rule: trace.rule,
+            rule_version: trace.rule_version,
+            reason: trace.reason,
+            call_id: trace.call_id,
+            sip_status: trace.sip_status,
+            peer: trace.peer,
+            elapsed_ms: pending.started.elapsed().as_millis() as u64,
+        }
     }
 
     /// Queues a delivery status report (a bounce, or a notice the sender
-    /// asked for); the server's worker delivers it like any message.
+    /// asked for); the scheduler delivers it like any message.
     fn send_report(
         &self,
         queued: &Queued,
@@ -317,20 +567,27 @@ impl Planner {
     }
 
     /// S3: into the user's Maildir, durably.
-    fn deliver_local(&self, mailbox: &str, body: &[u8], queued: &Queued, index: usize) -> Outcome {
+    fn deliver_local(
+        &self,
+        delivery: &mut Delivery<'_>,
+        mailbox: &str,
+        pending: Pending,
+    ) -> Result<(), SpoolError> {
+        let queued = delivery.queued;
         // Named by message and recipient: a delivery repeated after a crash
         // (before its outcome reached the spool) is stored once.
         let unique = format!(
-            "{}.Q{}R{index}.{}",
+            "{}.Q{}R{}.{}",
             queued.envelope.received_at,
             queued.id,
+            pending.index,
             crate::mailbox::maildir::host_name()
         );
-        let delivered = blocking(|| {
+        let stored = blocking(|| {
             Maildir::open(&self.mail_dir.join(mailbox))
-                .and_then(|maildir| maildir.deliver_as(&unique, body))
+                .and_then(|maildir| maildir.deliver_as(&unique, delivery.body))
         });
-        match delivered {
+        let outcome = match stored {
             Ok(()) => {
                 tracing::info!(step = "S3", id = %queued.id, mailbox, file = %unique, "stored in the local mailbox");
                 Outcome::Delivered {
@@ -339,16 +596,25 @@ impl Planner {
             }
             Err(error) => {
                 tracing::error!(step = "S3", id = %queued.id, mailbox, "cannot store: {error}");
-                self.defer(&format!("4.3.0 cannot store: {error}"), queued, index)
+                self.defer(
+                    &format!("4.3.0 cannot store: {error}"),
+                    queued,
+                    pending.index,
+                )
             }
-        }
+        };
+        let trace = Trace {
+            peer: Some(format!("mailbox {mailbox}")),
+            ..Trace::default()
+        };
+        self.finish(delivery, pending, DeliveryPath::Local, trace, outcome)
     }
 
     fn defer(&self, detail: &str, queued: &Queued, index: usize) -> Outcome {
         let attempts = attempts_of(&queued.outcomes[index]);
         match self
             .schedule
-            .after_failure(attempts, queued.envelope.received_at, now())
+            .after_failure(attempts, queued.envelope.received_at, now_ms() / 1000)
         {
             NextAttempt::At(retry_at) => Outcome::Deferred {
                 detail: detail.to_string(),
@@ -362,11 +628,40 @@ impl Planner {
     }
 }
 
+/// One message being delivered: what every step needs, and the notices
+/// gathered for the sender.
+struct Delivery<'a> {
+    queued: &'a Queued,
+    body: &'a [u8],
+    message_id: Option<String>,
+    notices: Vec<Notice>,
+}
+
 /// Whether a recipient with this outcome is to be tried now.
 fn is_due(outcome: &Option<Outcome>, force: bool, now: u64) -> bool {
     match outcome {
         None => true,
         Some(Outcome::Deferred { retry_at, .. }) => force || *retry_at <= now,
         Some(_) => false,
+    }
+}
+
+/// The `Message-ID` of a message, without angle brackets.
+fn message_id_of(body: &[u8]) -> Option<String> {
+    let message = mail_parser::MessageParser::new().parse_headers(body)?;
+    message.message_id().map(str::to_string)
+}
+
+/// What rules see of a message that does not parse: nothing but the
+/// envelope.
+fn empty_view() -> policy::Message {
+    policy::Message {
+        headers: Vec::new(),
+        subject: None,
+        from: Vec::new(),
+        to: Vec::new(),
+        cc: Vec::new(),
+        body_text: String::new(),
+        body_truncated: false,
     }
 }

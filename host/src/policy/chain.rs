@@ -79,6 +79,9 @@ pub struct Verdict {
     pub rule: Option<String>,
     /// The deciding rule's reason, or why the chain fell through.
     pub reason: String,
+    /// The SHA-256 of the deciding rule's module (its version), so a
+    /// delivery records which version of a hot-reloaded rule decided it.
+    pub version: Option<String>,
     /// Rules that failed on the way and were treated as having no opinion.
     pub failures: Vec<(String, RuleFailure)>,
 }

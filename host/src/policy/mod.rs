@@ -286,6 +286,10 @@ impl PolicyEngine {
                 route,
                 rule: Some(link.name().to_string()),
                 reason,
+                version: match link {
+                    Link::Ready(rule) => Some(rule.digest.clone()),
+                    Link::Unavailable { .. } => None,
+                },
                 failures,
             };
             let outcome = match link {
@@ -349,6 +353,7 @@ impl PolicyEngine {
             route: Route::Smtp,
             rule: None,
             reason: "no rule found a number".into(),
+            version: None,
             failures,
         };
         trace_verdict(envelope, &verdict);

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
 use crate::delivery::Planner;
+use crate::policy::PolicyEngine;
 use crate::pop3::session::Pop3Shared;
 use crate::queue::spool::{MessageId, Spool, SpoolError};
 use crate::smtp::session::SessionPolicy;
@@ -39,6 +40,8 @@ pub const PID_FILE: &str = "mailcall.pid";
 pub enum ServerError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     #[error("cannot listen on {address}: {error}")]
     Listen {
         address: std::net::SocketAddr,
@@ -76,7 +79,23 @@ pub async fn serve(
     })?;
     let (deliveries, received) = mpsc::unbounded_channel();
     let flushes = deliveries.clone();
-    let planner = Arc::new(Planner::new(spool.clone(), config.clone()));
+    // S4: the rule chain, reloaded as its files change. A rule that does
+    // not load is logged and skipped until its file is fixed.
+    let policy = if config.policy.chain.is_empty() {
+        None
+    } else {
+        Some(Arc::new(PolicyEngine::from_config_skipping_bad_rules(
+            &config,
+        )?))
+    };
+    let _watcher = match policy.as_ref().map(PolicyEngine::watch).transpose() {
+        Ok(watcher) => watcher.flatten(),
+        Err(error) => {
+            tracing::error!("rules will not be reloaded: {error}");
+            None
+        }
+    };
+    let planner = Arc::new(Planner::new(spool.clone(), config.clone(), policy, None));
     tokio::spawn(schedule_deliveries(
         planner,
         received,
