@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::sip::uri::ParamsExt;
 use rsipstack::sip::{Method, Param, Transport as SipTransport, Uri};
-use rsipstack::transaction::endpoint::{Endpoint, EndpointInnerRef};
+use rsipstack::transaction::endpoint::{Endpoint, EndpointInnerRef, EndpointOption};
 use rsipstack::transaction::TransactionReceiver;
 use rsipstack::transport::tcp_listener::TcpListenerConnection;
 use rsipstack::transport::udp::UdpConnection;
@@ -75,7 +75,13 @@ impl Stack {
             transports.add_transport(listener.into());
             tcp = Some(address);
         }
+        // Call-IDs rsipstack makes itself (REGISTER) name our domain too.
+        let option = EndpointOption {
+            callid_suffix: Some(settings.domain.clone()),
+            ..EndpointOption::default()
+        };
         let endpoint = EndpointBuilder::new()
+            .with_option(option)
             .with_cancel_token(cancel.clone())
             .with_transport_layer(transports)
             .with_user_agent(concat!("mailcall/", env!("CARGO_PKG_VERSION")))
