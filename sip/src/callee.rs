@@ -1,0 +1,380 @@
+//! The callee (UAS): answers INVITEs for our numbers from allowed sources
+//! with 180 and a 200 naming a one-shot channel listener, hands the
+//! channel to the handler, and ends the call with BYE. Also answers every
+//! other request that reaches us outside a call (OPTIONS, stray BYE, …).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver};
+use rsipstack::sip::{Header, HeadersExt, Method, Request, StatusCode, Transport as SipTransport};
+use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transaction::TransactionReceiver;
+use tracing::{debug, info, warn};
+
+use crate::config::in_network;
+use crate::sdp::{ChannelDescription, Setup};
+use crate::stack::{ip_of, ALLOWED_METHODS};
+use crate::{CallGuard, CallInfo, Channel, HandlerFuture, Shared};
+
+/// What runs on the channel of a call to one of our numbers.
+pub trait CallHandler: Send + Sync + 'static {
+    /// Runs until the session is done; the call ends when it returns (we
+    /// send BYE) or when the caller hangs up and it returns.
+    fn handle(&self, channel: Channel, call: CallInfo) -> HandlerFuture;
+}
+
+/// Reads incoming requests until the stack stops.
+pub(crate) async fn serve(shared: Arc<Shared>, mut incoming: TransactionReceiver) {
+    let stopped = shared.stack.cancel.clone();
+    loop {
+        let transaction = tokio::select! {
+            transaction = incoming.recv() => transaction,
+            () = stopped.cancelled() => None,
+        };
+        let Some(transaction) = transaction else {
+            break;
+        };
+        tokio::spawn(dispatch(shared.clone(), transaction));
+    }
+}
+
+async fn dispatch(shared: Arc<Shared>, mut tx: Transaction) {
+    let method = tx.original.method;
+    let call_id = call_id_of(&tx.original);
+    if let Some(mut dialog) = shared.stack.dialogs.match_dialog(&tx) {
+        let result = match method {
+            // We never renegotiate the channel of a running call.
+            Method::Invite => {
+                info!(call_id = %call_id, "re-INVITE refused: 488");
+                tx.reply(StatusCode::NotAcceptableHere).await
+            }
+            Method::Options => answer_options(&mut tx).await,
+            Method::Bye => {
+                info!(call_id = %call_id, "T7 BYE from the peer");
+                let result = dialog.handle(&mut tx).await;
+                info!(call_id = %call_id, "R4 200 to BYE");
+                result
+            }
+            _ => dialog.handle(&mut tx).await,
+        };
+        if let Err(e) = result {
+            debug!(call_id = %call_id, "{method} in dialog: {e}");
+        }
+        return;
+    }
+    let has_to_tag = tx
+        .original
+        .to_header()
+        .ok()
+        .and_then(|to| to.tag().ok().flatten())
+        .is_some();
+    let result = match method {
+        Method::Invite if !has_to_tag => {
+            answer_invite(shared, tx).await;
+            return;
+        }
+        Method::Options => answer_options(&mut tx).await,
+        Method::Ack => return,
+        // In-dialog requests for a dialog we do not have (RFC 3261 §12.2.2).
+        _ if has_to_tag => tx.reply(StatusCode::CallTransactionDoesNotExist).await,
+        Method::Bye => tx.reply(StatusCode::CallTransactionDoesNotExist).await,
+        // Methods we know but do not serve (RFC 3261 §8.2.1).
+        _ => {
+            tx.reply_with(StatusCode::MethodNotAllowed, vec![allow_header()], None)
+                .await
+        }
+    };
+    if let Err(e) = result {
+        debug!(call_id = %call_id, "answering {method}: {e}");
+    }
+}
+
+fn allow_header() -> Header {
+    let methods: Vec<String> = ALLOWED_METHODS.iter().map(|m| m.to_string()).collect();
+    Header::Other("Allow".into(), methods.join(", "))
+}
+
+/// The capability query: what we can do, and the SDP we take.
+async fn answer_options(tx: &mut Transaction) -> rsipstack::Result<()> {
+    let headers = vec![
+        allow_header(),
+        Header::Other("Accept".into(), "application/sdp".into()),
+        Header::Other("Supported".into(), String::new()),
+    ];
+    tx.reply_with(StatusCode::OK, headers, None).await
+}
+
+fn call_id_of(request: &Request) -> String {
+    request
+        .call_id_header()
+        .map(|h| h.value().to_string())
+        .unwrap_or_default()
+}
+
+/// The request's source: the top Via's `received`, else its host.
+fn source_of(request: &Request) -> Option<IpAddr> {
+    let via = request.via_header().ok()?.value().to_string();
+    let mut parts = via.split(';');
+    let sent_by = parts.next()?.split_whitespace().nth(1)?;
+    let received = parts.find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim().eq_ignore_ascii_case("received").then(|| value.trim().to_string())
+    });
+    if let Some(received) = received {
+        return received.parse().ok();
+    }
+    let host = match sent_by.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => sent_by.split(':').next()?,
+    };
+    host.parse().ok()
+}
+
+fn source_allowed(shared: &Shared, source: IpAddr) -> bool {
+    let settings = &shared.settings;
+    let servers = [&settings.outbound_proxy, &settings.registrar];
+    servers
+        .iter()
+        .filter_map(|uri| uri.as_deref().and_then(ip_of))
+        .any(|server| server.to_canonical() == source.to_canonical())
+        || settings
+            .allowed_networks()
+            .into_iter()
+            .any(|network| in_network(source, network))
+}
+
+/// Rejects an INVITE with `status` and a Warning saying why.
+async fn reject(tx: &mut Transaction, call_id: &str, status: StatusCode, why: &str) {
+    info!(call_id = %call_id, "R2 {status}: {why}");
+    let warning = Header::Other(
+        "Warning".into(),
+        format!("399 mailcall \"{}\"", why.replace('"', "'")),
+    );
+    if let Err(e) = tx.reply_with(status, vec![warning], None).await {
+        debug!(call_id = %call_id, "rejecting INVITE: {e}");
+    }
+}
+
+async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
+    let _counted = CallGuard::new(&shared.calls);
+    let request = tx.original.clone();
+    let call_id = call_id_of(&request);
+    let number = request.uri.user().unwrap_or_default().to_string();
+    let from = request
+        .from_header()
+        .ok()
+        .and_then(|h| h.uri().ok())
+        .map(|uri| uri.to_string())
+        .unwrap_or_default();
+    info!(call_id = %call_id, "T1 INVITE {} from {from}", request.uri);
+
+    match source_of(&request) {
+        Some(source) if source_allowed(&shared, source) => {}
+        source => {
+            let why = format!("source {source:?} may not call us");
+            return reject(&mut tx, &call_id, StatusCode::Forbidden, &why).await;
+        }
+    }
+    if !shared.settings.numbers.contains(&number) {
+        let why = format!("{number:?} is not our number");
+        return reject(&mut tx, &call_id, StatusCode::NotFound, &why).await;
+    }
+    let Some(handler) = shared.handler.clone() else {
+        return reject(
+            &mut tx,
+            &call_id,
+            StatusCode::TemporarilyUnavailable,
+            "no handler for calls",
+        )
+        .await;
+    };
+    let offer = match ChannelDescription::parse(&request.body) {
+        Ok(offer) if offer.setup != Setup::Passive => offer,
+        Ok(_) => {
+            let why = "the offer is passive: we only listen";
+            return reject(&mut tx, &call_id, StatusCode::NotAcceptableHere, why).await;
+        }
+        Err(e) => {
+            return reject(&mut tx, &call_id, StatusCode::NotAcceptableHere, &e.to_string()).await;
+        }
+    };
+    info!(call_id = %call_id, "T3 offer: smtp over {} from {}", if offer.tls { "TCP/TLS" } else { "TCP" }, offer.address);
+    let tls = match (offer.tls, &shared.identity, offer.fingerprint) {
+        (false, _, _) => None,
+        (true, Some(identity), Some(fingerprint)) => Some((identity, fingerprint)),
+        (true, _, _) => {
+            let why = "TCP/TLS offered but channel_tls is off";
+            return reject(&mut tx, &call_id, StatusCode::NotAcceptableHere, why).await;
+        }
+    };
+    let listener = match shared.ports.listen(shared.settings.sdp_address()).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            warn!(call_id = %call_id, "{e}");
+            return reject(&mut tx, &call_id, StatusCode::ServiceUnavailable, &e.to_string())
+                .await;
+        }
+    };
+    let answer = ChannelDescription::answer(listener.local_addr(), tls.map(|(i, _)| i.fingerprint));
+
+    let stack = &shared.stack;
+    let transport = tx
+        .connection
+        .as_ref()
+        .map(|c| c.get_addr().r#type.unwrap_or(SipTransport::Udp))
+        .unwrap_or(SipTransport::Udp);
+    let (state_sender, mut states) = stack.dialogs.new_dialog_state_channel();
+    let dialog = match stack.dialogs.get_or_create_server_invite(
+        &tx,
+        state_sender,
+        None,
+        Some(stack.contact(&number, transport)),
+    ) {
+        Ok(dialog) => dialog,
+        Err(e) => {
+            warn!(call_id = %call_id, "cannot make the dialog: {e}");
+            return reject(&mut tx, &call_id, StatusCode::ServerInternalError, "no dialog").await;
+        }
+    };
+    let dialog_id = dialog.id();
+    // Runs the INVITE transaction: 100, our answers, then ACK or CANCEL.
+    let mut invite_dialog = dialog.clone();
+    let invite = tokio::spawn(async move { invite_dialog.handle(&mut tx).await });
+
+    info!(call_id = %call_id, "R1 100 Trying");
+    let answered = dialog.ringing(None, None).and_then(|()| {
+        info!(call_id = %call_id, "R1 180 Ringing");
+        dialog.accept(
+            Some(vec![Header::ContentType("application/sdp".into())]),
+            Some(answer.to_sdp(crate::caller::rand_session_id()).into_bytes()),
+        )
+    });
+    if let Err(e) = answered {
+        warn!(call_id = %call_id, "cannot answer: {e}");
+    } else {
+        info!(call_id = %call_id, "R2 200 OK");
+        info!(call_id = %call_id, "R3 answer: smtp at {} (setup:passive)", answer.socket_addr());
+
+        // The caller's channel may arrive before its ACK: accept at once.
+        let accepted = tokio::select! {
+            accepted = listener.accept(offer.address, tls, shared.settings.channel_accept_timeout()) => Some(accepted),
+            () = until_ended(&mut states, &call_id) => None,
+        };
+        match accepted {
+            None => info!(call_id = %call_id, "call ended before the channel opened"),
+            Some(Err(e)) => {
+                warn!(call_id = %call_id, "channel: {e}");
+                hang_up(&dialog, &call_id, "no channel").await;
+            }
+            Some(Ok(channel)) => {
+                let info = CallInfo {
+                    call_id: call_id.clone(),
+                    number,
+                    from,
+                    peer: channel.peer(),
+                };
+                run_session(&shared, handler, channel, info, &dialog, &mut states).await;
+            }
+        }
+    }
+    stack.dialogs.remove_dialog(&dialog_id);
+    // The transaction waits for a late ACK or a CANCEL only briefly.
+    let abort = invite.abort_handle();
+    if tokio::time::timeout(std::time::Duration::from_secs(2), invite)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
+}
+
+async fn run_session(
+    shared: &Shared,
+    handler: Arc<dyn CallHandler>,
+    channel: Channel,
+    info: CallInfo,
+    dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
+    states: &mut DialogStateReceiver,
+) {
+    let call_id = info.call_id.clone();
+    info!(call_id = %call_id, "T4 channel opened from {}", channel.peer());
+    info!(call_id = %call_id, "T5 session running");
+    let session = tokio::time::timeout(
+        shared.settings.session_timeout(),
+        handler.handle(channel, info),
+    );
+    tokio::pin!(session);
+    // A BYE does not cut the handler short: the caller closed the channel
+    // first, so the handler sees its end and finishes what it received.
+    let caller_hung_up = tokio::select! {
+        _ = &mut session => false,
+        () = until_ended(states, &call_id) => {
+            if session.await.is_err() {
+                warn!(call_id = %call_id, "session timed out");
+            }
+            true
+        }
+    };
+    info!(call_id = %call_id, "T6 channel closed");
+    if !caller_hung_up {
+        hang_up(dialog, &call_id, "session done").await;
+    }
+}
+
+/// Logs the ACK and returns when the dialog ends (BYE, CANCEL, timeout).
+async fn until_ended(states: &mut DialogStateReceiver, call_id: &str) {
+    while let Some(state) = states.recv().await {
+        match state {
+            DialogState::Confirmed(..) => info!(call_id = %call_id, "T2 ACK received"),
+            DialogState::Terminated(_, reason) => {
+                debug!(call_id = %call_id, "dialog ended: {reason:?}");
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn hang_up(
+    dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
+    call_id: &str,
+    reason: &str,
+) {
+    if matches!(dialog.state(), DialogState::Terminated(..)) {
+        return;
+    }
+    info!(call_id = %call_id, "T7 BYE ({reason})");
+    match dialog.bye().await {
+        Ok(()) => info!(call_id = %call_id, "R4 BYE answered"),
+        Err(e) => warn!(call_id = %call_id, "BYE failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invite_with_via(via: &str) -> Request {
+        let text = format!(
+            "INVITE sip:1@127.0.0.1 SIP/2.0\r\nVia: {via}\r\nFrom: <sip:a@x>;tag=1\r\n\
+             To: <sip:1@127.0.0.1>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        Request::try_from(text.as_str()).unwrap()
+    }
+
+    #[test]
+    fn the_source_is_received_else_the_via_host() {
+        let cases = [
+            ("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1", "10.0.0.1"),
+            ("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;received=192.0.2.7", "192.0.2.7"),
+            ("SIP/2.0/TCP [::1]:5060;branch=z9hG4bK1", "::1"),
+        ];
+        for (via, expected) in cases {
+            let source = source_of(&invite_with_via(via));
+            assert_eq!(source, Some(expected.parse().unwrap()), "{via}");
+        }
+        assert_eq!(source_of(&invite_with_via("SIP/2.0/UDP host.example;branch=z9hG4bK1")), None);
+    }
+}

@@ -1,0 +1,199 @@
+//! mailcall's SIP user agent: it registers our numbers, calls other numbers
+//! (S5–S7 of DESIGN.md: INVITE, ACK, the SDP-negotiated channel, BYE) and
+//! answers calls to ours, handing each call's channel to a handler.
+//!
+//! rsipstack does the SIP (parser, transports, transactions, dialogs,
+//! digest); its types stay inside this crate so it can be swapped.
+//! It logs every raw message at INFO: filter `rsipstack=warn`.
+
+mod callee;
+mod caller;
+mod channel;
+mod config;
+mod register;
+mod sdp;
+mod stack;
+mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+pub use callee::CallHandler;
+pub use caller::{Call, CallFailure, Stage};
+pub use channel::{Channel, ChannelError};
+pub use config::{SipSettings, Transport};
+pub use sdp::{ChannelDescription, SdpError, Setup};
+
+use crate::channel::PortPool;
+use crate::register::Registrations;
+use crate::stack::Stack;
+use crate::tls::ChannelIdentity;
+
+/// What the user agent could not start with.
+#[derive(Debug, thiserror::Error)]
+pub enum SipError {
+    #[error("invalid [sip] settings: {0}")]
+    Settings(String),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, String),
+    #[error("SIP stack: {0}")]
+    Stack(String),
+}
+
+/// One call, as the session function and the handler see it.
+#[derive(Debug, Clone)]
+pub struct CallInfo {
+    pub call_id: String,
+    /// The number called.
+    pub number: String,
+    /// The caller's address (From URI).
+    pub from: String,
+    /// The channel's peer.
+    pub peer: SocketAddr,
+}
+
+/// What the user agent holds right now; all zero when idle (the leak test).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Dialogs in the dialog layer.
+    pub dialogs: usize,
+    /// Transactions the endpoint still runs (they linger for their timers).
+    pub transactions: usize,
+    /// One-shot channel listeners open.
+    pub channel_listeners: usize,
+    /// Calls in progress, as caller or callee.
+    pub calls: usize,
+}
+
+/// The running user agent.
+pub struct UserAgent {
+    shared: Arc<Shared>,
+    /// The endpoint and the incoming-request loop.
+    tasks: Vec<JoinHandle<()>>,
+    registrations: Option<Registrations>,
+}
+
+/// What the caller, the callee and the registration share.
+pub(crate) struct Shared {
+    settings: SipSettings,
+    stack: Stack,
+    ports: PortPool,
+    /// Our channel certificate, with `channel_tls`.
+    identity: Option<ChannelIdentity>,
+    handler: Option<Arc<dyn CallHandler>>,
+    calls: Arc<AtomicUsize>,
+}
+
+/// Counts a call in progress while it lives.
+pub(crate) struct CallGuard(Arc<AtomicUsize>);
+
+impl CallGuard {
+    fn new(calls: &Arc<AtomicUsize>) -> Self {
+        calls.fetch_add(1, Ordering::Relaxed);
+        CallGuard(calls.clone())
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl UserAgent {
+    /// Binds the transports, starts registration (if a registrar is set)
+    /// and answering (calls to our numbers go to `callee`; without one they
+    /// get 480).
+    pub async fn start(
+        settings: SipSettings,
+        callee: Option<Arc<dyn CallHandler>>,
+    ) -> Result<UserAgent, SipError> {
+        settings.validate().map_err(SipError::Settings)?;
+        let ports = PortPool::new(
+            settings
+                .channel_port_range()
+                .map_err(SipError::Settings)?,
+        );
+        let identity = if settings.channel_tls {
+            Some(ChannelIdentity::generate().map_err(SipError::Stack)?)
+        } else {
+            None
+        };
+        let (stack, incoming) = Stack::bind(&settings).await?;
+        let endpoint = stack.endpoint.clone();
+        let shared = Arc::new(Shared {
+            settings,
+            stack,
+            ports,
+            identity,
+            handler: callee,
+            calls: Arc::new(AtomicUsize::new(0)),
+        });
+        let tasks = vec![
+            tokio::spawn(Stack::serve(endpoint)),
+            tokio::spawn(callee::serve(shared.clone(), incoming)),
+        ];
+        let registrations = Registrations::start(&shared);
+        tracing::info!(
+            udp = ?shared.stack.udp,
+            tcp = ?shared.stack.tcp,
+            numbers = ?shared.settings.numbers,
+            "SIP user agent started"
+        );
+        Ok(UserAgent {
+            shared,
+            tasks,
+            registrations,
+        })
+    }
+
+    /// S5–S7: calls `number` (by route or outbound proxy), runs `session`
+    /// on the negotiated channel, then hangs up.
+    pub async fn call<F, Fut, T>(&self, number: &str, session: F) -> Result<Call<T>, CallFailure>
+    where
+        F: FnOnce(Channel, CallInfo) -> Fut + Send,
+        Fut: Future<Output = T> + Send,
+        T: Send,
+    {
+        caller::call(&self.shared, number, session).await
+    }
+
+    /// The UDP and TCP addresses SIP listens on.
+    pub fn local_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        (self.shared.stack.udp, self.shared.stack.tcp)
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            dialogs: self.shared.stack.dialogs.len(),
+            transactions: self.shared.stack.transactions(),
+            channel_listeners: self.shared.ports.open_listeners(),
+            calls: self.shared.calls.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Unregisters our numbers, then stops the stack and closes its sockets.
+    pub async fn shutdown(self) {
+        if let Some(registrations) = self.registrations {
+            registrations.stop().await;
+        }
+        self.shared.stack.shutdown();
+        for task in self.tasks {
+            // Both end on the cancel token; don't wait forever on a stuck one.
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+                abort.abort();
+            }
+        }
+        tracing::info!("SIP user agent stopped");
+    }
+}
+
+/// A boxed future for `CallHandler` implementations.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + Send>>;

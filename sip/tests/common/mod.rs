@@ -1,0 +1,144 @@
+//! Shared by the integration tests: settings on free loopback ports, an
+//! echo handler that records what it received, and log set-up.
+
+#![allow(dead_code)] // each test binary uses its own part of this
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mailcall_sip::{CallHandler, CallInfo, Channel, HandlerFuture, SipSettings, Stats, UserAgent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Channel port ranges, 20 ports per user agent, distinct per test binary
+/// (`base`) and per user agent within it.
+pub fn channel_ports(base: u16) -> String {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let first = base + 20 * NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{first}-{}", first + 19)
+}
+
+/// A user agent's settings on a free UDP port (TCP takes the same port).
+pub fn settings(base: u16, numbers: &[&str]) -> SipSettings {
+    SipSettings {
+        udp_listen: Some("127.0.0.1:0".parse().unwrap()),
+        tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
+        numbers: numbers.iter().map(|n| n.to_string()).collect(),
+        channel_ports: channel_ports(base),
+        invite_timeout_secs: 5,
+        channel_connect_timeout_secs: 5,
+        channel_accept_timeout_secs: 5,
+        session_timeout_secs: 10,
+        ..SipSettings::default()
+    }
+}
+
+pub fn init_logs() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init()
+        .ok();
+}
+
+/// Echoes what it reads until the caller closes, and records it.
+#[derive(Default, Clone)]
+pub struct Echo {
+    pub received: Arc<Mutex<Vec<(CallInfo, Vec<u8>)>>>,
+}
+
+impl CallHandler for Echo {
+    fn handle(&self, mut channel: Channel, call: CallInfo) -> HandlerFuture {
+        let received = self.received.clone();
+        Box::pin(async move {
+            let mut bytes = Vec::new();
+            if channel.read_to_end(&mut bytes).await.is_ok() {
+                channel.write_all(&bytes).await.ok();
+                channel.shutdown().await.ok();
+            }
+            received.lock().unwrap().push((call, bytes));
+        })
+    }
+}
+
+/// The caller's session: sends `message`, closes its side, returns the echo.
+pub async fn send_and_read_back(mut channel: Channel, message: Vec<u8>) -> Vec<u8> {
+    channel.write_all(&message).await.unwrap();
+    channel.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    channel.read_to_end(&mut back).await.unwrap();
+    back
+}
+
+/// The UDP address of a started user agent.
+pub fn udp_of(agent: &UserAgent) -> SocketAddr {
+    agent.local_addrs().0.unwrap()
+}
+
+/// Waits (bounded) until the agent holds no call, dialog or listener
+/// (transactions linger for their RFC 3261 timers: up to 64*T1 over UDP),
+/// and returns what it holds, transactions left out.
+pub async fn settle(agent: &UserAgent, within: Duration) -> Stats {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let stats = Stats {
+            transactions: 0,
+            ..agent.stats()
+        };
+        if stats == Stats::default() || tokio::time::Instant::now() >= deadline {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A loopback port free for both UDP and TCP right now.
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port for UDP and TCP");
+}
+
+/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Peer {
+    pub child: std::process::Child,
+    pub name: &'static str,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // SIGTERM lets Kamailio stop its own worker processes.
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .ok();
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Waits (bounded) until something listens on TCP `port`.
+pub fn wait_for_tcp(port: u16, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}

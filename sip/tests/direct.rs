@@ -1,0 +1,99 @@
+//! Direct mode, without a SIP server: two user agents with static routes
+//! call each other over UDP and over TCP, plain and with TLS.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{init_logs, send_and_read_back, settings, settle, udp_of, Echo};
+use mailcall_sip::{CallFailure, SipSettings, Stats, Transport, UserAgent};
+
+const PORTS: u16 = 42000;
+
+/// B answers number 200 with an echo; A routes 200 to B.
+async fn pair(transport: Transport, tls: bool) -> (UserAgent, UserAgent, Echo) {
+    let echo = Echo::default();
+    let b = UserAgent::start(
+        SipSettings {
+            channel_tls: tls,
+            ..settings(PORTS, &["200"])
+        },
+        Some(Arc::new(echo.clone())),
+    )
+    .await
+    .unwrap();
+    let mut a_settings = settings(PORTS, &["100"]);
+    a_settings.transport = transport;
+    a_settings.channel_tls = tls;
+    a_settings
+        .routes
+        .insert("200".into(), format!("sip:{}", udp_of(&b)));
+    let a = UserAgent::start(a_settings, None).await.unwrap();
+    (a, b, echo)
+}
+
+async fn round_trip(transport: Transport, tls: bool) {
+    init_logs();
+    let (a, b, echo) = pair(transport, tls).await;
+    let message = b"EHLO a.example\r\nQUIT\r\n".to_vec();
+    let sent = message.clone();
+    let call = a
+        .call("200", move |channel, info| async move {
+            assert_eq!(channel.is_tls(), tls);
+            assert_eq!(info.number, "200");
+            send_and_read_back(channel, sent).await
+        })
+        .await
+        .unwrap();
+    assert_eq!(call.sip_status, 200);
+    assert_eq!(call.output, message, "the echo came back");
+    let received = echo.received.lock().unwrap().clone();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].1, message, "the callee's handler got the bytes");
+    assert_eq!(received[0].0.call_id, call.call_id);
+    assert_eq!(received[0].0.number, "200");
+    assert!(call.call_id.ends_with("@localhost"), "our own Call-ID: {}", call.call_id);
+
+    // The BYE ended the call at both ends.
+    for agent in [&a, &b] {
+        let stats = settle(agent, Duration::from_secs(10)).await;
+        assert_eq!(stats, Stats::default());
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn call_over_udp() {
+    round_trip(Transport::Udp, false).await;
+}
+
+#[tokio::test]
+async fn call_over_tcp() {
+    round_trip(Transport::Tcp, false).await;
+}
+
+#[tokio::test]
+async fn call_over_udp_with_a_tls_channel() {
+    round_trip(Transport::Udp, true).await;
+}
+
+#[tokio::test]
+async fn unknown_numbers_and_missing_routes_fail_typed() {
+    init_logs();
+    let (mut_a, b, _) = pair(Transport::Udp, false).await;
+    let error = mut_a.call("999", |_, _| async {}).await.unwrap_err();
+    assert_eq!(error, CallFailure::NoRoute("999".into()));
+    mut_a.shutdown().await;
+
+    // A route to B for a number B does not have: 404.
+    let mut settings = settings(PORTS, &["100"]);
+    settings.routes.insert("*".into(), format!("sip:{}", udp_of(&b)));
+    let a = UserAgent::start(settings, None).await.unwrap();
+    let error = a.call("999", |_, _| async {}).await.unwrap_err();
+    assert!(matches!(error, CallFailure::NotFound { code: 404, .. }), "{error}");
+    assert!(error.call_id().is_some());
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -1,0 +1,163 @@
+//! Kamailio as registrar and proxy: two user agents register their
+//! numbers, one calls the other through Kamailio (Record-Route, loose
+//! routing), with and without digest authentication; registrations are
+//! refreshed before they expire and removed on shutdown.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{free_port, init_logs, send_and_read_back, settings, settle, wait_for_tcp, Echo, Peer};
+use mailcall_sip::{CallFailure, SipSettings, Stats, Transport, UserAgent};
+
+const PORTS: u16 = 43000;
+
+struct Kamailio {
+    port: u16,
+    run_dir: PathBuf,
+    _process: Peer,
+}
+
+impl Kamailio {
+    fn start(auth: bool) -> Kamailio {
+        let port = free_port();
+        let run_dir = std::env::temp_dir().join(format!("mailcall-kamailio-{port}"));
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kamailio/kamailio.cfg");
+        let mut command = Command::new("kamailio");
+        command
+            .args(["-f", config, "-DD", "-E", "-m", "64", "-M", "8"])
+            .arg("-Y")
+            .arg(&run_dir)
+            .arg("-P")
+            .arg(run_dir.join("kamailio.pid"))
+            .args(["-l", &format!("udp:127.0.0.1:{port}")])
+            .args(["-l", &format!("tcp:127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if auth {
+            command.args(["-A", "WITH_AUTH"]);
+        }
+        if std::env::var_os("KAMAILIO_LOG").is_none() {
+            command.stderr(Stdio::null());
+        }
+        let process = Peer {
+            child: command.spawn().expect("kamailio (scripts/setup installs it)"),
+            name: "kamailio",
+        };
+        assert!(wait_for_tcp(port, Duration::from_secs(10)), "kamailio did not start");
+        Kamailio {
+            port,
+            run_dir,
+            _process: process,
+        }
+    }
+
+    fn uri(&self, transport: Transport) -> String {
+        match transport {
+            Transport::Udp => format!("sip:127.0.0.1:{}", self.port),
+            Transport::Tcp => format!("sip:127.0.0.1:{};transport=tcp", self.port),
+        }
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.run_dir).ok();
+    }
+}
+
+fn through(kamailio: &Kamailio, number: &str, transport: Transport, password: Option<&str>) -> SipSettings {
+    SipSettings {
+        registrar: Some(kamailio.uri(transport)),
+        outbound_proxy: Some(kamailio.uri(transport)),
+        password: password.map(String::from),
+        register_expires_secs: 60,
+        transport,
+        ..settings(PORTS, &[number])
+    }
+}
+
+/// Calls `number` until Kamailio knows it (registration is asynchronous).
+async fn call_when_registered(a: &UserAgent, number: &str, message: &[u8]) -> Vec<u8> {
+    for _ in 0..40 {
+        let sent = message.to_vec();
+        match a
+            .call(number, move |channel, _| send_and_read_back(channel, sent))
+            .await
+        {
+            Ok(call) => return call.output,
+            Err(CallFailure::NotFound { .. }) => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Err(e) => panic!("call through kamailio failed: {e}"),
+        }
+    }
+    panic!("{number} never registered");
+}
+
+async fn call_through_kamailio(auth: bool, transport: Transport) {
+    init_logs();
+    let kamailio = Kamailio::start(auth);
+    let password = auth.then_some("secret");
+    let echo = Echo::default();
+    let b = UserAgent::start(
+        through(&kamailio, "200", transport, password),
+        Some(Arc::new(echo.clone())),
+    )
+    .await
+    .unwrap();
+    let a = UserAgent::start(through(&kamailio, "100", transport, password), None)
+        .await
+        .unwrap();
+
+    let message = b"MAIL FROM:<a@a.example>\r\n".to_vec();
+    assert_eq!(call_when_registered(&a, "200", &message).await, message);
+    let received = echo.received.lock().unwrap().clone();
+    assert_eq!(received.last().unwrap().1, message);
+    assert!(received.last().unwrap().0.from.contains("100"), "{:?}", received);
+
+    // Kamailio grants 10 s: the binding outlives that only if refreshed.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let sent = message.clone();
+    let call = a
+        .call("200", move |channel, _| send_and_read_back(channel, sent))
+        .await
+        .expect("still registered after the granted expiry");
+    assert_eq!(call.output, message);
+
+    // Unregistered on shutdown: Kamailio no longer finds 200.
+    assert_eq!(settle(&b, Duration::from_secs(10)).await, Stats::default());
+    b.shutdown().await;
+    let error = a.call("200", |_, _| async {}).await.unwrap_err();
+    assert!(matches!(error, CallFailure::NotFound { code: 404, .. }), "{error}");
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn register_and_call_through_kamailio_over_udp() {
+    call_through_kamailio(false, Transport::Udp).await;
+}
+
+#[tokio::test]
+async fn register_and_call_through_kamailio_with_digest_over_tcp() {
+    call_through_kamailio(true, Transport::Tcp).await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_by_kamailio() {
+    init_logs();
+    let kamailio = Kamailio::start(true);
+    let a = UserAgent::start(through(&kamailio, "100", Transport::Udp, Some("wrong")), None)
+        .await
+        .unwrap();
+    let error = a.call("200", |_, _| async {}).await.unwrap_err();
+    assert!(
+        matches!(error, CallFailure::Rejected { code: 407, .. } | CallFailure::Rejected { code: 403, .. }),
+        "{error}"
+    );
+    a.shutdown().await;
+}
