@@ -58,6 +58,10 @@ pub struct Config {
     /// Delivery over calls (S5–S7): what a failed call leads to.
     #[serde(default)]
     pub call: CallSettings,
+    /// The SIP user agent: placing calls (S5–S7) and answering them. A file
+    /// without `[sip]` runs no user agent; the embedded default listens on
+    /// 127.0.0.1:5060 (UDP and TCP).
+    pub sip: Option<mailcall_sip::SipSettings>,
     /// The folder relative paths are resolved against (the file's folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -433,6 +437,7 @@ impl Config {
             relay: RelaySettings::default(),
             queue: QueueSettings::default(),
             call: CallSettings::default(),
+            sip: Some(mailcall_sip::SipSettings::default()),
             base_dir: PathBuf::from("."),
         }
     }
@@ -576,6 +581,9 @@ impl Config {
                     "[rules.{name}] max_calls_per_instance must be at least 1"
                 ));
             }
+        }
+        if let Some(sip) = &self.sip {
+            sip.validate()?;
         }
         self.numbering_plan.validate()
     }

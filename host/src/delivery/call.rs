@@ -5,8 +5,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::smtp::client::{Outgoing, Relayed};
+use mailcall_sip::{CallFailure, CallInfo, UserAgent};
+
+use crate::config::Config;
+use crate::smtp::client::{self, ClientSettings, Outgoing, Relayed};
 
 /// What one call achieved.
 #[derive(Debug, Clone)]
@@ -29,4 +34,66 @@ pub trait Caller: Send + Sync {
         number: &'a str,
         outgoing: Outgoing<'a>,
     ) -> Pin<Box<dyn Future<Output = CallReport> + Send + 'a>>;
+}
+
+/// The [`Caller`] of `mailcall serve`: mailcall-sip's user agent places
+/// the call, and the SMTP client runs on its channel.
+pub struct SipCaller {
+    agent: Arc<UserAgent>,
+    client: ClientSettings,
+}
+
+impl SipCaller {
+    pub fn new(agent: Arc<UserAgent>, config: &Config) -> SipCaller {
+        let relay = &config.relay;
+        SipCaller {
+            agent,
+            // No STARTTLS on the channel: its TLS, if any, came with the SDP.
+            client: ClientSettings {
+                hostname: config.server.hostname.clone(),
+                tls: None,
+                connect_timeout: Duration::from_secs(relay.connect_timeout_secs.into()),
+                reply_timeout: Duration::from_secs(relay.reply_timeout_secs.into()),
+            },
+        }
+    }
+}
+
+impl Caller for SipCaller {
+    fn deliver<'a>(
+        &'a self,
+        number: &'a str,
+        outgoing: Outgoing<'a>,
+    ) -> Pin<Box<dyn Future<Output = CallReport> + Send + 'a>> {
+        Box::pin(async move {
+            let client = &self.client;
+            let session = |channel, info: CallInfo| async move {
+                tracing::info!(step = "S6", call_id = %info.call_id, "SMTP over the call");
+                client::send_over(channel, client, outgoing).await
+            };
+            match self.agent.call(number, session).await {
+                Ok(call) => CallReport {
+                    call_id: Some(call.call_id),
+                    sip_status: Some(call.sip_status),
+                    result: Ok(call.output),
+                },
+                Err(failure) => CallReport {
+                    call_id: failure.call_id().map(str::to_string),
+                    sip_status: sip_status_of(&failure),
+                    result: Err(failure.to_string()),
+                },
+            }
+        })
+    }
+}
+
+/// The SIP status that ended a failed call, where there was one.
+fn sip_status_of(failure: &CallFailure) -> Option<u16> {
+    match failure {
+        CallFailure::Busy { code, .. }
+        | CallFailure::NotFound { code, .. }
+        | CallFailure::Unavailable { code, .. }
+        | CallFailure::Rejected { code, .. } => Some(*code),
+        _ => None,
+    }
 }

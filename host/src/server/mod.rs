@@ -7,6 +7,7 @@
 //! messages at once; a queue run every `[queue] queue_run_delay_secs`
 //! retries what was deferred.
 
+pub mod callee;
 pub mod smtp;
 
 use std::collections::HashSet;
@@ -16,7 +17,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
+use crate::delivery::call::Caller;
 use crate::delivery::Planner;
+use mailcall_sip::UserAgent;
 use crate::policy::PolicyEngine;
 use crate::pop3::session::Pop3Shared;
 use crate::queue::spool::{MessageId, Spool, SpoolError};
@@ -42,6 +45,8 @@ pub enum ServerError {
     Spool(#[from] SpoolError),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Sip(#[from] mailcall_sip::SipError),
     #[error("cannot listen on {address}: {error}")]
     Listen {
         address: std::net::SocketAddr,
@@ -95,14 +100,6 @@ pub async fn serve(
             None
         }
     };
-    let planner = Arc::new(Planner::new(spool.clone(), config.clone(), policy, None));
-    tokio::spawn(schedule_deliveries(
-        planner,
-        received,
-        deliveries.clone(),
-        config.clone(),
-    ));
-
     // A server without TLS still takes mail (and logs why), as Postfix
     // does with a broken certificate; clients then see no STARTTLS.
     let tls = match crate::tls::server_config(&config) {
@@ -128,7 +125,7 @@ pub async fn serve(
             })
         })
         .collect();
-    let policy = SessionPolicy {
+    let session_policy = SessionPolicy {
         hostname: server.hostname.clone(),
         local_domains,
         local_addresses,
@@ -137,14 +134,38 @@ pub async fn serve(
         max_recipients: server.max_recipients as usize,
         max_errors: server.max_errors,
         tls_available: tls.is_some(),
+        over_call: false,
     };
     let shared = Arc::new(Shared {
-        policy,
-        spool,
-        deliveries,
+        policy: session_policy,
+        spool: spool.clone(),
+        deliveries: deliveries.clone(),
         config: config.clone(),
         tls: tls.clone(),
     });
+
+    // S5–S7: the SIP user agent places calls for the planner and answers
+    // calls to our numbers with the SMTP server (local domains only).
+    let user_agent = match &config.sip {
+        Some(settings) => {
+            let callee = Arc::new(callee::SmtpOverCall {
+                shared: shared.clone(),
+            });
+            let agent = UserAgent::start(settings.clone(), Some(callee)).await?;
+            Some(Arc::new(agent))
+        }
+        None => None,
+    };
+    let caller = user_agent.clone().map(|agent| {
+        Arc::new(crate::delivery::call::SipCaller::new(agent, &config)) as Arc<dyn Caller>
+    });
+    let planner = Arc::new(Planner::new(spool, config.clone(), policy, caller));
+    let scheduler = tokio::spawn(schedule_deliveries(
+        planner,
+        received,
+        deliveries,
+        config.clone(),
+    ));
     let bind = |address| async move {
         tokio::net::TcpListener::bind(address)
             .await
@@ -175,6 +196,13 @@ pub async fn serve(
         () = smtp::listen(smtp_listener, shared) => {}
         () = crate::pop3::listen(pop3_listener, pop3) => {}
         () = shutdown => tracing::info!("shutting down"),
+    }
+    // Unregister our numbers, unless a delivery still holds the agent
+    // (its call ends with the process; the registration expires).
+    scheduler.abort();
+    let _ = scheduler.await;
+    if let Some(agent) = user_agent.and_then(Arc::into_inner) {
+        agent.shutdown().await;
     }
     Ok(())
 }

@@ -40,6 +40,10 @@ pub struct SessionPolicy {
     pub max_errors: u32,
     /// Whether `STARTTLS` is offered (the caller can upgrade the stream).
     pub tls_available: bool,
+    /// The session runs on an answered call's channel: mail for local
+    /// domains only (a call is never a way to relay), so no AUTH, and no
+    /// STARTTLS (a TLS channel is negotiated in the call's SDP).
+    pub over_call: bool,
 }
 
 /// The envelope of an accepted message, with the RFC 3461 parameters.
@@ -206,7 +210,7 @@ impl Session {
     /// Whether `AUTH` may be used now: only where the password cannot be
     /// read on the way (TLS, or the loopback interface).
     fn auth_allowed(&self) -> bool {
-        self.tls || self.client.is_loopback()
+        !self.policy.over_call && (self.tls || self.client.is_loopback())
     }
 
     /// Adds bytes read from the client.
@@ -435,7 +439,7 @@ impl Session {
                     "DSN".into(),
                     "CHUNKING".into(),
                 ];
-                if self.policy.tls_available && !self.tls {
+                if self.policy.tls_available && !self.tls && !self.policy.over_call {
                     lines.push("STARTTLS".into());
                 }
                 if self.auth_allowed() {
@@ -500,7 +504,7 @@ impl Session {
             Request::StartTls => {
                 if self.tls {
                     Reply::new(503, "5.5.1", "TLS already active")
-                } else if !self.policy.tls_available {
+                } else if !self.policy.tls_available || self.policy.over_call {
                     Reply::new(454, "4.7.0", "TLS not available")
                 } else {
                     Reply::new(220, "2.0.0", "Ready to start TLS").write_to(out);
@@ -677,6 +681,9 @@ impl Session {
     }
 
     fn may_relay(&self) -> bool {
+        if self.policy.over_call {
+            return false;
+        }
         self.authenticated.is_some()
             || self
                 .policy
@@ -763,6 +770,7 @@ mod tests {
             max_recipients: 3,
             max_errors: 10,
             tls_available: true,
+            over_call: false,
         }
     }
 
@@ -828,6 +836,25 @@ mod tests {
     fn base64(text: &str) -> String {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(text)
+    }
+
+    #[test]
+    fn a_session_over_a_call_takes_local_mail_only() {
+        let mut client = Client::with(
+            SessionPolicy {
+                over_call: true,
+                // Even a client address inside the relay networks.
+                ..policy()
+            },
+            "10.1.2.3",
+        );
+        let ehlo = client.send("EHLO caller.example\r\n");
+        assert!(!ehlo.iter().any(|l| l.contains("STARTTLS") || l.contains("AUTH")));
+        client.say("MAIL FROM:<a@caller.example>");
+        assert!(client.say("RCPT TO:<x@remote.test>").starts_with("554 5.7.1"));
+        assert!(client.say("RCPT TO:<taro@local.example>").starts_with("250"));
+        assert!(client.say("STARTTLS").starts_with("454"));
+        assert!(client.say("AUTH PLAIN AGEAYg==").starts_with("538"));
     }
 
     #[test]

@@ -53,16 +53,19 @@ pub fn start_full(dir: &Path, port: u16, pop3_port: u16, server_extra: &str, tar
     )
 }
 
-/// Writes `config` to `dir/mailcall.toml`, starts the server on it, and
-/// waits until it takes connections on `port`.
+/// Writes `config` to `dir/mailcall.toml`, starts the server on it (its
+/// log in `dir/server.log`), and waits until it takes connections on `port`.
 pub fn start_config(dir: &Path, port: u16, config: &str) -> Server {
     let path = dir.join("mailcall.toml");
     std::fs::write(&path, config).unwrap();
+    // The log (the call ladder, the S-steps) goes to `dir/server.log`.
+    let log = std::fs::File::create(dir.join("server.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_mailcall"))
         .args(["serve", "--config"])
         .arg(&path)
+        .env("RUST_LOG", "info,rsipstack=warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -234,5 +237,37 @@ pub fn wait_for_dumps(dump: &Path, count: usize) -> Vec<PathBuf> {
             return files;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `mailcall history --json` for the configuration in `dir`, as JSON values.
+pub fn history(dir: &Path) -> Vec<serde_json::Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_mailcall"))
+        .args(["history", "--json", "--config"])
+        .arg(dir.join("mailcall.toml"))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Waits (at most 20 s) until the history in `dir` has an attempt for
+/// `recipient` with `outcome`; returns every attempt for the recipient.
+pub fn wait_for_history(dir: &Path, recipient: &str, outcome: &str) -> Vec<serde_json::Value> {
+    let started = Instant::now();
+    loop {
+        let attempts: Vec<serde_json::Value> = history(dir)
+            .into_iter()
+            .filter(|a| a["recipient"] == recipient)
+            .collect();
+        if attempts.iter().any(|a| a["outcome"] == outcome)
+            || started.elapsed() > Duration::from_secs(20)
+        {
+            return attempts;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

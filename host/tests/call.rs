@@ -1,0 +1,226 @@
+//! Delivery by call, end to end: two `mailcall serve` hosts on loopback, A
+//! (`a.example`) and B (`b.example`). A rule at A finds B's number in the
+//! message; A calls B over SIP (direct routes, no SIP server), runs SMTP on
+//! the call's channel straight into B, and hangs up. When the call cannot
+//! be made, A falls back to normal relay (here: Postfix's smtp-sink).
+
+use std::path::Path;
+use std::process::Command;
+
+mod common;
+use common::server::*;
+
+const B_NUMBER: &str = "05022220000";
+
+/// A host's configuration: SMTP, POP3 and SIP on free loopback ports.
+struct Host {
+    smtp: u16,
+    sip: u16,
+}
+
+impl Host {
+    fn new() -> Host {
+        Host {
+            smtp: free_port(),
+            sip: free_port(),
+        }
+    }
+}
+
+/// B: the final server for `b.example`, answering calls to its number.
+fn start_b(dir: &Path, b: &Host, channel_ports: &str) -> Server {
+    start_config(
+        dir,
+        b.smtp,
+        &format!(
+            r#"[server]
+hostname = "mx.b.example"
+data_dir = "data"
+smtp_listen = "127.0.0.1:{smtp}"
+pop3_listen = "127.0.0.1:{pop3}"
+local_domains = ["b.example"]
+
+[users.hanako]
+aliases = ["{B_NUMBER}"]
+
+[sip]
+udp_listen = "127.0.0.1:{sip}"
+tcp_listen = "127.0.0.1:{sip}"
+domain = "b.example"
+numbers = ["{B_NUMBER}"]
+allowed_sources = ["127.0.0.0/8"]
+channel_ports = "{channel_ports}"
+"#,
+            smtp = b.smtp,
+            pop3 = free_port(),
+            sip = b.sip,
+        ),
+    )
+}
+
+/// A: relays for loopback clients; the embedded-number rule finds numbers;
+/// calls go straight to `b_uri` (B's SIP address); `b.example` is relayed
+/// to `relay_port` when a call fails.
+fn start_a(dir: &Path, a: &Host, b_uri: &str, relay_port: u16, call: &str) -> Server {
+    let rules = common::repo().join("build/rules");
+    start_config(
+        dir,
+        a.smtp,
+        &format!(
+            r#"[server]
+hostname = "mx.a.example"
+data_dir = "data"
+smtp_listen = "127.0.0.1:{smtp}"
+pop3_listen = "127.0.0.1:{pop3}"
+local_domains = ["a.example"]
+relay_networks = ["127.0.0.0/8"]
+
+[users.taro]
+
+[routes]
+"b.example" = "127.0.0.1:{relay_port}"
+
+[policy]
+rules_dir = "{rules}"
+chain = ["embedded-number"]
+
+[call]
+{call}
+
+[sip]
+udp_listen = "127.0.0.1:{sip}"
+tcp_listen = "127.0.0.1:{sip}"
+domain = "a.example"
+numbers = ["05011110000"]
+invite_timeout_secs = 5
+
+[sip.routes]
+"*" = "{b_uri}"
+"#,
+            smtp = a.smtp,
+            pop3 = free_port(),
+            sip = a.sip,
+            rules = rules.display(),
+        ),
+    )
+}
+
+/// The log of the server in `dir`, for failure messages.
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+}
+
+/// Sends `message` from the A side with Python's smtplib (the exact bytes).
+fn submit(server: &Server, recipients: &[&str], message: &str) {
+    let script = format!(
+        "import smtplib\ns = smtplib.SMTP('127.0.0.1', {port}, timeout=30)\nrefused = s.sendmail('taro@a.example', {recipients:?}, {message:?}.encode())\nassert refused == {{}}, refused\ns.quit()\n",
+        port = server.address.port(),
+    );
+    let output = Command::new("python3").arg("-c").arg(script).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_message_travels_over_a_call_to_the_final_server() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (Host::new(), Host::new());
+    let unused_sink = sink(&a_dir.path().join("sink"), &[]);
+    let _b = start_b(b_dir.path(), &b, "42000-42009");
+    let b_uri = format!("sip:127.0.0.1:{}", b.sip);
+    let a_server = start_a(a_dir.path(), &a, &b_uri, unused_sink.port, "");
+    let message = "From: taro@a.example\r\nTo: hanako@b.example\r\nSubject: by call\r\nMessage-ID: <call-1@a.example>\r\n\r\nPlease call 050-2222-0000 back.\r\n.leading dot\r\n";
+    submit(&a_server, &["hanako@b.example"], message);
+
+    // At B, byte for byte, under the two trace headers (B's, then A's).
+    let files = wait_for_files(b_dir.path(), "hanako", 1);
+    assert_eq!(files.len(), 1, "nothing arrived at B");
+    let stored = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(stored.ends_with(message), "{stored}");
+    let trace = &stored[..stored.len() - message.len()];
+    assert!(
+        trace.starts_with("Received: from mx.a.example ([127.0.0.1])\r\n\tby mx.b.example"),
+        "{trace}"
+    );
+    assert_eq!(trace.matches("Received:").count(), 2, "{trace}");
+
+    // A's history: the call path, the number, the rule, the Call-ID.
+    let attempts = wait_for_history(a_dir.path(), "hanako@b.example", "delivered");
+    let delivered = attempts
+        .iter()
+        .find(|a| a["outcome"] == "delivered")
+        .unwrap_or_else(|| panic!("{attempts:?}"));
+    assert_eq!(delivered["path"], "call", "{delivered}");
+    assert_eq!(delivered["number"], B_NUMBER, "{delivered}");
+    assert_eq!(delivered["rule"], "embedded-number", "{delivered}");
+    assert_eq!(delivered["sip_status"], 200, "{delivered}");
+    assert_eq!(delivered["message_id"], "call-1@a.example", "{delivered}");
+    let call_id = delivered["call_id"].as_str().unwrap().to_string();
+    assert!(!call_id.is_empty());
+    assert!(delivered["detail"].as_str().unwrap().starts_with("250"));
+    // Nothing went the relay way.
+    assert!(wait_for_dumps(&a_dir.path().join("sink"), 0).is_empty());
+
+    // A's log reads as the ladder of that call.
+    let log = std::fs::read_to_string(a_dir.path().join("server.log")).unwrap();
+    for label in ["S2", "S4", "S5", "T1", "R2", "T2", "S6", "T7"] {
+        assert!(
+            log.lines().any(|l| l.contains(label) && l.contains(&call_id))
+                || (label.starts_with('S') && log.contains(label)),
+            "{label} missing in the log:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn when_the_callee_cannot_be_reached_the_message_is_relayed() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Host::new();
+    let relay = sink(&a_dir.path().join("sink"), &[]);
+    // B's SIP port has nobody behind it: the TCP connection is refused.
+    let nobody = format!("sip:127.0.0.1:{};transport=tcp", free_port());
+    let a_server = start_a(a_dir.path(), &a, &nobody, relay.port, "");
+    let message = "From: taro@a.example\r\nTo: hanako@b.example\r\nSubject: fallback\r\n\r\nCall 050-2222-0000.\r\n";
+    submit(&a_server, &["hanako@b.example"], message);
+    let dumps = wait_for_dumps(&a_dir.path().join("sink"), 1);
+    assert_eq!(dumps.len(), 1, "not relayed:\n{}", log_of(a_dir.path()));
+    let attempts = wait_for_history(a_dir.path(), "hanako@b.example", "delivered");
+    let paths: Vec<(&str, &str)> = attempts
+        .iter()
+        .map(|a| (a["path"].as_str().unwrap(), a["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        paths,
+        [("call", "fell-back"), ("relay", "delivered")],
+        "{attempts:?}"
+    );
+    assert_eq!(attempts[1]["rule"], "embedded-number");
+}
+
+#[test]
+fn with_retry_a_failed_call_waits_in_the_queue() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Host::new();
+    let relay = sink(&a_dir.path().join("sink"), &[]);
+    let nobody = format!("sip:127.0.0.1:{};transport=tcp", free_port());
+    let a_server = start_a(
+        a_dir.path(),
+        &a,
+        &nobody,
+        relay.port,
+        "on_failure = \"retry\"",
+    );
+    let message = "From: taro@a.example\r\nTo: hanako@b.example\r\nSubject: retry\r\n\r\nCall 050-2222-0000.\r\n";
+    submit(&a_server, &["hanako@b.example"], message);
+    let listing = wait_for_queue(a_dir.path(), &["hanako@b.example  deferred (1 attempts"]);
+    assert!(
+        listing.contains("hanako@b.example  deferred (1 attempts")
+            && listing.contains("call to 05022220000 failed"),
+        "{listing}\n{}",
+        log_of(a_dir.path())
+    );
+    assert!(wait_for_dumps(&a_dir.path().join("sink"), 0).is_empty());
+}
