@@ -116,7 +116,11 @@ fn submit(server: &Server, recipients: &[&str], message: &str) {
         "import smtplib\ns = smtplib.SMTP('127.0.0.1', {port}, timeout=30)\nrefused = s.sendmail('taro@a.example', {recipients:?}, {message:?}.encode())\nassert refused == {{}}, refused\ns.quit()\n",
         port = server.address.port(),
     );
-    let output = Command::new("python3").arg("-c").arg(script).output().unwrap();
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
     assert!(
         output.status.success(),
         "{}",
@@ -168,7 +172,8 @@ fn a_message_travels_over_a_call_to_the_final_server() {
     let log = std::fs::read_to_string(a_dir.path().join("server.log")).unwrap();
     for label in ["S2", "S4", "S5", "T1", "R2", "T2", "S6", "T7"] {
         assert!(
-            log.lines().any(|l| l.contains(label) && l.contains(&call_id))
+            log.lines()
+                .any(|l| l.contains(label) && l.contains(&call_id))
                 || (label.starts_with('S') && log.contains(label)),
             "{label} missing in the log:\n{log}"
         );

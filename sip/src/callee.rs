@@ -119,7 +119,9 @@ fn source_of(request: &Request) -> Option<IpAddr> {
     let sent_by = parts.next()?.split_whitespace().nth(1)?;
     let received = parts.find_map(|param| {
         let (name, value) = param.split_once('=')?;
-        name.trim().eq_ignore_ascii_case("received").then(|| value.trim().to_string())
+        name.trim()
+            .eq_ignore_ascii_case("received")
+            .then(|| value.trim().to_string())
     });
     if let Some(received) = received {
         return received.parse().ok();
@@ -196,7 +198,13 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
             return reject(&mut tx, &call_id, StatusCode::NotAcceptableHere, why).await;
         }
         Err(e) => {
-            return reject(&mut tx, &call_id, StatusCode::NotAcceptableHere, &e.to_string()).await;
+            return reject(
+                &mut tx,
+                &call_id,
+                StatusCode::NotAcceptableHere,
+                &e.to_string(),
+            )
+            .await;
         }
     };
     info!(call_id = %call_id, "T3 offer: smtp over {} from {}", if offer.tls { "TCP/TLS" } else { "TCP" }, offer.address);
@@ -212,8 +220,13 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
         Ok(listener) => listener,
         Err(e) => {
             warn!(call_id = %call_id, "{e}");
-            return reject(&mut tx, &call_id, StatusCode::ServiceUnavailable, &e.to_string())
-                .await;
+            return reject(
+                &mut tx,
+                &call_id,
+                StatusCode::ServiceUnavailable,
+                &e.to_string(),
+            )
+            .await;
         }
     };
     let answer = ChannelDescription::answer(listener.local_addr(), tls.map(|(i, _)| i.fingerprint));
@@ -234,7 +247,13 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
         Ok(dialog) => dialog,
         Err(e) => {
             warn!(call_id = %call_id, "cannot make the dialog: {e}");
-            return reject(&mut tx, &call_id, StatusCode::ServerInternalError, "no dialog").await;
+            return reject(
+                &mut tx,
+                &call_id,
+                StatusCode::ServerInternalError,
+                "no dialog",
+            )
+            .await;
         }
     };
     let dialog_id = dialog.id();
@@ -368,13 +387,19 @@ mod tests {
     fn the_source_is_received_else_the_via_host() {
         let cases = [
             ("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1", "10.0.0.1"),
-            ("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;received=192.0.2.7", "192.0.2.7"),
+            (
+                "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;received=192.0.2.7",
+                "192.0.2.7",
+            ),
             ("SIP/2.0/TCP [::1]:5060;branch=z9hG4bK1", "::1"),
         ];
         for (via, expected) in cases {
             let source = source_of(&invite_with_via(via));
             assert_eq!(source, Some(expected.parse().unwrap()), "{via}");
         }
-        assert_eq!(source_of(&invite_with_via("SIP/2.0/UDP host.example;branch=z9hG4bK1")), None);
+        assert_eq!(
+            source_of(&invite_with_via("SIP/2.0/UDP host.example;branch=z9hG4bK1")),
+            None
+        );
     }
 }

@@ -150,8 +150,9 @@ fn resolve(shared: &Shared, number: &str) -> Result<Target, CallFailure> {
     if !proxy.params.iter().any(|p| matches!(p, Param::Lr)) {
         proxy.params.push(Param::Lr);
     }
-    let request_uri = Uri::try_from(format!("sip:{number}@{};user=phone", settings.domain).as_str())
-        .map_err(|_| no_route())?;
+    let request_uri =
+        Uri::try_from(format!("sip:{number}@{};user=phone", settings.domain).as_str())
+            .map_err(|_| no_route())?;
     Ok(Target {
         request_uri,
         proxy: Some(proxy),
@@ -235,12 +236,17 @@ where
 
     let deadline = tokio::time::sleep(settings.invite_timeout());
     tokio::pin!(deadline);
+    let mut provisional = false;
     let outcome = loop {
         tokio::select! {
             result = &mut answer => break Some(result),
             Some(state) = states.recv() => match state {
-                DialogState::Trying(_) => info!(call_id = %call_id, "R1 100 Trying"),
+                DialogState::Trying(_) => {
+                    provisional = true;
+                    info!(call_id = %call_id, "R1 100 Trying");
+                }
                 DialogState::Early(_, response) => {
+                    provisional = true;
                     info!(call_id = %call_id, "R1 {}", response.status_code)
                 }
                 _ => {}
@@ -249,6 +255,17 @@ where
         }
     };
     let (dialog_id, response) = match outcome {
+        None if !provisional => {
+            // Nobody answered at all (unreachable, or a dead port): RFC 3261
+            // §9.1 forbids a CANCEL before a provisional response, and
+            // waiting out Timer B would only delay the fallback.
+            info!(call_id = %call_id, "T1 no response in {}s: giving up", settings.invite_timeout_secs);
+            answer.abort();
+            return Err(CallFailure::Timeout {
+                stage: Stage::Answer,
+                call_id: Some(call_id),
+            });
+        }
         None => {
             info!(call_id = %call_id, "T1 CANCEL: no final answer in {}s", settings.invite_timeout_secs);
             if let Err(e) = dialog.cancel().await {
@@ -333,18 +350,22 @@ where
             });
         }
     };
-    let channel =
-        match channel::connect(answer.socket_addr(), tls, settings.channel_connect_timeout()).await
-        {
-            Ok(channel) => channel,
-            Err(e) => {
-                hang_up("channel failed").await;
-                return Err(CallFailure::Channel {
-                    reason: e.to_string(),
-                    call_id: Some(call_id),
-                });
-            }
-        };
+    let channel = match channel::connect(
+        answer.socket_addr(),
+        tls,
+        settings.channel_connect_timeout(),
+    )
+    .await
+    {
+        Ok(channel) => channel,
+        Err(e) => {
+            hang_up("channel failed").await;
+            return Err(CallFailure::Channel {
+                reason: e.to_string(),
+                call_id: Some(call_id),
+            });
+        }
+    };
     info!(call_id = %call_id, "T4 channel opened to {}", channel.peer());
     let info = CallInfo {
         call_id: call_id.clone(),

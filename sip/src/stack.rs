@@ -67,7 +67,9 @@ impl Stack {
             // bind once here so a taken port is an error at start.
             let probe = std::net::TcpListener::bind(address)
                 .map_err(|e| SipError::Bind(address, e.to_string()))?;
-            let address = probe.local_addr().map_err(|e| SipError::Bind(address, e.to_string()))?;
+            let address = probe
+                .local_addr()
+                .map_err(|e| SipError::Bind(address, e.to_string()))?;
             drop(probe);
             let listener = TcpListenerConnection::new(address, None)
                 .await

@@ -35,7 +35,9 @@ impl CallHandler for SmtpOverCall {
                 return;
             }
             match super::smtp::drive(&mut session, channel, call.peer, &shared).await {
-                Ok(_) => tracing::info!(step = "T6", call_id = %call.call_id, "SMTP session over the call ended"),
+                Ok(_) => {
+                    tracing::info!(step = "T6", call_id = %call.call_id, "SMTP session over the call ended")
+                }
                 Err(error) => {
                     tracing::info!(step = "T6", call_id = %call.call_id, "SMTP session over the call broke: {error}")
                 }

@@ -19,11 +19,11 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::config::Config;
 use crate::delivery::call::Caller;
 use crate::delivery::Planner;
-use mailcall_sip::UserAgent;
 use crate::policy::PolicyEngine;
 use crate::pop3::session::Pop3Shared;
 use crate::queue::spool::{MessageId, Spool, SpoolError};
 use crate::smtp::session::SessionPolicy;
+use mailcall_sip::UserAgent;
 
 /// What the delivery scheduler is asked to do.
 #[derive(Debug, Clone, Copy)]

@@ -849,10 +849,16 @@ mod tests {
             "10.1.2.3",
         );
         let ehlo = client.send("EHLO caller.example\r\n");
-        assert!(!ehlo.iter().any(|l| l.contains("STARTTLS") || l.contains("AUTH")));
+        assert!(!ehlo
+            .iter()
+            .any(|l| l.contains("STARTTLS") || l.contains("AUTH")));
         client.say("MAIL FROM:<a@caller.example>");
-        assert!(client.say("RCPT TO:<x@remote.test>").starts_with("554 5.7.1"));
-        assert!(client.say("RCPT TO:<taro@local.example>").starts_with("250"));
+        assert!(client
+            .say("RCPT TO:<x@remote.test>")
+            .starts_with("554 5.7.1"));
+        assert!(client
+            .say("RCPT TO:<taro@local.example>")
+            .starts_with("250"));
         assert!(client.say("STARTTLS").starts_with("454"));
         assert!(client.say("AUTH PLAIN AGEAYg==").starts_with("538"));
     }
