@@ -229,3 +229,49 @@ fn with_retry_a_failed_call_waits_in_the_queue() {
     );
     assert!(wait_for_dumps(&a_dir.path().join("sink"), 0).is_empty());
 }
+
+#[test]
+fn mailcall_demo_delivers_every_sample_where_it_belongs() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mailcall"))
+        .args(["demo", "--rules-dir"])
+        .arg(common::repo().join("build/rules"))
+        .arg("--dir")
+        .arg(dir.path().join("demo"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("Every message ended where it should."),
+        "{stdout}"
+    );
+    // The ladder of one call, from both ends, in order.
+    let ladder: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("The call ladder"))
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    let position = |needle: &str| {
+        ladder
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} missing in\n{}", ladder.join("\n")))
+    };
+    assert!(position("A  T1 INVITE") < position("B  R2 200 OK"));
+    assert!(position("B  R2 200 OK") < position("A  T2 ACK"));
+    assert!(position("A  T4 channel opened") < position("A  T7 BYE"));
+    // Every path is in the results table.
+    for row in [
+        "050-2222-0000@b.example  call",
+        "someone@c.example        relay",
+        "taro@a.example           local",
+        "fell-back",
+    ] {
+        assert!(stdout.contains(row), "{row} missing in\n{stdout}");
+    }
+}

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod check_config;
+mod demo;
 mod hash_password;
 mod history;
 mod queue;
@@ -30,6 +31,10 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Deliver sample mail over calls between two hosts on loopback (A and
+    /// B, direct SIP routes, no SIP server) and print the call ladder and
+    /// the results; exits 0 only if every message ended where it should.
+    Demo(demo::Args),
     /// Work with routing rules (WebAssembly components).
     Rules {
         #[command(subcommand)]
@@ -64,11 +69,24 @@ enum RulesCommand {
 
 impl Cli {
     /// Log filter when `RUST_LOG` is not set: quiet for one-shot commands,
-    /// whose output is on stdout.
+    /// whose output is on stdout. rsipstack logs every raw SIP message at
+    /// INFO; our own T/R lines tell the ladder.
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Serve { .. } => "info",
+            Command::Serve { .. } | Command::Demo(_) => "info,rsipstack=warn",
             _ => "warn",
+        }
+    }
+
+    /// Where the log goes instead of stderr: the demo keeps it in its
+    /// folder (emptied now) and prints from it.
+    pub fn log_file(&self) -> anyhow::Result<Option<PathBuf>> {
+        match &self.command {
+            Command::Demo(args) => {
+                demo::prepare(args)?;
+                Ok(Some(demo::log_file(args)))
+            }
+            _ => Ok(None),
         }
     }
 }
@@ -86,5 +104,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::HashPassword => hash_password::run(),
         Command::Queue { command } => queue::run(command),
         Command::History(args) => history::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }
