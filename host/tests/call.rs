@@ -275,3 +275,63 @@ fn mailcall_demo_delivers_every_sample_where_it_belongs() {
         assert!(stdout.contains(row), "{row} missing in\n{stdout}");
     }
 }
+
+#[test]
+fn the_final_servers_answers_come_back_as_notices_delivered_or_failed() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (Host::new(), Host::new());
+    let relay = sink(&a_dir.path().join("sink"), &[]);
+    let _b = start_b(b_dir.path(), &b, "42010-42019");
+    let b_uri = format!("sip:127.0.0.1:{}", b.sip);
+    let a_server = start_a(a_dir.path(), &a, &b_uri, relay.port, "");
+    // One call for both recipients (same number); B knows only hanako.
+    let script = format!(
+        r#"
+import smtplib
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=30)
+message = b"Subject: two recipients\r\n\r\nCall 050-2222-0000.\r\n"
+refused = s.sendmail("taro@a.example", ["hanako@b.example", "nobody@b.example"], message,
+                     rcpt_options=["NOTIFY=SUCCESS,FAILURE"])
+assert refused == {{}}, refused
+s.quit()
+"#,
+        port = a_server.address.port()
+    );
+    let output = Command::new("python3").arg("-c").arg(script).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    assert_eq!(wait_for_files(b_dir.path(), "hanako", 1).len(), 1);
+    let failed = wait_for_history(a_dir.path(), "nobody@b.example", "failed");
+    assert!(
+        failed.iter().any(|a| a["outcome"] == "failed"
+            && a["path"] == "call"
+            && a["detail"].as_str().unwrap().starts_with("550 5.1.1")),
+        "{failed:?}\n{}",
+        log_of(a_dir.path())
+    );
+    let delivered = wait_for_history(a_dir.path(), "hanako@b.example", "delivered");
+    let call_ids: Vec<_> = [&failed, &delivered]
+        .iter()
+        .flat_map(|attempts| attempts.iter().map(|a| a["call_id"].clone()))
+        .collect();
+    assert!(call_ids.windows(2).all(|w| w[0] == w[1]), "one call: {call_ids:?}");
+    // Nothing was relayed: a 550 from the final server is final.
+    assert!(wait_for_dumps(&a_dir.path().join("sink"), 0).is_empty());
+
+    // The sender (local at A) hears of both in one report: "delivered"
+    // (the final server took it, over the call) and "failed".
+    let notices = wait_for_files(a_dir.path(), "taro", 1);
+    let texts: Vec<String> = notices
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let all = texts.join("\n----\n");
+    assert!(
+        all.contains("Final-Recipient: rfc822; hanako@b.example\r\nAction: delivered"),
+        "{all}"
+    );
+    assert!(
+        all.contains("Final-Recipient: rfc822; nobody@b.example\r\nAction: failed\r\nStatus: 5.1.1"),
+        "{all}"
+    );
+}
