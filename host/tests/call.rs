@@ -297,8 +297,16 @@ s.quit()
 "#,
         port = a_server.address.port()
     );
-    let output = Command::new("python3").arg("-c").arg(script).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     assert_eq!(wait_for_files(b_dir.path(), "hanako", 1).len(), 1);
     let failed = wait_for_history(a_dir.path(), "nobody@b.example", "failed");
@@ -314,7 +322,10 @@ s.quit()
         .iter()
         .flat_map(|attempts| attempts.iter().map(|a| a["call_id"].clone()))
         .collect();
-    assert!(call_ids.windows(2).all(|w| w[0] == w[1]), "one call: {call_ids:?}");
+    assert!(
+        call_ids.windows(2).all(|w| w[0] == w[1]),
+        "one call: {call_ids:?}"
+    );
     // Nothing was relayed: a 550 from the final server is final.
     assert!(wait_for_dumps(&a_dir.path().join("sink"), 0).is_empty());
 
@@ -331,7 +342,200 @@ s.quit()
         "{all}"
     );
     assert!(
-        all.contains("Final-Recipient: rfc822; nobody@b.example\r\nAction: failed\r\nStatus: 5.1.1"),
+        all.contains(
+            "Final-Recipient: rfc822; nobody@b.example\r\nAction: failed\r\nStatus: 5.1.1"
+        ),
         "{all}"
     );
+}
+
+/// Kamailio (Debian package `kamailio`) as registrar and proxy on a free
+/// loopback port, with the configuration the SIP crate's tests use; killed
+/// when dropped.
+struct Kamailio {
+    _process: Killed,
+    port: u16,
+    _run_dir: tempfile::TempDir,
+}
+
+fn kamailio() -> Kamailio {
+    let port = free_port();
+    let run_dir = tempfile::tempdir().unwrap();
+    let config = common::repo().join("sip/tests/kamailio/kamailio.cfg");
+    let child = Command::new("kamailio")
+        .arg("-f")
+        .arg(&config)
+        .args(["-DD", "-E", "-m", "64", "-M", "8", "-Y"])
+        .arg(run_dir.path())
+        .arg("-P")
+        .arg(run_dir.path().join("kamailio.pid"))
+        .args(["-l", &format!("udp:127.0.0.1:{port}")])
+        .args(["-l", &format!("tcp:127.0.0.1:{port}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kamailio (scripts/setup installs it)");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "kamailio did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Kamailio {
+        _process: Killed(child),
+        port,
+        _run_dir: run_dir,
+    }
+}
+
+/// Waits (at most 10 s) for `needle` in the server log in `dir`.
+fn wait_for_log(dir: &Path, needle: &str) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(10) {
+        if log_of(dir).contains(needle) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn through_kamailio_swaks_to_a_and_pop3_at_b() {
+    let kamailio = kamailio();
+    let proxy = format!("sip:127.0.0.1:{}", kamailio.port);
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (Host::new(), Host::new());
+    let unused_sink = sink(&a_dir.path().join("sink"), &[]);
+    let hash = hash_password("secret pw");
+
+    // B registers its number with Kamailio; A sends every call through it.
+    let b_config = format!(
+        r#"[server]
+hostname = "mx.b.example"
+data_dir = "data"
+smtp_listen = "127.0.0.1:{smtp}"
+pop3_listen = "127.0.0.1:{pop3}"
+local_domains = ["b.example"]
+
+[users.hanako]
+password_hash = {hash:?}
+
+[sip]
+udp_listen = "127.0.0.1:{sip}"
+tcp_listen = "127.0.0.1:{sip}"
+domain = "b.example"
+numbers = ["{B_NUMBER}"]
+registrar = "{proxy}"
+register_expires_secs = 60
+channel_ports = "42020-42029"
+"#,
+        smtp = b.smtp,
+        pop3 = free_port(),
+        sip = b.sip,
+    );
+    let b_pop3 = b_config
+        .lines()
+        .find_map(|l| l.strip_prefix("pop3_listen = \"127.0.0.1:"))
+        .and_then(|p| p.trim_end_matches('"').parse::<u16>().ok())
+        .unwrap();
+    let _b = start_config(b_dir.path(), b.smtp, &b_config);
+    assert!(
+        wait_for_log(b_dir.path(), "registered at"),
+        "B did not register:\n{}",
+        log_of(b_dir.path())
+    );
+    let a_config = format!(
+        r#"[server]
+hostname = "mx.a.example"
+data_dir = "data"
+smtp_listen = "127.0.0.1:{smtp}"
+pop3_listen = "127.0.0.1:{pop3}"
+local_domains = ["a.example"]
+relay_networks = ["127.0.0.0/8"]
+
+[routes]
+"b.example" = "127.0.0.1:{relay}"
+
+[policy]
+rules_dir = "{rules}"
+chain = ["embedded-number"]
+
+[sip]
+udp_listen = "127.0.0.1:{sip}"
+tcp_listen = "127.0.0.1:{sip}"
+domain = "a.example"
+numbers = ["05011110000"]
+registrar = "{proxy}"
+outbound_proxy = "{proxy}"
+invite_timeout_secs = 5
+"#,
+        smtp = a.smtp,
+        pop3 = free_port(),
+        relay = unused_sink.port,
+        rules = common::repo().join("build/rules").display(),
+        sip = a.sip,
+    );
+    let a_server = start_config(a_dir.path(), a.smtp, &a_config);
+
+    let (ok, transcript) = swaks(
+        &a_server,
+        &[
+            "--from",
+            "taro@a.example",
+            "--to",
+            "hanako@b.example",
+            "--h-Subject",
+            "through Kamailio",
+            "--body",
+            "Call me at 050-2222-0000.",
+        ],
+    );
+    assert!(ok, "{transcript}");
+    let attempts = wait_for_history(a_dir.path(), "hanako@b.example", "delivered");
+    let delivered = attempts
+        .iter()
+        .find(|a| a["outcome"] == "delivered")
+        .unwrap_or_else(|| panic!("{attempts:?}\n{}", log_of(a_dir.path())));
+    assert_eq!(delivered["path"], "call", "{delivered}");
+    assert_eq!(delivered["number"], B_NUMBER);
+    let call_id = delivered["call_id"].as_str().unwrap();
+    // The INVITE went to Kamailio, which found B by its registration.
+    let a_log = log_of(a_dir.path());
+    assert!(
+        a_log
+            .lines()
+            .any(|l| l.contains("T1 INVITE") && l.contains(call_id) && l.contains(&proxy)),
+        "{a_log}"
+    );
+
+    // Hanako reads it at B over POP3, as sent (plus the trace headers).
+    let script = format!(
+        r#"
+import poplib
+pop = poplib.POP3("127.0.0.1", {b_pop3}, timeout=10)
+pop.user("hanako")
+pop.pass_("secret pw")
+lines = pop.retr(1)[1]
+pop.quit()
+print("\n".join(line.decode() for line in lines))
+"#
+    );
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.starts_with("Received: from mx.a.example"), "{text}");
+    assert!(text.contains("Subject: through Kamailio"), "{text}");
+    assert!(text.contains("Call me at 050-2222-0000."), "{text}");
 }
