@@ -539,3 +539,113 @@ print("\n".join(line.decode() for line in lines))
     assert!(text.contains("Subject: through Kamailio"), "{text}");
     assert!(text.contains("Call me at 050-2222-0000."), "{text}");
 }
+
+/// A sipp UAS (Debian package `sip-tester`) on a free UDP port running a
+/// scenario of the SIP crate's tests for one call; killed when dropped.
+fn sipp_uas(scenario: &str, replacements: &[(&str, &str)]) -> (u16, Killed, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let template =
+        std::fs::read_to_string(common::repo().join("sip/tests/sipp").join(scenario)).unwrap();
+    let text = replacements
+        .iter()
+        .fold(template, |text, (from, to)| text.replace(from, to));
+    let path = dir.path().join(scenario);
+    std::fs::write(&path, text).unwrap();
+    let port = free_port();
+    let child = Command::new("sipp")
+        .arg("-sf")
+        .arg(&path)
+        .args([
+            "-m",
+            "1",
+            "-nostdin",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .args(["-mp", &free_port().to_string(), "-timeout", "30s"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sipp (scripts/setup installs sip-tester)");
+    let started = std::time::Instant::now();
+    while std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "sipp did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (port, Killed(child), dir)
+}
+
+#[test]
+fn a_busy_callee_means_relay_at_once_by_default() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Host::new();
+    let relay = sink(&a_dir.path().join("sink"), &[]);
+    let (port, _sipp, _scenario) = sipp_uas(
+        "uas_reject.xml",
+        &[("@CODE@", "486"), ("@REASON@", "Busy Here")],
+    );
+    let a_server = start_a(
+        a_dir.path(),
+        &a,
+        &format!("sip:127.0.0.1:{port}"),
+        relay.port,
+        "",
+    );
+    let message = "Subject: busy\r\n\r\nCall 050-2222-0000.\r\n";
+    submit(&a_server, &["hanako@b.example"], message);
+    let attempts = wait_for_history(a_dir.path(), "hanako@b.example", "delivered");
+    let steps: Vec<_> = attempts
+        .iter()
+        .map(|a| {
+            (
+                a["path"].clone(),
+                a["outcome"].clone(),
+                a["sip_status"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("call".into(), "fell-back".into(), 486.into()),
+            ("relay".into(), "delivered".into(), serde_json::Value::Null)
+        ],
+        "{attempts:?}\n{}",
+        log_of(a_dir.path())
+    );
+    assert_eq!(wait_for_dumps(&a_dir.path().join("sink"), 1).len(), 1);
+}
+
+#[test]
+fn a_callee_that_never_answers_is_cancelled_and_retried_later() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Host::new();
+    let relay = sink(&a_dir.path().join("sink"), &[]);
+    let (port, _sipp, _scenario) = sipp_uas("uas_no_answer.xml", &[]);
+    let a_server = start_a(
+        a_dir.path(),
+        &a,
+        &format!("sip:127.0.0.1:{port}"),
+        relay.port,
+        "on_failure = \"retry-then-relay\"\nretries = 2",
+    );
+    submit(
+        &a_server,
+        &["hanako@b.example"],
+        "Subject: ringing\r\n\r\nCall 050-2222-0000.\r\n",
+    );
+    let listing = wait_for_queue(a_dir.path(), &["hanako@b.example  deferred (1 attempts"]);
+    assert!(
+        listing.contains("call to 05022220000 failed: timed out"),
+        "{listing}\n{}",
+        log_of(a_dir.path())
+    );
+    assert!(log_of(a_dir.path()).contains("T1 CANCEL"));
+    assert!(wait_for_dumps(&a_dir.path().join("sink"), 0).is_empty());
+}
