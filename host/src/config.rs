@@ -95,6 +95,14 @@ pub struct ServerSettings {
     /// Seconds to wait for a command, and for each read of message data.
     pub command_timeout_secs: u32,
     pub data_timeout_secs: u32,
+    /// Synchronous mode: for clients in these networks, and these users
+    /// once authenticated, the reply to the end of data waits (at most
+    /// `synchronous_timeout_secs`) until the message was tried, so a `250`
+    /// can mean "the final server took it" and a final server's refusal
+    /// comes back as a `5xx` in the same session.
+    pub synchronous_networks: Vec<String>,
+    pub synchronous_users: Vec<String>,
+    pub synchronous_timeout_secs: u32,
     /// The TLS certificate chain and key (PEM) for `STARTTLS` and `STLS`.
     /// Without them a self-signed certificate is generated on first start
     /// and kept in `data_dir/tls/`.
@@ -218,6 +226,9 @@ impl Default for ServerSettings {
             data_timeout_secs: 180,
             tls_certificate: None,
             tls_key: None,
+            synchronous_networks: Vec::new(),
+            synchronous_users: Vec::new(),
+            synchronous_timeout_secs: 30,
         }
     }
 }
@@ -525,8 +536,15 @@ impl Config {
                 "[queue] maximal_backoff_secs must not be below minimal_backoff_secs".into(),
             );
         }
-        for network in &server.relay_networks {
+        for network in server
+            .relay_networks
+            .iter()
+            .chain(&server.synchronous_networks)
+        {
             parse_network(network)?;
+        }
+        if server.synchronous_timeout_secs == 0 {
+            return Err("[server] synchronous_timeout_secs must be at least 1".into());
         }
         for user in self.users.keys() {
             let valid = !user.is_empty()
@@ -621,7 +639,7 @@ fn line_of(text: &str, message: &str) -> Option<usize> {
 
 /// Parses `address/prefix` (a bare address is a host: /32 or /128).
 pub fn parse_network(text: &str) -> Result<(std::net::IpAddr, u8), String> {
-    let invalid = || format!("[server] relay_networks: {text:?} is not address/prefix");
+    let invalid = || format!("[server] {text:?} is not a network (address/prefix)");
     let (address, prefix) = match text.split_once('/') {
         Some((address, prefix)) => (address, Some(prefix)),
         None => (text, None),
@@ -642,6 +660,14 @@ impl ServerSettings {
     /// The relay networks, parsed (validated when the file was loaded).
     pub fn relay_networks(&self) -> Vec<(std::net::IpAddr, u8)> {
         self.relay_networks
+            .iter()
+            .filter_map(|n| parse_network(n).ok())
+            .collect()
+    }
+
+    /// The synchronous-mode networks, parsed.
+    pub fn synchronous_networks(&self) -> Vec<(std::net::IpAddr, u8)> {
+        self.synchronous_networks
             .iter()
             .filter_map(|n| parse_network(n).ok())
             .collect()

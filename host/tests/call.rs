@@ -62,6 +62,18 @@ channel_ports = "{channel_ports}"
 /// calls go straight to `b_uri` (B's SIP address); `b.example` is relayed
 /// to `relay_port` when a call fails.
 fn start_a(dir: &Path, a: &Host, b_uri: &str, relay_port: u16, call: &str) -> Server {
+    start_a_with(dir, a, b_uri, relay_port, call, "")
+}
+
+/// As [`start_a`], with more `[server]` settings.
+fn start_a_with(
+    dir: &Path,
+    a: &Host,
+    b_uri: &str,
+    relay_port: u16,
+    call: &str,
+    server_extra: &str,
+) -> Server {
     let rules = common::repo().join("build/rules");
     start_config(
         dir,
@@ -74,6 +86,7 @@ smtp_listen = "127.0.0.1:{smtp}"
 pop3_listen = "127.0.0.1:{pop3}"
 local_domains = ["a.example"]
 relay_networks = ["127.0.0.0/8"]
+{server_extra}
 
 [users.taro]
 
@@ -648,4 +661,61 @@ fn a_callee_that_never_answers_is_cancelled_and_retried_later() {
     );
     assert!(log_of(a_dir.path()).contains("T1 CANCEL"));
     assert!(wait_for_dumps(&a_dir.path().join("sink"), 0).is_empty());
+}
+
+#[test]
+fn in_synchronous_mode_the_client_hears_the_final_servers_answer() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (Host::new(), Host::new());
+    let relay = sink(&a_dir.path().join("sink"), &[]);
+    let _b = start_b(b_dir.path(), &b, "42030-42039");
+    let b_uri = format!("sip:127.0.0.1:{}", b.sip);
+    let a_server = start_a_with(
+        a_dir.path(),
+        &a,
+        &b_uri,
+        relay.port,
+        "",
+        "synchronous_networks = [\"127.0.0.0/8\"]",
+    );
+    let script = format!(
+        r#"
+import smtplib
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=60)
+s.ehlo("client.test")
+message = b"Subject: sync\r\n\r\nCall 050-2222-0000.\r\n"
+for rcpt in ["hanako@b.example", "nobody@b.example"]:
+    s.mail("taro@a.example")
+    s.rcpt(rcpt)
+    code, text = s.data(message)
+    print(rcpt, code, text.decode())
+s.quit()
+"#,
+        port = a_server.address.port()
+    );
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("hanako@b.example 250 2.0.0 Ok: the final server took it over a call"),
+        "{stdout}\n{}",
+        log_of(a_dir.path())
+    );
+    assert!(
+        stdout
+            .contains("nobody@b.example 550 5.1.1 <nobody@b.example>: Recipient address rejected"),
+        "{stdout}"
+    );
+    // The refusal was told in the session: no bounce as well.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(wait_for_files(a_dir.path(), "taro", 0).is_empty());
+    assert_eq!(wait_for_files(b_dir.path(), "hanako", 1).len(), 1);
 }

@@ -184,29 +184,25 @@ impl Planner {
     }
 
     /// Delivers every due recipient of message `id` (`force`: deferred
-    /// ones too). Returns the delivery report it queued for the sender, if
-    /// any, for the caller to deliver in turn.
-    pub async fn deliver(
-        &self,
-        id: MessageId,
-        force: bool,
-    ) -> Result<Option<MessageId>, SpoolError> {
+    /// ones too). Returns what happened, with the notices the sender asked
+    /// for, for [`Planner::send_report`].
+    pub async fn deliver(&self, id: MessageId, force: bool) -> Result<Attempted, SpoolError> {
         let Some(queued) = self.spool.get(id) else {
-            return Ok(None);
+            return Ok(Attempted::default());
         };
         let now = now_ms() / 1000;
         let due: Vec<usize> = (0..queued.outcomes.len())
             .filter(|&index| is_due(&queued.outcomes[index], force, now))
             .collect();
         if due.is_empty() {
-            return Ok(None);
+            return Ok(Attempted::default());
         }
         let body = blocking(|| self.spool.body(id))?;
         let mut delivery = Delivery {
             queued: &queued,
             body: &body,
             message_id: message_id_of(&body),
-            notices: Vec::new(),
+            attempted: Attempted::default(),
         };
         let mut view = None;
         // Recipients sharing a number share a call; those of one domain
@@ -261,11 +257,7 @@ impl Planner {
         for (domain, recipients) in relays {
             self.relay(&mut delivery, &domain, recipients).await?;
         }
-        if delivery.notices.is_empty() {
-            return Ok(None);
-        }
-        self.send_report(&queued, &body, &delivery.notices)
-            .map(Some)
+        Ok(delivery.attempted)
     }
 
     /// S4: runs the rule chain for one recipient; `None` without rules.
@@ -500,8 +492,9 @@ impl Planner {
             Outcome::Delivered { .. } if path == DeliveryPath::Relay => Some(Action::Relayed),
             Outcome::Delivered { .. } => Some(Action::Delivered),
         };
+        delivery.attempted.outcomes.push((path, outcome.clone()));
         if let Some(action) = action.filter(|&a| bounce::wants_notice(&queued.envelope, index, a)) {
-            delivery.notices.push(Notice {
+            delivery.attempted.notices.push(Notice {
                 address: recipient.clone(),
                 original: queued
                     .envelope
@@ -546,24 +539,28 @@ impl Planner {
         }
     }
 
-    /// Queues a delivery status report (a bounce, or a notice the sender
-    /// asked for); the scheduler delivers it like any message.
-    fn send_report(
+    /// Queues a delivery status report on message `id` (a bounce, or the
+    /// notices the sender asked for), if there is anything to report; the
+    /// scheduler delivers it like any message.
+    pub fn send_report(
         &self,
-        queued: &Queued,
-        body: &[u8],
+        id: MessageId,
         notices: &[Notice],
-    ) -> Result<MessageId, SpoolError> {
+    ) -> Result<Option<MessageId>, SpoolError> {
+        let Some(queued) = self.spool.get(id).filter(|_| !notices.is_empty()) else {
+            return Ok(None);
+        };
+        let body = blocking(|| self.spool.body(id))?;
         let (envelope, bytes) = bounce::report(
             &self.config.server.hostname,
-            queued.id,
+            id,
             &queued.envelope,
-            body,
+            &body,
             notices,
         );
-        let id = blocking(|| self.spool.enqueue(envelope, &bytes))?;
-        tracing::info!(id = %queued.id, report = %id, to = %queued.envelope.mail_from, "delivery report queued");
-        Ok(id)
+        let report = blocking(|| self.spool.enqueue(envelope, &bytes))?;
+        tracing::info!(%id, %report, to = %queued.envelope.mail_from, "delivery report queued");
+        Ok(Some(report))
     }
 
     /// S3: into the user's Maildir, durably.
@@ -628,13 +625,21 @@ impl Planner {
     }
 }
 
-/// One message being delivered: what every step needs, and the notices
-/// gathered for the sender.
+/// One message being delivered: what every step needs, and what came of it.
 struct Delivery<'a> {
     queued: &'a Queued,
     body: &'a [u8],
     message_id: Option<String>,
-    notices: Vec<Notice>,
+    attempted: Attempted,
+}
+
+/// What one delivery run did to a message.
+#[derive(Debug, Default)]
+pub struct Attempted {
+    /// Each recipient tried, in the order finished: the path and outcome.
+    pub outcomes: Vec<(DeliveryPath, Outcome)>,
+    /// The notices the sender asked for (failures, delays, successes).
+    pub notices: Vec<Notice>,
 }
 
 /// Whether a recipient with this outcome is to be tried now.

@@ -18,18 +18,25 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
 use crate::delivery::call::Caller;
+use crate::delivery::Attempted;
 use crate::delivery::Planner;
+use crate::history::DeliveryPath;
 use crate::policy::PolicyEngine;
 use crate::pop3::session::Pop3Shared;
+use crate::queue::spool::Outcome;
 use crate::queue::spool::{MessageId, Spool, SpoolError};
+use crate::smtp::reply::Reply;
 use crate::smtp::session::SessionPolicy;
 use mailcall_sip::UserAgent;
 
 /// What the delivery scheduler is asked to do.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub enum Work {
     /// Deliver a message just accepted.
     Deliver(MessageId),
+    /// Deliver a message just accepted, and answer the waiting client
+    /// (synchronous mode).
+    DeliverAndAnswer(MessageId, tokio::sync::oneshot::Sender<Reply>),
     /// Try every unfinished recipient now (`mailcall queue flush`).
     Flush,
 }
@@ -135,6 +142,12 @@ pub async fn serve(
         max_errors: server.max_errors,
         tls_available: tls.is_some(),
         over_call: false,
+        synchronous_networks: server.synchronous_networks(),
+        synchronous_users: server
+            .synchronous_users
+            .iter()
+            .map(|user| user.to_lowercase())
+            .collect(),
     };
     let shared = Arc::new(Shared {
         policy: session_policy,
@@ -223,11 +236,12 @@ async fn schedule_deliveries(
     let mut queue_runs = tokio::time::interval(delay);
     queue_runs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (ids, force) = tokio::select! {
-            _ = queue_runs.tick() => (planner.due(false), false),
+        let (ids, force, mut answer) = tokio::select! {
+            _ = queue_runs.tick() => (planner.due(false), false, None),
             next = work.recv() => match next {
-                Some(Work::Deliver(id)) => (vec![id], false),
-                Some(Work::Flush) => (planner.due(true), true),
+                Some(Work::Deliver(id)) => (vec![id], false, None),
+                Some(Work::DeliverAndAnswer(id, answer)) => (vec![id], false, Some(answer)),
+                Some(Work::Flush) => (planner.due(true), true, None),
                 None => return,
             },
         };
@@ -238,14 +252,26 @@ async fn schedule_deliveries(
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let (planner, in_flight, more_work) =
-                (planner.clone(), in_flight.clone(), more_work.clone());
+            let (planner, in_flight, more_work, answer) = (
+                planner.clone(),
+                in_flight.clone(),
+                more_work.clone(),
+                answer.take(),
+            );
             tokio::spawn(async move {
                 match planner.deliver(id, force).await {
-                    Ok(Some(report)) => {
-                        let _ = more_work.send(Work::Deliver(report));
+                    Ok(mut attempted) => {
+                        if let Some(answer) = answer {
+                            answer_client(id, answer, &mut attempted);
+                        }
+                        match planner.send_report(id, &attempted.notices) {
+                            Ok(Some(report)) => {
+                                let _ = more_work.send(Work::Deliver(report));
+                            }
+                            Ok(None) => {}
+                            Err(error) => tracing::error!(%id, "cannot queue a report: {error}"),
+                        }
                     }
-                    Ok(None) => {}
                     Err(error) => tracing::error!(%id, "delivery failed: {error}"),
                 }
                 if let Ok(mut set) = in_flight.lock() {
@@ -254,5 +280,50 @@ async fn schedule_deliveries(
                 drop(slot);
             });
         }
+    }
+}
+
+/// Synchronous mode: tells the waiting client how the attempt went. When
+/// every recipient was refused for good, the client gets the refusal
+/// itself, so no bounce is sent for it — unless the client stopped
+/// waiting, in which case it got a `250` and the bounce follows.
+fn answer_client(
+    id: MessageId,
+    answer: tokio::sync::oneshot::Sender<Reply>,
+    attempted: &mut Attempted,
+) {
+    let outcomes = &attempted.outcomes;
+    let all = |matches: fn(&Outcome) -> bool| {
+        !outcomes.is_empty() && outcomes.iter().all(|(_, outcome)| matches(outcome))
+    };
+    let reply = if all(|o| matches!(o, Outcome::Failed { .. })) {
+        // The first refusal, as the final server (or we) gave it.
+        let detail = match &outcomes[0].1 {
+            Outcome::Failed { detail } => detail.clone(),
+            _ => String::new(),
+        };
+        let (code, text) = match detail.split_once(' ') {
+            Some((code, text)) if code.len() == 3 && code.starts_with('5') => {
+                (code.parse().unwrap_or(554), text.to_string())
+            }
+            _ => (554, detail),
+        };
+        Reply::new(code, "", text)
+    } else if all(|o| matches!(o, Outcome::Delivered { .. })) {
+        let by_call = outcomes.iter().any(|(path, _)| *path == DeliveryPath::Call);
+        let how = if by_call {
+            "the final server took it over a call"
+        } else {
+            "delivered"
+        };
+        Reply::new(250, "2.0.0", format!("Ok: {how} (queued as {id})"))
+    } else {
+        Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
+    };
+    let refused = reply.is_error();
+    if answer.send(reply).is_ok() && refused {
+        attempted
+            .notices
+            .retain(|notice| notice.action != crate::queue::bounce::Action::Failed);
     }
 }

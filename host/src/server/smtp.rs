@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::Shared;
-use crate::queue::spool::Envelope;
+use crate::queue::spool::{Envelope, MessageId};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Accepted, Session, Step};
 
@@ -128,8 +128,14 @@ where
                 }
             }
             Step::Commit(accepted) => {
-                let result = commit(shared, peer, *accepted).await;
-                session.committed(result, &mut out);
+                let synchronous = accepted.synchronous;
+                match commit(shared, peer, *accepted, synchronous).await {
+                    Ok(id) if synchronous => {
+                        let reply = wait_for_delivery(shared, id).await;
+                        session.committed_reply(reply, &mut out);
+                    }
+                    result => session.committed(result.map(|id| id.to_string()), &mut out),
+                }
             }
             Step::StartTls => {
                 stream.write_all(&out).await?;
@@ -155,9 +161,37 @@ where
     }
 }
 
+/// Synchronous mode: the message is tried now, and the client hears how
+/// it went; after `synchronous_timeout_secs` it gets the usual `250` and
+/// the message carries on in the queue.
+async fn wait_for_delivery(shared: &Shared, id: MessageId) -> Reply {
+    let queued = Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    if shared
+        .deliveries
+        .send(super::Work::DeliverAndAnswer(id, answer))
+        .is_err()
+    {
+        return queued;
+    }
+    let timeout = Duration::from_secs(shared.config.server.synchronous_timeout_secs.into());
+    match tokio::time::timeout(timeout, answered).await {
+        Ok(Ok(reply)) => reply,
+        _ => {
+            tracing::info!(%id, "synchronous delivery still running: answered 250");
+            queued
+        }
+    }
+}
+
 /// S1: the message goes to disk (group commit) before its `250`, then to
-/// the delivery worker.
-async fn commit(shared: &Shared, peer: SocketAddr, accepted: Accepted) -> Result<String, String> {
+/// the delivery scheduler (unless the client waits for it: synchronous).
+async fn commit(
+    shared: &Shared,
+    peer: SocketAddr,
+    accepted: Accepted,
+    synchronous: bool,
+) -> Result<MessageId, String> {
     let envelope = Envelope {
         mail_from: accepted.mail_from,
         recipients: accepted
@@ -186,6 +220,8 @@ async fn commit(shared: &Shared, peer: SocketAddr, accepted: Accepted) -> Result
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     tracing::info!(step = "S1", %id, client = %peer, "accepted");
-    let _ = shared.deliveries.send(super::Work::Deliver(id));
-    Ok(id.to_string())
+    if !synchronous {
+        let _ = shared.deliveries.send(super::Work::Deliver(id));
+    }
+    Ok(id)
 }

@@ -44,6 +44,11 @@ pub struct SessionPolicy {
     /// domains only (a call is never a way to relay), so no AUTH, and no
     /// STARTTLS (a TLS channel is negotiated in the call's SDP).
     pub over_call: bool,
+    /// Clients whose end of data is answered only once the message was
+    /// tried (synchronous mode): these networks, and these users once
+    /// authenticated.
+    pub synchronous_networks: Vec<(IpAddr, u8)>,
+    pub synchronous_users: HashSet<String>,
 }
 
 /// The envelope of an accepted message, with the RFC 3461 parameters.
@@ -57,6 +62,8 @@ pub struct Accepted {
     /// The message, with the `Received:` header added.
     pub message: Vec<u8>,
     pub helo: String,
+    /// The client waits for the delivery attempt (synchronous mode).
+    pub synchronous: bool,
 }
 
 /// One accepted recipient and its DSN parameters.
@@ -351,6 +358,13 @@ impl Session {
         }
     }
 
+    /// The caller stored the accepted message and, in synchronous mode,
+    /// tried it: `reply` says how that went. Go on with held input.
+    pub fn committed_reply(&mut self, reply: Reply, out: &mut Vec<u8>) {
+        self.mode = Mode::Commands;
+        self.reply(out, reply);
+    }
+
     /// The caller stored the accepted message (`Ok(queue id)`) or could not
     /// (`Err(reason)`): write the reply and go on with held input.
     pub fn committed(&mut self, result: Result<String, String>, out: &mut Vec<u8>) {
@@ -382,7 +396,22 @@ impl Session {
             return_full: transaction.return_full,
             message,
             helo,
+            synchronous: self.is_synchronous(),
         }))
+    }
+
+    /// Whether this client gets synchronous replies.
+    fn is_synchronous(&self) -> bool {
+        let policy = &self.policy;
+        !policy.over_call
+            && (self
+                .authenticated
+                .as_ref()
+                .is_some_and(|user| policy.synchronous_users.contains(&user.to_lowercase()))
+                || policy
+                    .synchronous_networks
+                    .iter()
+                    .any(|(network, prefix)| in_network(self.client, *network, *prefix)))
     }
 
     fn received_header(&self, helo: &str, transaction: &Transaction) -> String {
@@ -771,6 +800,8 @@ mod tests {
             max_errors: 10,
             tls_available: true,
             over_call: false,
+            synchronous_networks: Vec::new(),
+            synchronous_users: HashSet::new(),
         }
     }
 
