@@ -277,7 +277,8 @@ fn mailcall_demo_delivers_every_sample_where_it_belongs() {
     };
     assert!(position("A  T1 INVITE") < position("B  R2 200 OK"));
     assert!(position("B  R2 200 OK") < position("A  T2 ACK"));
-    assert!(position("A  T4 channel opened") < position("A  T7 BYE"));
+    // Either end may hang up first once the session is over.
+    assert!(position("A  T4 channel opened") < position("T7 BYE"));
     // Every path is in the results table.
     for row in [
         "050-2222-0000@b.example  call",

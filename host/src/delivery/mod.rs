@@ -29,7 +29,7 @@ use crate::mailbox::maildir::Maildir;
 use crate::policy::{self, PolicyEngine, Verdict};
 use crate::queue::bounce::{self, Action, Notice};
 use crate::queue::schedule::{NextAttempt, RetrySchedule};
-use crate::queue::spool::{MessageId, Outcome, Queued, Spool, SpoolError};
+use crate::queue::spool::{Envelope, MessageId, Outcome, Queued, Spool, SpoolError};
 use crate::smtp::client::{self, ClientSettings, Outgoing, Relayed, ServerReply};
 use call::Caller;
 use destination::{Destination, Router};
@@ -257,7 +257,12 @@ impl Planner {
         for (domain, recipients) in relays {
             self.relay(&mut delivery, &domain, recipients).await?;
         }
-        Ok(delivery.attempted)
+        let mut attempted = delivery.attempted;
+        if !attempted.notices.is_empty() {
+            // Kept for the report: a finished message leaves the spool.
+            attempted.original = Some((queued.envelope.clone(), body.clone()));
+        }
+        Ok(attempted)
     }
 
     /// S4: runs the rule chain for one recipient; `None` without rules.
@@ -545,21 +550,24 @@ impl Planner {
     pub fn send_report(
         &self,
         id: MessageId,
-        notices: &[Notice],
+        attempted: &Attempted,
     ) -> Result<Option<MessageId>, SpoolError> {
-        let Some(queued) = self.spool.get(id).filter(|_| !notices.is_empty()) else {
+        let Some((envelope, body)) = attempted
+            .original
+            .as_ref()
+            .filter(|_| !attempted.notices.is_empty())
+        else {
             return Ok(None);
         };
-        let body = blocking(|| self.spool.body(id))?;
-        let (envelope, bytes) = bounce::report(
+        let (report_envelope, bytes) = bounce::report(
             &self.config.server.hostname,
             id,
-            &queued.envelope,
-            &body,
-            notices,
+            envelope,
+            body,
+            &attempted.notices,
         );
-        let report = blocking(|| self.spool.enqueue(envelope, &bytes))?;
-        tracing::info!(%id, %report, to = %queued.envelope.mail_from, "delivery report queued");
+        let report = blocking(|| self.spool.enqueue(report_envelope, &bytes))?;
+        tracing::info!(%id, %report, to = %envelope.mail_from, "delivery report queued");
         Ok(Some(report))
     }
 
@@ -640,6 +648,8 @@ pub struct Attempted {
     pub outcomes: Vec<(DeliveryPath, Outcome)>,
     /// The notices the sender asked for (failures, delays, successes).
     pub notices: Vec<Notice>,
+    /// The message's envelope and bytes, when there are notices to report.
+    pub original: Option<(Envelope, Vec<u8>)>,
 }
 
 /// Whether a recipient with this outcome is to be tried now.

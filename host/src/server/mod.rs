@@ -264,7 +264,7 @@ async fn schedule_deliveries(
                         if let Some(answer) = answer {
                             answer_client(id, answer, &mut attempted);
                         }
-                        match planner.send_report(id, &attempted.notices) {
+                        match planner.send_report(id, &attempted) {
                             Ok(Some(report)) => {
                                 let _ = more_work.send(Work::Deliver(report));
                             }
