@@ -720,3 +720,113 @@ s.quit()
     assert!(wait_for_files(a_dir.path(), "taro", 0).is_empty());
     assert_eq!(wait_for_files(b_dir.path(), "hanako", 1).len(), 1);
 }
+
+/// `module` with a custom section appended: another version of the same
+/// rule (a different SHA-256), deciding alike.
+fn another_version(module: &[u8], tag: u8) -> Vec<u8> {
+    let name = b"mailcall-test-version";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.push(tag);
+    let mut bytes = module.to_vec();
+    bytes.push(0); // custom section
+    bytes.push(section.len() as u8);
+    bytes.extend_from_slice(&section);
+    bytes
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn rules_replaced_ten_times_under_load_lose_and_delay_nothing() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (Host::new(), Host::new());
+    let relay = sink(&a_dir.path().join("sink"), &[]);
+    let _b = start_b(b_dir.path(), &b, "42040-42049");
+    // A's rules folder holds its own copy of the rule, rewritten below.
+    let rules = a_dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    let original = std::fs::read(common::repo().join("build/rules/embedded-number.wasm")).unwrap();
+    let versions: Vec<Vec<u8>> = (0..2).map(|tag| another_version(&original, tag)).collect();
+    let digests: Vec<String> = versions.iter().map(|v| sha256_hex(v)).collect();
+    let module = rules.join("embedded-number.wasm");
+    std::fs::write(&module, &versions[0]).unwrap();
+    let b_uri = format!("sip:127.0.0.1:{}", b.sip);
+    let config = start_a(a_dir.path(), &a, &b_uri, relay.port, "");
+    drop(config);
+    // start_a points at build/rules: point it at the copy and restart.
+    let path = a_dir.path().join("mailcall.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!(
+            "rules_dir = \"{}\"",
+            common::repo().join("build/rules").display()
+        ),
+        &format!("rules_dir = \"{}\"", rules.display()),
+    );
+    let a_server = start_config(a_dir.path(), a.smtp, &text);
+
+    // A bounded stream: 40 messages, one every 100 ms, on one connection.
+    const MESSAGES: usize = 40;
+    let script = format!(
+        r#"
+import smtplib, time
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=30)
+for n in range({MESSAGES}):
+    message = ("Subject: load %d\r\n\r\nCall 050-2222-0000.\r\n" % n).encode()
+    refused = s.sendmail("taro@a.example", ["hanako@b.example"], message)
+    assert refused == {{}}, refused
+    time.sleep(0.1)
+s.quit()
+"#,
+        port = a_server.address.port()
+    );
+    let mut stream = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .spawn()
+        .unwrap();
+    // Meanwhile the rule is replaced ten times (write, then rename, as an
+    // operator's deploy would).
+    for n in 1..=10 {
+        std::thread::sleep(std::time::Duration::from_millis(350));
+        let staged = rules.join(".embedded-number.wasm.new");
+        std::fs::write(&staged, &versions[n % 2]).unwrap();
+        std::fs::rename(&staged, &module).unwrap();
+    }
+    assert!(stream.wait().unwrap().success());
+
+    let files = wait_for_files(b_dir.path(), "hanako", MESSAGES);
+    assert_eq!(files.len(), MESSAGES, "{}", log_of(a_dir.path()));
+    let attempts: Vec<serde_json::Value> = history(a_dir.path());
+    assert_eq!(
+        attempts.len(),
+        MESSAGES,
+        "one attempt each, none deferred: {attempts:?}"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for attempt in &attempts {
+        assert_eq!(attempt["outcome"], "delivered", "{attempt}");
+        assert_eq!(attempt["path"], "call", "{attempt}");
+        let version = attempt["rule_version"].as_str().unwrap().to_string();
+        assert!(
+            digests
+                .iter()
+                .any(|d| d.starts_with(&version) || version.starts_with(d.as_str())),
+            "{version} is neither version"
+        );
+        seen.insert(version);
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "both versions decided some deliveries: {seen:?}"
+    );
+    let reloads = log_of(a_dir.path()).matches("rule reloaded").count();
+    assert!(reloads >= 2, "{reloads} reloads");
+}
