@@ -14,7 +14,8 @@ use serde::Deserialize;
 pub struct SipSettings {
     /// SIP over UDP; none to not listen on UDP.
     pub udp_listen: Option<SocketAddr>,
-    /// SIP over TCP; none to not listen on TCP. Port 0 takes the UDP port.
+    /// SIP over TCP; none to not listen on TCP. Port 0 takes the UDP port
+    /// when it is free for TCP too.
     pub tcp_listen: Option<SocketAddr>,
     /// Our SIP domain: the host part of our numbers' addresses.
     pub domain: String,

@@ -139,6 +139,9 @@ impl UserAgent {
             tokio::spawn(Stack::serve(endpoint)),
             tokio::spawn(callee::serve(shared.clone(), incoming)),
         ];
+        if let Some(tcp) = shared.stack.tcp {
+            Stack::wait_listening(tcp).await?;
+        }
         let registrations = Registrations::start(&shared);
         tracing::info!(
             udp = ?shared.stack.udp,
