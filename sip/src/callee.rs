@@ -144,7 +144,9 @@ fn source_of(request: &Request) -> Option<IpAddr> {
     let sent_by = parts.next()?.split_whitespace().nth(1)?;
     let received = parts.find_map(|param| {
         let (name, value) = param.split_once('=')?;
-        name.trim().eq_ignore_ascii_case("received").then(|| value.trim().to_string())
+        name.trim()
+            .eq_ignore_ascii_case("received")
+            .then(|| value.trim().to_string())
     });
     if let Some(received) = received {
         return received.parse().ok();
@@ -225,7 +227,13 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
             return reject(&mut tx, &call_id, StatusCode::NotAcceptableHere, why).await;
         }
         Err(e) => {
-            return reject(&mut tx, &call_id, StatusCode::NotAcceptableHere, &e.to_string()).await;
+            return reject(
+                &mut tx,
+                &call_id,
+                StatusCode::NotAcceptableHere,
+                &e.to_string(),
+            )
+            .await;
         }
     };
     info!(call_id = %call_id, "T3 offer: smtp over {} from {}", if offer.tls { "TCP/TLS" } else { "TCP" }, offer.address);
@@ -241,8 +249,13 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
         Ok(listener) => listener,
         Err(e) => {
             warn!(call_id = %call_id, "{e}");
-            return reject(&mut tx, &call_id, StatusCode::ServiceUnavailable, &e.to_string())
-                .await;
+            return reject(
+                &mut tx,
+                &call_id,
+                StatusCode::ServiceUnavailable,
+                &e.to_string(),
+            )
+            .await;
         }
     };
     let answer = ChannelDescription::answer(listener.local_addr(), tls.map(|(i, _)| i.fingerprint));
@@ -263,7 +276,13 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
         Ok(dialog) => dialog,
         Err(e) => {
             warn!(call_id = %call_id, "cannot make the dialog: {e}");
-            return reject(&mut tx, &call_id, StatusCode::ServerInternalError, "no dialog").await;
+            return reject(
+                &mut tx,
+                &call_id,
+                StatusCode::ServerInternalError,
+                "no dialog",
+            )
+            .await;
         }
     };
     let dialog_id = dialog.id();
@@ -272,14 +291,7 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
     let invite = tokio::spawn(async move { invite_dialog.handle(&mut tx).await });
 
     info!(call_id = %call_id, "R1 100 Trying");
-    let answered = dialog.ringing(None, None).and_then(|()| {
-        info!(call_id = %call_id, "R1 180 Ringing");
-        dialog.accept(
-            Some(vec![Header::ContentType("application/sdp".into())]),
-            Some(answer.to_sdp(crate::caller::rand_session_id()).into_bytes()),
-        )
-    });
-    if let Err(e) = answered {
+    if let Err(e) = ring_and_answer(&dialog, &call_id, &answer) {
         warn!(call_id = %call_id, "cannot answer: {e}");
     } else {
         info!(call_id = %call_id, "R2 200 OK");
@@ -316,6 +328,22 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
     {
         abort.abort();
     }
+}
+
+/// R1 180, then R2 200 with the SDP answer.
+fn ring_and_answer(
+    dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
+    call_id: &str,
+    answer: &ChannelDescription,
+) -> Result<(), String> {
+    dialog.ringing(None, None).map_err(|e| e.to_string())?;
+    info!(call_id = %call_id, "R1 180 Ringing");
+    dialog
+        .accept(
+            Some(vec![Header::ContentType("application/sdp".into())]),
+            Some(answer.to_sdp(crate::caller::rand_session_id()).into_bytes()),
+        )
+        .map_err(|e| e.to_string())
 }
 
 async fn run_session(
@@ -397,13 +425,19 @@ mod tests {
     fn the_source_is_received_else_the_via_host() {
         let cases = [
             ("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1", "10.0.0.1"),
-            ("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;received=192.0.2.7", "192.0.2.7"),
+            (
+                "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;received=192.0.2.7",
+                "192.0.2.7",
+            ),
             ("SIP/2.0/TCP [::1]:5060;branch=z9hG4bK1", "::1"),
         ];
         for (via, expected) in cases {
             let source = source_of(&invite_with_via(via));
             assert_eq!(source, Some(expected.parse().unwrap()), "{via}");
         }
-        assert_eq!(source_of(&invite_with_via("SIP/2.0/UDP host.example;branch=z9hG4bK1")), None);
+        assert_eq!(
+            source_of(&invite_with_via("SIP/2.0/UDP host.example;branch=z9hG4bK1")),
+            None
+        );
     }
 }

@@ -150,8 +150,9 @@ fn resolve(shared: &Shared, number: &str) -> Result<Target, CallFailure> {
     if !proxy.params.iter().any(|p| matches!(p, Param::Lr)) {
         proxy.params.push(Param::Lr);
     }
-    let request_uri = Uri::try_from(format!("sip:{number}@{};user=phone", settings.domain).as_str())
-        .map_err(|_| no_route())?;
+    let request_uri =
+        Uri::try_from(format!("sip:{number}@{};user=phone", settings.domain).as_str())
+            .map_err(|_| no_route())?;
     Ok(Target {
         request_uri,
         proxy: Some(proxy),
@@ -333,18 +334,22 @@ where
             });
         }
     };
-    let channel =
-        match channel::connect(answer.socket_addr(), tls, settings.channel_connect_timeout()).await
-        {
-            Ok(channel) => channel,
-            Err(e) => {
-                hang_up("channel failed").await;
-                return Err(CallFailure::Channel {
-                    reason: e.to_string(),
-                    call_id: Some(call_id),
-                });
-            }
-        };
+    let channel = match channel::connect(
+        answer.socket_addr(),
+        tls,
+        settings.channel_connect_timeout(),
+    )
+    .await
+    {
+        Ok(channel) => channel,
+        Err(e) => {
+            hang_up("channel failed").await;
+            return Err(CallFailure::Channel {
+                reason: e.to_string(),
+                call_id: Some(call_id),
+            });
+        }
+    };
     info!(call_id = %call_id, "T4 channel opened to {}", channel.peer());
     let info = CallInfo {
         call_id: call_id.clone(),

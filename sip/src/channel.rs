@@ -195,7 +195,9 @@ impl ChannelListener {
                 .map_err(|_| ChannelError::AcceptTimeout(peer))?;
             match accepted {
                 Ok((stream, from)) if same_host(from.ip(), peer) => break (stream, from),
-                Ok((_, from)) => tracing::warn!(%from, expected = %peer, "channel connection from a stranger closed"),
+                Ok((_, from)) => {
+                    tracing::warn!(%from, expected = %peer, "channel connection from a stranger closed")
+                }
                 Err(e) => return Err(ChannelError::Listen(e)),
             }
         };
@@ -326,7 +328,9 @@ mod tests {
                 .map(|_| ())
         });
         let wrong = [0u8; 32];
-        let error = connect(addr, Some((&caller, wrong)), SECOND).await.unwrap_err();
+        let error = connect(addr, Some((&caller, wrong)), SECOND)
+            .await
+            .unwrap_err();
         assert!(matches!(error, ChannelError::Tls(..)), "{error}");
         assert!(task.await.unwrap().is_err());
     }

@@ -325,7 +325,10 @@ mod tests {
             ("routes = { \"05 0\" = \"sip:x\" }", "routes"),
             ("allowed_sources = [\"10.0.0.0/33\"]", "allowed_sources"),
             ("numbers = [\"\"]", "numbers"),
-            ("udp_listen = \"0.0.0.0:5060\"\ntcp_listen = \"0.0.0.0:5060\"", "channel_address"),
+            (
+                "udp_listen = \"0.0.0.0:5060\"\ntcp_listen = \"0.0.0.0:5060\"",
+                "channel_address",
+            ),
             ("invite_timeout_secs = 0", "invite_timeout_secs"),
             ("transport = \"sctp\"", "unknown variant"),
         ];
@@ -341,7 +344,10 @@ mod tests {
         assert!(in_network("10.1.2.3".parse().unwrap(), net));
         assert!(!in_network("10.2.0.1".parse().unwrap(), net));
         assert!(in_network("::ffff:10.1.0.9".parse().unwrap(), net));
-        assert!(in_network("1.2.3.4".parse().unwrap(), parse_network("0.0.0.0/0").unwrap()));
+        assert!(in_network(
+            "1.2.3.4".parse().unwrap(),
+            parse_network("0.0.0.0/0").unwrap()
+        ));
         let host = parse_network("::1").unwrap();
         assert!(in_network("::1".parse().unwrap(), host));
         assert!(!in_network("127.0.0.1".parse().unwrap(), host));

@@ -115,11 +115,7 @@ impl UserAgent {
         callee: Option<Arc<dyn CallHandler>>,
     ) -> Result<UserAgent, SipError> {
         settings.validate().map_err(SipError::Settings)?;
-        let ports = PortPool::new(
-            settings
-                .channel_port_range()
-                .map_err(SipError::Settings)?,
-        );
+        let ports = PortPool::new(settings.channel_port_range().map_err(SipError::Settings)?);
         let identity = if settings.channel_tls {
             Some(ChannelIdentity::generate().map_err(SipError::Stack)?)
         } else {
@@ -190,7 +186,10 @@ impl UserAgent {
         for task in self.tasks {
             // Both end on the cancel token; don't wait forever on a stuck one.
             let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }

@@ -278,16 +278,30 @@ mod tests {
     fn unusable_sdp_is_refused_with_a_reason() {
         let cases: [(&[u8], SdpError); 5] = [
             (b"\xff\xfe", SdpError::NotText),
-            (b"v=0\r\nm=application 9 TCP smtp\r\n", SdpError::NoConnection),
-            (b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 9 RTP/AVP 0\r\n", SdpError::NoChannel),
-            (b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=application 9 TCP/TLS smtp\r\n", SdpError::NoFingerprint),
-            (b"v=0\r\nc=IN IP4 nowhere\r\n", SdpError::Malformed("c=IN IP4 nowhere".into())),
+            (
+                b"v=0\r\nm=application 9 TCP smtp\r\n",
+                SdpError::NoConnection,
+            ),
+            (
+                b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 9 RTP/AVP 0\r\n",
+                SdpError::NoChannel,
+            ),
+            (
+                b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=application 9 TCP/TLS smtp\r\n",
+                SdpError::NoFingerprint,
+            ),
+            (
+                b"v=0\r\nc=IN IP4 nowhere\r\n",
+                SdpError::Malformed("c=IN IP4 nowhere".into()),
+            ),
         ];
         for (body, expected) in cases {
             assert_eq!(ChannelDescription::parse(body), Err(expected));
         }
         assert_eq!(
-            ChannelDescription::parse(b"c=IN IP4 1.2.3.4\r\nm=application 9 TCP smtp\r\na=setup:sideways\r\n"),
+            ChannelDescription::parse(
+                b"c=IN IP4 1.2.3.4\r\nm=application 9 TCP smtp\r\na=setup:sideways\r\n"
+            ),
             Err(SdpError::Malformed("a=setup:sideways".into()))
         );
     }

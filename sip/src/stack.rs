@@ -74,7 +74,9 @@ impl Stack {
                 _ => std::net::TcpListener::bind(address),
             }
             .map_err(|e| SipError::Bind(address, e.to_string()))?;
-            let address = probe.local_addr().map_err(|e| SipError::Bind(address, e.to_string()))?;
+            let address = probe
+                .local_addr()
+                .map_err(|e| SipError::Bind(address, e.to_string()))?;
             drop(probe);
             let listener = TcpListenerConnection::new(address, None)
                 .await
@@ -127,7 +129,10 @@ impl Stack {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        Err(SipError::Bind(address, "the TCP listener did not start".into()))
+        Err(SipError::Bind(
+            address,
+            "the TCP listener did not start".into(),
+        ))
     }
 
     pub fn inner(&self) -> EndpointInnerRef {

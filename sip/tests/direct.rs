@@ -53,7 +53,11 @@ async fn round_trip(transport: Transport, tls: bool) {
     assert_eq!(received[0].1, message, "the callee's handler got the bytes");
     assert_eq!(received[0].0.call_id, call.call_id);
     assert_eq!(received[0].0.number, "200");
-    assert!(call.call_id.ends_with("@localhost"), "our own Call-ID: {}", call.call_id);
+    assert!(
+        call.call_id.ends_with("@localhost"),
+        "our own Call-ID: {}",
+        call.call_id
+    );
 
     // The BYE ended the call at both ends.
     for agent in [&a, &b] {
@@ -89,10 +93,15 @@ async fn unknown_numbers_and_missing_routes_fail_typed() {
 
     // A route to B for a number B does not have: 404.
     let mut settings = settings(PORTS, &["100"]);
-    settings.routes.insert("*".into(), format!("sip:{}", udp_of(&b)));
+    settings
+        .routes
+        .insert("*".into(), format!("sip:{}", udp_of(&b)));
     let a = UserAgent::start(settings, None).await.unwrap();
     let error = a.call("999", |_, _| async {}).await.unwrap_err();
-    assert!(matches!(error, CallFailure::NotFound { code: 404, .. }), "{error}");
+    assert!(
+        matches!(error, CallFailure::NotFound { code: 404, .. }),
+        "{error}"
+    );
     assert!(error.call_id().is_some());
     a.shutdown().await;
     b.shutdown().await;

@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{free_port, init_logs, send_and_read_back, settings, settle, wait_for_tcp, Echo, Peer};
+use common::{
+    free_port, init_logs, send_and_read_back, settings, settle, wait_for_tcp, Echo, Peer,
+};
 use mailcall_sip::{CallFailure, SipSettings, Stats, Transport, UserAgent};
 
 const PORTS: u16 = 43000;
@@ -45,10 +47,15 @@ impl Kamailio {
             command.stderr(Stdio::null());
         }
         let process = Peer {
-            child: command.spawn().expect("kamailio (scripts/setup installs it)"),
+            child: command
+                .spawn()
+                .expect("kamailio (scripts/setup installs it)"),
             name: "kamailio",
         };
-        assert!(wait_for_tcp(port, Duration::from_secs(10)), "kamailio did not start");
+        assert!(
+            wait_for_tcp(port, Duration::from_secs(10)),
+            "kamailio did not start"
+        );
         Kamailio {
             port,
             run_dir,
@@ -70,7 +77,12 @@ impl Drop for Kamailio {
     }
 }
 
-fn through(kamailio: &Kamailio, number: &str, transport: Transport, password: Option<&str>) -> SipSettings {
+fn through(
+    kamailio: &Kamailio,
+    number: &str,
+    transport: Transport,
+    password: Option<&str>,
+) -> SipSettings {
     SipSettings {
         registrar: Some(kamailio.uri(transport)),
         outbound_proxy: Some(kamailio.uri(transport)),
@@ -118,7 +130,11 @@ async fn call_through_kamailio(auth: bool, transport: Transport) {
     assert_eq!(call_when_registered(&a, "200", &message).await, message);
     let received = echo.received.lock().unwrap().clone();
     assert_eq!(received.last().unwrap().1, message);
-    assert!(received.last().unwrap().0.from.contains("100"), "{:?}", received);
+    assert!(
+        received.last().unwrap().0.from.contains("100"),
+        "{:?}",
+        received
+    );
 
     // Kamailio grants 10 s: the binding outlives that only if refreshed.
     tokio::time::sleep(Duration::from_secs(12)).await;
@@ -133,7 +149,10 @@ async fn call_through_kamailio(auth: bool, transport: Transport) {
     assert_eq!(settle(&b, Duration::from_secs(10)).await, Stats::default());
     b.shutdown().await;
     let error = a.call("200", |_, _| async {}).await.unwrap_err();
-    assert!(matches!(error, CallFailure::NotFound { code: 404, .. }), "{error}");
+    assert!(
+        matches!(error, CallFailure::NotFound { code: 404, .. }),
+        "{error}"
+    );
     a.shutdown().await;
 }
 
@@ -151,12 +170,18 @@ async fn register_and_call_through_kamailio_with_digest_over_tcp() {
 async fn a_wrong_password_is_refused_by_kamailio() {
     init_logs();
     let kamailio = Kamailio::start(true);
-    let a = UserAgent::start(through(&kamailio, "100", Transport::Udp, Some("wrong")), None)
-        .await
-        .unwrap();
+    let a = UserAgent::start(
+        through(&kamailio, "100", Transport::Udp, Some("wrong")),
+        None,
+    )
+    .await
+    .unwrap();
     let error = a.call("200", |_, _| async {}).await.unwrap_err();
     assert!(
-        matches!(error, CallFailure::Rejected { code: 407, .. } | CallFailure::Rejected { code: 403, .. }),
+        matches!(
+            error,
+            CallFailure::Rejected { code: 407, .. } | CallFailure::Rejected { code: 403, .. }
+        ),
         "{error}"
     );
     a.shutdown().await;

@@ -20,7 +20,9 @@ fn open_fds() -> usize {
 }
 
 fn alive_tasks() -> usize {
-    tokio::runtime::Handle::current().metrics().num_alive_tasks()
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,12 +31,18 @@ async fn a_thousand_calls_leave_nothing_behind() {
     let echo = Echo::default();
     let mut b_settings = settings(PORTS, &["200"]);
     b_settings.channel_ports = "45500-45599".into();
-    let b = Arc::new(UserAgent::start(b_settings, Some(Arc::new(echo.clone()))).await.unwrap());
+    let b = Arc::new(
+        UserAgent::start(b_settings, Some(Arc::new(echo.clone())))
+            .await
+            .unwrap(),
+    );
     let mut agents = Vec::new();
     for transport in [Transport::Udp, Transport::Tcp] {
         let mut a_settings = settings(PORTS, &["100"]);
         a_settings.transport = transport;
-        a_settings.routes.insert("200".into(), format!("sip:{}", udp_of(&b)));
+        a_settings
+            .routes
+            .insert("200".into(), format!("sip:{}", udp_of(&b)));
         agents.push(Arc::new(UserAgent::start(a_settings, None).await.unwrap()));
     }
     let call_once = |agent: Arc<UserAgent>, n: usize| async move {
@@ -82,10 +90,19 @@ async fn a_thousand_calls_leave_nothing_behind() {
         if stats.iter().all(|s| *s == Stats::default()) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "left over: {stats:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "left over: {stats:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (fds_after, tasks_after) = (open_fds(), alive_tasks());
-    assert!(fds_after <= fds + 4, "file descriptors: {fds} before, {fds_after} after");
-    assert!(tasks_after <= tasks + 4, "tasks: {tasks} before, {tasks_after} after");
+    assert!(
+        fds_after <= fds + 4,
+        "file descriptors: {fds} before, {fds_after} after"
+    );
+    assert!(
+        tasks_after <= tasks + 4,
+        "tasks: {tasks} before, {tasks_after} after"
+    );
 }

@@ -22,7 +22,14 @@ static OFFER: &str = "v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0
                       m=application 9 TCP smtp\r\na=setup:active\r\na=connection:new\r\n";
 
 /// A request from a peer at `from`, with `extra` headers and `body`.
-fn request(method: &str, number: &str, from: SocketAddr, branch: &str, extra: &str, body: &str) -> Vec<u8> {
+fn request(
+    method: &str,
+    number: &str,
+    from: SocketAddr,
+    branch: &str,
+    extra: &str,
+    body: &str,
+) -> Vec<u8> {
     format!(
         "{method} sip:{number}@127.0.0.1 SIP/2.0\r\n\
          Via: SIP/2.0/UDP {from};branch=z9hG4bK{branch};rport\r\n\
@@ -76,7 +83,8 @@ impl Peer {
     }
 
     async fn options(&self, branch: &str) -> Vec<String> {
-        self.exchange(&request("OPTIONS", "200", self.addr(), branch, "", "")).await
+        self.exchange(&request("OPTIONS", "200", self.addr(), branch, "", ""))
+            .await
     }
 }
 
@@ -93,7 +101,9 @@ fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
 
 async fn callee(settings: SipSettings) -> UserAgent {
     init_logs();
-    UserAgent::start(settings, Some(Arc::new(Echo::default()))).await.unwrap()
+    UserAgent::start(settings, Some(Arc::new(Echo::default())))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -107,7 +117,11 @@ async fn options_tells_what_we_do() {
         assert!(allow.contains(method), "Allow: {allow}");
     }
     assert_eq!(header(&responses[0], "Accept"), Some("application/sdp"));
-    assert!(header(&responses[0], "Supported").is_some(), "{}", responses[0]);
+    assert!(
+        header(&responses[0], "Supported").is_some(),
+        "{}",
+        responses[0]
+    );
     agent.shutdown().await;
 }
 
@@ -118,21 +132,57 @@ async fn invites_we_do_not_take_are_refused_with_a_reason() {
     let peer = Peer::new(&agent).await;
     let from = peer.addr();
 
-    let responses = peer.exchange(&request("INVITE", "999", from, "nf1", "Content-Type: application/sdp\r\n", OFFER)).await;
-    assert!(status_lines(&responses).contains(&"SIP/2.0 404 Not Found"), "{responses:?}");
-    let not_found = responses.iter().find(|r| r.starts_with("SIP/2.0 404")).unwrap();
-    assert!(header(not_found, "Warning").unwrap().contains("not our number"));
+    let responses = peer
+        .exchange(&request(
+            "INVITE",
+            "999",
+            from,
+            "nf1",
+            "Content-Type: application/sdp\r\n",
+            OFFER,
+        ))
+        .await;
+    assert!(
+        status_lines(&responses).contains(&"SIP/2.0 404 Not Found"),
+        "{responses:?}"
+    );
+    let not_found = responses
+        .iter()
+        .find(|r| r.starts_with("SIP/2.0 404"))
+        .unwrap();
+    assert!(header(not_found, "Warning")
+        .unwrap()
+        .contains("not our number"));
 
     let no_channel = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\n";
-    let responses = peer.exchange(&request("INVITE", "200", from, "na1", "Content-Type: application/sdp\r\n", no_channel)).await;
-    assert!(status_lines(&responses).contains(&"SIP/2.0 488 Not Acceptable Here"), "{responses:?}");
+    let responses = peer
+        .exchange(&request(
+            "INVITE",
+            "200",
+            from,
+            "na1",
+            "Content-Type: application/sdp\r\n",
+            no_channel,
+        ))
+        .await;
+    assert!(
+        status_lines(&responses).contains(&"SIP/2.0 488 Not Acceptable Here"),
+        "{responses:?}"
+    );
 
-    let responses = peer.exchange(&request("REGISTER", "200", from, "reg1", "", "")).await;
+    let responses = peer
+        .exchange(&request("REGISTER", "200", from, "reg1", "", ""))
+        .await;
     assert_eq!(status_lines(&responses), ["SIP/2.0 405 Method Not Allowed"]);
     assert!(header(&responses[0], "Allow").unwrap().contains("INVITE"));
 
-    let responses = peer.exchange(&request("BYE", "200", from, "bye1", "", "")).await;
-    assert_eq!(status_lines(&responses), ["SIP/2.0 481 Call/Transaction Does Not Exist"]);
+    let responses = peer
+        .exchange(&request("BYE", "200", from, "bye1", "", ""))
+        .await;
+    assert_eq!(
+        status_lines(&responses),
+        ["SIP/2.0 481 Call/Transaction Does Not Exist"]
+    );
 
     agent.shutdown().await;
 
@@ -140,8 +190,20 @@ async fn invites_we_do_not_take_are_refused_with_a_reason() {
     settings.allowed_sources = vec!["10.0.0.0/8".into()];
     let agent = callee(settings).await;
     let peer = Peer::new(&agent).await;
-    let responses = peer.exchange(&request("INVITE", "200", peer.addr(), "fb1", "Content-Type: application/sdp\r\n", OFFER)).await;
-    assert!(status_lines(&responses).contains(&"SIP/2.0 403 Forbidden"), "{responses:?}");
+    let responses = peer
+        .exchange(&request(
+            "INVITE",
+            "200",
+            peer.addr(),
+            "fb1",
+            "Content-Type: application/sdp\r\n",
+            OFFER,
+        ))
+        .await;
+    assert!(
+        status_lines(&responses).contains(&"SIP/2.0 403 Forbidden"),
+        "{responses:?}"
+    );
     agent.shutdown().await;
 }
 
@@ -149,12 +211,26 @@ async fn invites_we_do_not_take_are_refused_with_a_reason() {
 async fn a_retransmitted_invite_is_one_call_and_a_reinvite_is_refused() {
     let agent = callee(settings(PORTS, &["200"])).await;
     let peer = Peer::new(&agent).await;
-    let invite = request("INVITE", "200", peer.addr(), "rt1", "Content-Type: application/sdp\r\n", OFFER);
+    let invite = request(
+        "INVITE",
+        "200",
+        peer.addr(),
+        "rt1",
+        "Content-Type: application/sdp\r\n",
+        OFFER,
+    );
     let first = peer.exchange(&invite).await;
-    let ok = first.iter().find(|r| r.starts_with("SIP/2.0 200")).expect("200 to the INVITE").clone();
+    let ok = first
+        .iter()
+        .find(|r| r.starts_with("SIP/2.0 200"))
+        .expect("200 to the INVITE")
+        .clone();
     // The same INVITE again (same branch): the 200 again, same dialog.
     let again = peer.exchange(&invite).await;
-    let ok_again = again.iter().find(|r| r.starts_with("SIP/2.0 200")).expect("the 200 retransmitted");
+    let ok_again = again
+        .iter()
+        .find(|r| r.starts_with("SIP/2.0 200"))
+        .expect("the 200 retransmitted");
     assert_eq!(header(&ok, "To"), header(ok_again, "To"));
     assert_eq!(agent.stats().calls, 1, "one call, not two");
 
@@ -173,11 +249,23 @@ async fn a_retransmitted_invite_is_one_call_and_a_reinvite_is_refused() {
     let ack = in_dialog("ACK", 1, "rt1ack", "");
     peer.socket.send_to(&ack, peer.to).await.unwrap();
     let responses = peer.exchange(&in_dialog("INVITE", 2, "rt2", OFFER)).await;
-    assert!(status_lines(&responses).contains(&"SIP/2.0 488 Not Acceptable Here"), "{responses:?}");
-    peer.socket.send_to(&in_dialog("ACK", 2, "rt2", ""), peer.to).await.unwrap();
+    assert!(
+        status_lines(&responses).contains(&"SIP/2.0 488 Not Acceptable Here"),
+        "{responses:?}"
+    );
+    peer.socket
+        .send_to(&in_dialog("ACK", 2, "rt2", ""), peer.to)
+        .await
+        .unwrap();
     let responses = peer.exchange(&in_dialog("BYE", 3, "rt3", "")).await;
-    assert!(status_lines(&responses).contains(&"SIP/2.0 200 OK"), "{responses:?}");
-    assert_eq!(settle(&agent, Duration::from_secs(10)).await, Stats::default());
+    assert!(
+        status_lines(&responses).contains(&"SIP/2.0 200 OK"),
+        "{responses:?}"
+    );
+    assert_eq!(
+        settle(&agent, Duration::from_secs(10)).await,
+        Stats::default()
+    );
     agent.shutdown().await;
 }
 
@@ -202,23 +290,122 @@ fn tortures(from: SocketAddr) -> Vec<(&'static str, Expect, Vec<u8>)> {
     use Expect::*;
     let valid = String::from_utf8(request("OPTIONS", "200", from, "ok", "", "")).unwrap();
     let mut cases: Vec<(&'static str, Expect, Vec<u8>)> = vec![
-        ("folded header", Ok, valid.replace("Max-Forwards: 70\r\n", "Max-Forwards:\r\n  70\r\n").into_bytes()),
-        ("odd whitespace", Ok, valid.replace("CSeq: 1 OPTIONS", "CSeq:\t 1   \t OPTIONS ").into_bytes()),
-        ("escaped URI", Ok, valid.replace("sip:200@127.0.0.1 ", "sip:%32%30%30@127.0.0.1;x=%41 ").into_bytes()),
-        ("no Call-ID", DroppedOr4xx, valid.replace("Call-ID: ok@test\r\n", "").into_bytes()),
-        ("no CSeq", DroppedOr4xx, valid.replace("CSeq: 1 OPTIONS\r\n", "").into_bytes()),
-        ("no Via", DroppedOr4xx, valid.replace(&format!("Via: SIP/2.0/UDP {from};branch=z9hG4bKok;rport\r\n"), "").into_bytes()),
-        ("no From", DroppedOr4xx, valid.replace("From: <sip:peer@127.0.0.1>;tag=peerok\r\n", "").into_bytes()),
-        ("Content-Length too long", Tolerated, valid.replace("Content-Length: 0", "Content-Length: 400").into_bytes()),
-        ("Content-Length not a number", Tolerated, valid.replace("Content-Length: 0", "Content-Length: lots").into_bytes()),
-        ("negative CSeq", DroppedOr4xx, valid.replace("CSeq: 1 OPTIONS", "CSeq: -1 OPTIONS").into_bytes()),
-        ("CSeq method differs", Status("SIP/2.0 400 Bad Request"), valid.replace("CSeq: 1 OPTIONS", "CSeq: 1 INVITE").into_bytes()),
-        ("unknown method", DroppedOr4xx, valid.replace("OPTIONS sip:", "FROBNICATE sip:").replace("1 OPTIONS", "1 FROBNICATE").into_bytes()),
-        ("bad version", Status("SIP/2.0 505 Version Not Supported"), valid.replace("SIP/2.0\r\n", "SIP/7.1\r\n").into_bytes()),
-        ("no request line", DroppedOr4xx, valid.splitn(2, "\r\n").nth(1).unwrap().as_bytes().to_vec()),
-        ("huge header", Tolerated, valid.replace("Max-Forwards: 70\r\n", &format!("Subject: {}\r\nMax-Forwards: 70\r\n", "x".repeat(60_000))).into_bytes()),
-        ("many headers", Tolerated, valid.replace("Max-Forwards: 70\r\n", &"X-A: b\r\n".repeat(3000)).into_bytes()),
-        ("garbage", DroppedOr4xx, b"\x00\x01\x02 not SIP at all \r\n\r\n".to_vec()),
+        (
+            "folded header",
+            Ok,
+            valid
+                .replace("Max-Forwards: 70\r\n", "Max-Forwards:\r\n  70\r\n")
+                .into_bytes(),
+        ),
+        (
+            "odd whitespace",
+            Ok,
+            valid
+                .replace("CSeq: 1 OPTIONS", "CSeq:\t 1   \t OPTIONS ")
+                .into_bytes(),
+        ),
+        (
+            "escaped URI",
+            Ok,
+            valid
+                .replace("sip:200@127.0.0.1 ", "sip:%32%30%30@127.0.0.1;x=%41 ")
+                .into_bytes(),
+        ),
+        (
+            "no Call-ID",
+            DroppedOr4xx,
+            valid.replace("Call-ID: ok@test\r\n", "").into_bytes(),
+        ),
+        (
+            "no CSeq",
+            DroppedOr4xx,
+            valid.replace("CSeq: 1 OPTIONS\r\n", "").into_bytes(),
+        ),
+        (
+            "no Via",
+            DroppedOr4xx,
+            valid
+                .replace(
+                    &format!("Via: SIP/2.0/UDP {from};branch=z9hG4bKok;rport\r\n"),
+                    "",
+                )
+                .into_bytes(),
+        ),
+        (
+            "no From",
+            DroppedOr4xx,
+            valid
+                .replace("From: <sip:peer@127.0.0.1>;tag=peerok\r\n", "")
+                .into_bytes(),
+        ),
+        (
+            "Content-Length too long",
+            Tolerated,
+            valid
+                .replace("Content-Length: 0", "Content-Length: 400")
+                .into_bytes(),
+        ),
+        (
+            "Content-Length not a number",
+            Tolerated,
+            valid
+                .replace("Content-Length: 0", "Content-Length: lots")
+                .into_bytes(),
+        ),
+        (
+            "negative CSeq",
+            DroppedOr4xx,
+            valid
+                .replace("CSeq: 1 OPTIONS", "CSeq: -1 OPTIONS")
+                .into_bytes(),
+        ),
+        (
+            "CSeq method differs",
+            Status("SIP/2.0 400 Bad Request"),
+            valid
+                .replace("CSeq: 1 OPTIONS", "CSeq: 1 INVITE")
+                .into_bytes(),
+        ),
+        (
+            "unknown method",
+            DroppedOr4xx,
+            valid
+                .replace("OPTIONS sip:", "FROBNICATE sip:")
+                .replace("1 OPTIONS", "1 FROBNICATE")
+                .into_bytes(),
+        ),
+        (
+            "bad version",
+            Status("SIP/2.0 505 Version Not Supported"),
+            valid.replace("SIP/2.0\r\n", "SIP/7.1\r\n").into_bytes(),
+        ),
+        (
+            "no request line",
+            DroppedOr4xx,
+            valid.split_once("\r\n").unwrap().1.as_bytes().to_vec(),
+        ),
+        (
+            "huge header",
+            Tolerated,
+            valid
+                .replace(
+                    "Max-Forwards: 70\r\n",
+                    &format!("Subject: {}\r\nMax-Forwards: 70\r\n", "x".repeat(60_000)),
+                )
+                .into_bytes(),
+        ),
+        (
+            "many headers",
+            Tolerated,
+            valid
+                .replace("Max-Forwards: 70\r\n", &"X-A: b\r\n".repeat(3000))
+                .into_bytes(),
+        ),
+        (
+            "garbage",
+            DroppedOr4xx,
+            b"\x00\x01\x02 not SIP at all \r\n\r\n".to_vec(),
+        ),
         ("empty lines", DroppedOr4xx, b"\r\n\r\n\r\n\r\n".to_vec()),
     ];
     let mut non_utf8 = valid.into_bytes();
@@ -276,7 +463,10 @@ async fn malformed_messages_over_tcp_never_stop_the_agent() {
     let agent = callee(settings(PORTS, &["200"])).await;
     let tcp = agent.local_addrs().1.unwrap();
     let udp_peer = Peer::new(&agent).await;
-    for (i, (name, expect, message)) in tortures("127.0.0.1:9".parse().unwrap()).into_iter().enumerate() {
+    for (i, (name, expect, message)) in tortures("127.0.0.1:9".parse().unwrap())
+        .into_iter()
+        .enumerate()
+    {
         let message = replace_bytes(&message, b"SIP/2.0/UDP", b"SIP/2.0/TCP");
         let mut stream = TcpStream::connect(tcp).await.unwrap();
         stream.write_all(&message).await.ok();
@@ -295,16 +485,26 @@ async fn malformed_messages_over_tcp_never_stop_the_agent() {
         drop(stream);
         // A fresh connection, and UDP, still get answers.
         let mut stream = TcpStream::connect(tcp).await.unwrap();
-        let options = String::from_utf8(request("OPTIONS", "200", "127.0.0.1:9".parse().unwrap(), &format!("t{i}"), "", ""))
-            .unwrap()
-            .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+        let options = String::from_utf8(request(
+            "OPTIONS",
+            "200",
+            "127.0.0.1:9".parse().unwrap(),
+            &format!("t{i}"),
+            "",
+            "",
+        ))
+        .unwrap()
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
         stream.write_all(options.as_bytes()).await.unwrap();
         let mut answer = vec![0u8; 4096];
         let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
             .await
             .unwrap_or_else(|_| panic!("no answer over TCP after {name}"))
             .unwrap();
-        assert!(answer[..read].starts_with(b"SIP/2.0 200 OK"), "after {name}");
+        assert!(
+            answer[..read].starts_with(b"SIP/2.0 200 OK"),
+            "after {name}"
+        );
         let responses = udp_peer.options(&format!("u{i}")).await;
         assert_eq!(status_lines(&responses), ["SIP/2.0 200 OK"], "after {name}");
     }

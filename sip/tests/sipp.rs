@@ -31,7 +31,13 @@ fn sipp(name: &str, port: u16, extra: &[&str]) -> Command {
         .args(["30", "sipp", "-sf", &scenario(name), "-m", "1", "-nostdin"])
         .args(["-i", "127.0.0.1", "-p", &port.to_string()])
         .args(["-mp", &free_port().to_string()])
-        .args(["-timeout", "20s", "-timeout_error", "-max_recv_loops", "100"])
+        .args([
+            "-timeout",
+            "20s",
+            "-timeout_error",
+            "-max_recv_loops",
+            "100",
+        ])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -90,7 +96,10 @@ async fn sipp_calls_our_callee_with_a_channel_offer() {
         .unwrap();
     assert!(output.status.success(), "{}", explain(&output));
     // sipp opened no channel and hung up: the handler never ran.
-    assert_eq!(settle(&callee, Duration::from_secs(10)).await, Stats::default());
+    assert_eq!(
+        settle(&callee, Duration::from_secs(10)).await,
+        Stats::default()
+    );
     assert!(echo.received.lock().unwrap().is_empty());
     callee.shutdown().await;
 }
@@ -99,13 +108,20 @@ async fn rejected_by_sipp(code: &str, reason: &str) -> CallFailure {
     init_logs();
     let template = std::fs::read_to_string(scenario("uas_reject.xml")).unwrap();
     let path = std::env::temp_dir().join(format!("mailcall-uas-reject-{code}.xml"));
-    std::fs::write(&path, template.replace("@CODE@", code).replace("@REASON@", reason)).unwrap();
+    std::fs::write(
+        &path,
+        template.replace("@CODE@", code).replace("@REASON@", reason),
+    )
+    .unwrap();
     let (port, sipp) = sipp_uas(path.to_str().unwrap(), &[]).await;
     let caller = UserAgent::start(caller_to(port), None).await.unwrap();
     let error = caller.call("300", |_, _| async {}).await.unwrap_err();
     let output = sipp.await.unwrap();
     assert!(output.status.success(), "{}", explain(&output));
-    assert_eq!(settle(&caller, Duration::from_secs(10)).await, Stats::default());
+    assert_eq!(
+        settle(&caller, Duration::from_secs(10)).await,
+        Stats::default()
+    );
     caller.shutdown().await;
     error
 }
@@ -113,25 +129,37 @@ async fn rejected_by_sipp(code: &str, reason: &str) -> CallFailure {
 #[tokio::test]
 async fn busy_from_sipp() {
     let error = rejected_by_sipp("486", "Busy Here").await;
-    assert!(matches!(error, CallFailure::Busy { code: 486, .. }), "{error}");
+    assert!(
+        matches!(error, CallFailure::Busy { code: 486, .. }),
+        "{error}"
+    );
 }
 
 #[tokio::test]
 async fn not_found_from_sipp() {
     let error = rejected_by_sipp("404", "Not Found").await;
-    assert!(matches!(error, CallFailure::NotFound { code: 404, .. }), "{error}");
+    assert!(
+        matches!(error, CallFailure::NotFound { code: 404, .. }),
+        "{error}"
+    );
 }
 
 #[tokio::test]
 async fn unavailable_from_sipp() {
     let error = rejected_by_sipp("503", "Service Unavailable").await;
-    assert!(matches!(error, CallFailure::Unavailable { code: 503, .. }), "{error}");
+    assert!(
+        matches!(error, CallFailure::Unavailable { code: 503, .. }),
+        "{error}"
+    );
 }
 
 #[tokio::test]
 async fn other_rejections_keep_their_code() {
     let error = rejected_by_sipp("415", "Unsupported Media Type").await;
-    assert!(matches!(error, CallFailure::Rejected { code: 415, .. }), "{error}");
+    assert!(
+        matches!(error, CallFailure::Rejected { code: 415, .. }),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -140,11 +168,23 @@ async fn no_answer_from_sipp_times_out_and_cancels() {
     let (port, sipp) = sipp_uas("uas_no_answer.xml", &[]).await;
     let caller = UserAgent::start(caller_to(port), None).await.unwrap();
     let error = caller.call("300", |_, _| async {}).await.unwrap_err();
-    assert!(matches!(error, CallFailure::Timeout { stage: Stage::Answer, .. }), "{error}");
+    assert!(
+        matches!(
+            error,
+            CallFailure::Timeout {
+                stage: Stage::Answer,
+                ..
+            }
+        ),
+        "{error}"
+    );
     // sipp's scenario passes only if our CANCEL came and its 487 was ACKed.
     let output = sipp.await.unwrap();
     assert!(output.status.success(), "{}", explain(&output));
-    assert_eq!(settle(&caller, Duration::from_secs(10)).await, Stats::default());
+    assert_eq!(
+        settle(&caller, Duration::from_secs(10)).await,
+        Stats::default()
+    );
     caller.shutdown().await;
 }
 
@@ -154,7 +194,11 @@ async fn sipp_answers_then_hangs_up() {
     // sipp cannot open a TCP channel: the test holds the listener it names.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let channel_port = listener.local_addr().unwrap().port().to_string();
-    let (port, sipp) = sipp_uas("uas_answer_then_bye.xml", &["-set", "chport", &channel_port]).await;
+    let (port, sipp) = sipp_uas(
+        "uas_answer_then_bye.xml",
+        &["-set", "chport", &channel_port],
+    )
+    .await;
     let far_end = tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
         let output = sipp.await.unwrap();
@@ -174,7 +218,14 @@ async fn sipp_answers_then_hangs_up() {
     assert_eq!(call.sip_status, 200);
     assert_eq!(call.output.unwrap(), 0, "the far end sent nothing");
     let output = far_end.await.unwrap();
-    assert!(output.status.success(), "our 200 to sipp's BYE: {}", explain(&output));
-    assert_eq!(settle(&caller, Duration::from_secs(10)).await, Stats::default());
+    assert!(
+        output.status.success(),
+        "our 200 to sipp's BYE: {}",
+        explain(&output)
+    );
+    assert_eq!(
+        settle(&caller, Duration::from_secs(10)).await,
+        Stats::default()
+    );
     caller.shutdown().await;
 }
