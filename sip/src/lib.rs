@@ -10,6 +10,7 @@ mod callee;
 mod caller;
 mod channel;
 mod config;
+mod digest;
 mod register;
 mod sdp;
 mod stack;

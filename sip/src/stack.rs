@@ -95,6 +95,7 @@ impl Stack {
             .with_transport_layer(transports)
             .with_user_agent(concat!("mailcall/", env!("CARGO_PKG_VERSION")))
             .with_allows(ALLOWED_METHODS.to_vec())
+            .with_inspector(Box::new(crate::digest::AlgorithmNames))
             .build();
         let incoming = endpoint
             .incoming_transactions()
