@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::config::in_network;
 use crate::sdp::{ChannelDescription, Setup};
 use crate::stack::{ip_of, ALLOWED_METHODS};
-use crate::{CallGuard, CallInfo, Channel, HandlerFuture, Shared};
+use crate::{CallInfo, Channel, Counted, HandlerFuture, Shared};
 
 /// What runs on the channel of a call to one of our numbers.
 pub trait CallHandler: Send + Sync + 'static {
@@ -35,7 +35,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut incoming: TransactionReceiver
         let Some(transaction) = transaction else {
             break;
         };
-        tokio::spawn(dispatch(shared.clone(), transaction));
+        let counted = Counted::new(&shared.tasks);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            dispatch(shared, transaction).await;
+            drop(counted);
+        });
     }
 }
 
@@ -188,7 +193,7 @@ async fn reject(tx: &mut Transaction, call_id: &str, status: StatusCode, why: &s
 }
 
 async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
-    let _counted = CallGuard::new(&shared.calls);
+    let _counted = Counted::new(&shared.calls);
     let request = tx.original.clone();
     let call_id = call_id_of(&request);
     let number = request.uri.user().unwrap_or_default().to_string();

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::channel;
 use crate::sdp::{ChannelDescription, Setup};
 use crate::stack::transport_of;
-use crate::{CallGuard, CallInfo, Channel, Shared};
+use crate::{CallInfo, Channel, Counted, Shared};
 
 /// A call that was answered and whose session ran.
 #[derive(Debug)]
@@ -180,7 +180,7 @@ where
     Fut: Future<Output = T> + Send,
     T: Send,
 {
-    let _counted = CallGuard::new(&shared.calls);
+    let _counted = Counted::new(&shared.calls);
     let settings = &shared.settings;
     let stack = &shared.stack;
     let started = Instant::now();
