@@ -27,9 +27,8 @@ use tokio::task::JoinHandle;
 
 pub use callee::CallHandler;
 pub use caller::{Call, CallFailure, Stage};
-pub use channel::{Channel, ChannelError};
+pub use channel::Channel;
 pub use config::{SipSettings, Transport};
-pub use sdp::{ChannelDescription, SdpError, Setup};
 
 use crate::channel::PortPool;
 use crate::register::Registrations;
