@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{init_logs, send_and_read_back, settings, settle, udp_of, Echo};
-use mailcall_sip::{CallFailure, SipSettings, Stats, Transport, UserAgent};
+use mailcall_sip::{CallFailure, SipSettings, Stage, Stats, Transport, UserAgent};
 
 const PORTS: u16 = 42000;
 
@@ -114,6 +114,32 @@ async fn unknown_numbers_and_missing_routes_fail_typed() {
     );
     a.shutdown().await;
     c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_never_answers_times_out() {
+    init_logs();
+    // A socket nobody reads: no answer, and no ICMP error either.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut settings = settings(PORTS, &["100"]);
+    settings.invite_timeout_secs = 1;
+    settings
+        .routes
+        .insert("*".into(), format!("sip:{}", silent.local_addr().unwrap()));
+    let a = UserAgent::start(settings, None).await.unwrap();
+    let error = a.call("200", |_, _| async {}).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            CallFailure::Timeout {
+                stage: Stage::Answer,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(settle(&a, Duration::from_secs(10)).await, Stats::default());
+    a.shutdown().await;
 }
 
 /// Number 100, every call routed to `callee`.
