@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::config::in_network;
 use crate::sdp::{ChannelDescription, Setup};
 use crate::stack::{ip_of, ALLOWED_METHODS};
-use crate::{CallGuard, CallInfo, Channel, HandlerFuture, Shared};
+use crate::{CallInfo, Channel, Counted, HandlerFuture, Shared};
 
 /// What runs on the channel of a call to one of our numbers.
 pub trait CallHandler: Send + Sync + 'static {
@@ -35,13 +35,31 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut incoming: TransactionReceiver
         let Some(transaction) = transaction else {
             break;
         };
-        tokio::spawn(dispatch(shared.clone(), transaction));
+        let counted = Counted::new(&shared.tasks);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            dispatch(shared, transaction).await;
+            drop(counted);
+        });
     }
 }
 
 async fn dispatch(shared: Arc<Shared>, mut tx: Transaction) {
     let method = tx.original.method;
     let call_id = call_id_of(&tx.original);
+    if let Some((status, why)) = malformed(&tx.original) {
+        if method != Method::Ack {
+            info!(call_id = %call_id, "{method} refused: {status} {why}");
+            let mut response = tx.endpoint_inner.make_response(&tx.original, status, None);
+            // Answer in our version, not in the one we refuse.
+            response.version = rsipstack::sip::Version::V2;
+            response.headers.push(warning(why));
+            if let Err(e) = tx.respond(response).await {
+                debug!(call_id = %call_id, "answering a malformed {method}: {e}");
+            }
+        }
+        return;
+    }
     if let Some(mut dialog) = shared.stack.dialogs.match_dialog(&tx) {
         let result = match method {
             // We never renegotiate the channel of a running call.
@@ -88,6 +106,18 @@ async fn dispatch(shared: Arc<Shared>, mut tx: Transaction) {
     if let Err(e) = result {
         debug!(call_id = %call_id, "answering {method}: {e}");
     }
+}
+
+/// What rsipstack's parser lets through but RFC 3261 refuses (§8.2.2);
+/// messages it cannot parse never reach us (dropped). Its parser takes
+/// the body as it comes, whatever Content-Length says.
+fn malformed(request: &Request) -> Option<(StatusCode, &'static str)> {
+    if request.version != rsipstack::sip::Version::V2 {
+        return Some((StatusCode::VersionNotSupported, "only SIP/2.0"));
+    }
+    let cseq_method = request.cseq_header().ok().and_then(|c| c.method().ok());
+    (cseq_method != Some(request.method))
+        .then_some((StatusCode::BadRequest, "CSeq method does not match"))
 }
 
 fn allow_header() -> Header {
@@ -146,20 +176,24 @@ fn source_allowed(shared: &Shared, source: IpAddr) -> bool {
             .any(|network| in_network(source, network))
 }
 
+/// The reason for a refusal, for people reading traces (RFC 3261 §20.43).
+fn warning(why: &str) -> Header {
+    Header::Other(
+        "Warning".into(),
+        format!("399 mailcall \"{}\"", why.replace('"', "'")),
+    )
+}
+
 /// Rejects an INVITE with `status` and a Warning saying why.
 async fn reject(tx: &mut Transaction, call_id: &str, status: StatusCode, why: &str) {
     info!(call_id = %call_id, "R2 {status}: {why}");
-    let warning = Header::Other(
-        "Warning".into(),
-        format!("399 mailcall \"{}\"", why.replace('"', "'")),
-    );
-    if let Err(e) = tx.reply_with(status, vec![warning], None).await {
+    if let Err(e) = tx.reply_with(status, vec![warning(why)], None).await {
         debug!(call_id = %call_id, "rejecting INVITE: {e}");
     }
 }
 
 async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
-    let _counted = CallGuard::new(&shared.calls);
+    let _counted = Counted::new(&shared.calls);
     let request = tx.original.clone();
     let call_id = call_id_of(&request);
     let number = request.uri.user().unwrap_or_default().to_string();
@@ -262,14 +296,7 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
     let invite = tokio::spawn(async move { invite_dialog.handle(&mut tx).await });
 
     info!(call_id = %call_id, "R1 100 Trying");
-    let answered = dialog.ringing(None, None).and_then(|()| {
-        info!(call_id = %call_id, "R1 180 Ringing");
-        dialog.accept(
-            Some(vec![Header::ContentType("application/sdp".into())]),
-            Some(answer.to_sdp(crate::caller::rand_session_id()).into_bytes()),
-        )
-    });
-    if let Err(e) = answered {
+    if let Err(e) = ring_and_answer(&dialog, &call_id, &answer) {
         warn!(call_id = %call_id, "cannot answer: {e}");
     } else {
         info!(call_id = %call_id, "R2 200 OK");
@@ -306,6 +333,22 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
     {
         abort.abort();
     }
+}
+
+/// R1 180, then R2 200 with the SDP answer.
+fn ring_and_answer(
+    dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
+    call_id: &str,
+    answer: &ChannelDescription,
+) -> Result<(), String> {
+    dialog.ringing(None, None).map_err(|e| e.to_string())?;
+    info!(call_id = %call_id, "R1 180 Ringing");
+    dialog
+        .accept(
+            Some(vec![Header::ContentType("application/sdp".into())]),
+            Some(answer.to_sdp(crate::caller::rand_session_id()).into_bytes()),
+        )
+        .map_err(|e| e.to_string())
 }
 
 async fn run_session(

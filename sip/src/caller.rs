@@ -16,7 +16,10 @@ use tracing::{info, warn};
 use crate::channel;
 use crate::sdp::{ChannelDescription, Setup};
 use crate::stack::transport_of;
-use crate::{CallGuard, CallInfo, Channel, Shared};
+use crate::{CallInfo, Channel, Counted, Shared};
+
+/// How long a CANCELled INVITE may take to end with its 487.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 /// A call that was answered and whose session ran.
 #[derive(Debug)]
@@ -180,7 +183,7 @@ where
     Fut: Future<Output = T> + Send,
     T: Send,
 {
-    let _counted = CallGuard::new(&shared.calls);
+    let _counted = Counted::new(&shared.calls);
     let settings = &shared.settings;
     let stack = &shared.stack;
     let started = Instant::now();
@@ -271,8 +274,9 @@ where
             if let Err(e) = dialog.cancel().await {
                 warn!(call_id = %call_id, "CANCEL failed: {e}");
             }
-            // The INVITE transaction ends with the 487 (or Timer B).
-            let ended = tokio::time::timeout(Duration::from_secs(40), &mut answer).await;
+            // A peer that got the CANCEL answers 487 at once; one that never
+            // answered at all is left to Timer B in the background.
+            let ended = tokio::time::timeout(CANCEL_WAIT, &mut answer).await;
             if let Ok(Ok(Ok((id, Some(response))))) = ended {
                 if response.status_code.kind() == StatusCodeKind::Successful {
                     // rsipstack ends a 2xx that crossed our CANCEL with BYE.

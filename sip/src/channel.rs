@@ -336,6 +336,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_the_negotiated_peer_gets_the_channel() {
+        let pool = PortPool::new(46140..=46149);
+        let listener = pool.listen(LOOPBACK).await.unwrap();
+        let addr = listener.local_addr();
+        let accepted =
+            tokio::spawn(async move { listener.accept(LOOPBACK, None, SECOND).await.unwrap() });
+        // A stranger (127.0.0.2) connects first and is closed at once.
+        let stranger = tokio::net::TcpSocket::new_v4().unwrap();
+        stranger.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stranger = stranger.connect(addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(SECOND, stranger.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "the stranger's connection is closed"
+        );
+        let channel = connect(addr, None, SECOND).await.unwrap();
+        assert_eq!(channel.peer(), addr);
+        let accepted = accepted.await.unwrap();
+        assert_eq!(accepted.peer().ip(), LOOPBACK);
+    }
+
+    #[tokio::test]
     async fn nobody_connecting_times_out_and_frees_the_port() {
         let pool = PortPool::new(46120..=46120);
         let listener = pool.listen(LOOPBACK).await.unwrap();

@@ -14,7 +14,8 @@ use serde::Deserialize;
 pub struct SipSettings {
     /// SIP over UDP; none to not listen on UDP.
     pub udp_listen: Option<SocketAddr>,
-    /// SIP over TCP; none to not listen on TCP. Port 0 takes the UDP port.
+    /// SIP over TCP; none to not listen on TCP. Port 0 takes the UDP port
+    /// when it is free for TCP too.
     pub tcp_listen: Option<SocketAddr>,
     /// Our SIP domain: the host part of our numbers' addresses.
     pub domain: String,
@@ -335,6 +336,40 @@ mod tests {
             let error = parse(text).unwrap_err();
             assert!(error.contains(expected), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn the_two_host_example_is_valid_and_routes_each_to_the_other() {
+        let mut sections = Vec::new();
+        for host in ["a", "b"] {
+            let path = format!(
+                "{}/../examples/sip-two-hosts/{host}.toml",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let file: toml::Table =
+                toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            let sip = toml::to_string(&file["sip"]).unwrap();
+            sections.push(parse(&sip).unwrap_or_else(|e| panic!("{host}.toml: {e}")));
+        }
+        let (a, b) = (&sections[0], &sections[1]);
+        let a_to_b = &a.routes[&b.numbers[0]];
+        assert!(
+            a_to_b.ends_with(&b.udp_listen.unwrap().to_string()),
+            "{a_to_b}"
+        );
+        let b_to_a = &b.routes[&a.numbers[0]];
+        assert!(
+            b_to_a.ends_with(&a.udp_listen.unwrap().to_string()),
+            "{b_to_a}"
+        );
+        let (a_ports, b_ports) = (
+            a.channel_port_range().unwrap(),
+            b.channel_port_range().unwrap(),
+        );
+        assert!(
+            a_ports.end() < b_ports.start(),
+            "the hosts' channel ports overlap"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod callee;
 mod caller;
 mod channel;
 mod config;
+mod digest;
 mod register;
 mod sdp;
 mod stack;
@@ -26,9 +27,8 @@ use tokio::task::JoinHandle;
 
 pub use callee::CallHandler;
 pub use caller::{Call, CallFailure, Stage};
-pub use channel::{Channel, ChannelError};
+pub use channel::Channel;
 pub use config::{SipSettings, Transport};
-pub use sdp::{ChannelDescription, SdpError, Setup};
 
 use crate::channel::PortPool;
 use crate::register::Registrations;
@@ -69,6 +69,8 @@ pub struct Stats {
     pub channel_listeners: usize,
     /// Calls in progress, as caller or callee.
     pub calls: usize,
+    /// Tasks handling incoming requests (one per request, a call's for its length).
+    pub tasks: usize,
 }
 
 /// The running user agent.
@@ -88,19 +90,20 @@ pub(crate) struct Shared {
     identity: Option<ChannelIdentity>,
     handler: Option<Arc<dyn CallHandler>>,
     calls: Arc<AtomicUsize>,
+    tasks: Arc<AtomicUsize>,
 }
 
-/// Counts a call in progress while it lives.
-pub(crate) struct CallGuard(Arc<AtomicUsize>);
+/// Counts something (a call, a task) while it lives.
+pub(crate) struct Counted(Arc<AtomicUsize>);
 
-impl CallGuard {
-    fn new(calls: &Arc<AtomicUsize>) -> Self {
-        calls.fetch_add(1, Ordering::Relaxed);
-        CallGuard(calls.clone())
+impl Counted {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Counted(count.clone())
     }
 }
 
-impl Drop for CallGuard {
+impl Drop for Counted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -130,11 +133,15 @@ impl UserAgent {
             identity,
             handler: callee,
             calls: Arc::new(AtomicUsize::new(0)),
+            tasks: Arc::new(AtomicUsize::new(0)),
         });
         let tasks = vec![
             tokio::spawn(Stack::serve(endpoint)),
             tokio::spawn(callee::serve(shared.clone(), incoming)),
         ];
+        if let Some(tcp) = shared.stack.tcp {
+            Stack::wait_listening(tcp).await?;
+        }
         let registrations = Registrations::start(&shared);
         tracing::info!(
             udp = ?shared.stack.udp,
@@ -171,6 +178,7 @@ impl UserAgent {
             transactions: self.shared.stack.transactions(),
             channel_listeners: self.shared.ports.open_listeners(),
             calls: self.shared.calls.load(Ordering::Relaxed),
+            tasks: self.shared.tasks.load(Ordering::Relaxed),
         }
     }
 

@@ -60,13 +60,20 @@ impl Stack {
         }
         let mut tcp = None;
         if let Some(mut address) = settings.tcp_listen {
-            if address.port() == 0 {
-                address.set_port(udp.map_or(0, |u: SocketAddr| u.port()));
-            }
             // rsipstack binds the listener later and only logs a failure:
-            // bind once here so a taken port is an error at start.
-            let probe = std::net::TcpListener::bind(address)
-                .map_err(|e| SipError::Bind(address, e.to_string()))?;
+            // bind once here so a taken port is an error at start. Port 0
+            // takes the UDP port if free for TCP too, else any port.
+            let probe = match (address.port(), udp) {
+                (0, Some(udp)) => {
+                    address.set_port(udp.port());
+                    std::net::TcpListener::bind(address).or_else(|_| {
+                        address.set_port(0);
+                        std::net::TcpListener::bind(address)
+                    })
+                }
+                _ => std::net::TcpListener::bind(address),
+            }
+            .map_err(|e| SipError::Bind(address, e.to_string()))?;
             let address = probe
                 .local_addr()
                 .map_err(|e| SipError::Bind(address, e.to_string()))?;
@@ -88,6 +95,7 @@ impl Stack {
             .with_transport_layer(transports)
             .with_user_agent(concat!("mailcall/", env!("CARGO_PKG_VERSION")))
             .with_allows(ALLOWED_METHODS.to_vec())
+            .with_inspector(Box::new(crate::digest::AlgorithmNames))
             .build();
         let incoming = endpoint
             .incoming_transactions()
@@ -103,6 +111,29 @@ impl Stack {
             transport: settings.transport,
         };
         Ok((stack, incoming))
+    }
+
+    /// rsipstack binds its TCP listener once serving: wait (bounded) until
+    /// it accepts, so a started agent is reachable at once.
+    pub async fn wait_listening(address: SocketAddr) -> Result<(), SipError> {
+        let mut target = address;
+        if target.ip().is_unspecified() {
+            target.set_ip(if address.is_ipv4() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+            });
+        }
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(target).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Err(SipError::Bind(
+            address,
+            "the TCP listener did not start".into(),
+        ))
     }
 
     pub fn inner(&self) -> EndpointInnerRef {

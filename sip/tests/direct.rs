@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{init_logs, send_and_read_back, settings, settle, udp_of, Echo};
-use mailcall_sip::{CallFailure, SipSettings, Stats, Transport, UserAgent};
+use mailcall_sip::{CallFailure, SipSettings, Stage, Stats, Transport, UserAgent};
 
 const PORTS: u16 = 42000;
 
@@ -86,17 +86,13 @@ async fn call_over_udp_with_a_tls_channel() {
 #[tokio::test]
 async fn unknown_numbers_and_missing_routes_fail_typed() {
     init_logs();
-    let (mut_a, b, _) = pair(Transport::Udp, false).await;
-    let error = mut_a.call("999", |_, _| async {}).await.unwrap_err();
+    let (a, b, _) = pair(Transport::Udp, false).await;
+    let error = a.call("999", |_, _| async {}).await.unwrap_err();
     assert_eq!(error, CallFailure::NoRoute("999".into()));
-    mut_a.shutdown().await;
+    a.shutdown().await;
 
     // A route to B for a number B does not have: 404.
-    let mut settings = settings(PORTS, &["100"]);
-    settings
-        .routes
-        .insert("*".into(), format!("sip:{}", udp_of(&b)));
-    let a = UserAgent::start(settings, None).await.unwrap();
+    let a = UserAgent::start(routed_to(&b), None).await.unwrap();
     let error = a.call("999", |_, _| async {}).await.unwrap_err();
     assert!(
         matches!(error, CallFailure::NotFound { code: 404, .. }),
@@ -105,4 +101,52 @@ async fn unknown_numbers_and_missing_routes_fail_typed() {
     assert!(error.call_id().is_some());
     a.shutdown().await;
     b.shutdown().await;
+
+    // A callee with no handler for calls is unavailable: 480.
+    let c = UserAgent::start(settings(PORTS, &["300"]), None)
+        .await
+        .unwrap();
+    let a = UserAgent::start(routed_to(&c), None).await.unwrap();
+    let error = a.call("300", |_, _| async {}).await.unwrap_err();
+    assert!(
+        matches!(error, CallFailure::Unavailable { code: 480, .. }),
+        "{error}"
+    );
+    a.shutdown().await;
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_never_answers_times_out() {
+    init_logs();
+    // A socket nobody reads: no answer, and no ICMP error either.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut settings = settings(PORTS, &["100"]);
+    settings.invite_timeout_secs = 1;
+    settings
+        .routes
+        .insert("*".into(), format!("sip:{}", silent.local_addr().unwrap()));
+    let a = UserAgent::start(settings, None).await.unwrap();
+    let error = a.call("200", |_, _| async {}).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            CallFailure::Timeout {
+                stage: Stage::Answer,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(settle(&a, Duration::from_secs(10)).await, Stats::default());
+    a.shutdown().await;
+}
+
+/// Number 100, every call routed to `callee`.
+fn routed_to(callee: &UserAgent) -> SipSettings {
+    let mut settings = settings(PORTS, &["100"]);
+    settings
+        .routes
+        .insert("*".into(), format!("sip:{}", udp_of(callee)));
+    settings
 }

@@ -1,6 +1,7 @@
 //! No leaks: a thousand calls in direct mode (half over UDP, half over
 //! TCP), then no call, dialog, transaction or channel listener is left,
-//! and the tasks and file descriptors are back to their baseline.
+//! and the tasks and file descriptors are back to their baseline; after
+//! shutdown, every socket is closed.
 //! Alone in its binary, so other tests' sockets do not count.
 
 mod common;
@@ -28,6 +29,7 @@ fn alive_tasks() -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_calls_leave_nothing_behind() {
     init_logs();
+    let fds_at_start = open_fds();
     let echo = Echo::default();
     let mut b_settings = settings(PORTS, &["200"]);
     b_settings.channel_ports = "45500-45599".into();
@@ -104,5 +106,22 @@ async fn a_thousand_calls_leave_nothing_behind() {
     assert!(
         tasks_after <= tasks + 4,
         "tasks: {tasks} before, {tasks_after} after"
+    );
+
+    // Shutting down closes every socket the agents opened.
+    for agent in agents.into_iter().chain([b]) {
+        Arc::into_inner(agent)
+            .expect("no call holds the agent")
+            .shutdown()
+            .await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while open_fds() > fds_at_start + 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fds_at_end = open_fds();
+    assert!(
+        fds_at_end <= fds_at_start + 2,
+        "file descriptors: {fds_at_start} at start, {fds_at_end} after shutdown"
     );
 }

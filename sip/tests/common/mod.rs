@@ -43,10 +43,13 @@ pub fn init_logs() {
         .ok();
 }
 
+/// The calls a handler saw, with the bytes each received.
+pub type Received = Arc<Mutex<Vec<(CallInfo, Vec<u8>)>>>;
+
 /// Echoes what it reads until the caller closes, and records it.
 #[derive(Default, Clone)]
 pub struct Echo {
-    pub received: Arc<Mutex<Vec<(CallInfo, Vec<u8>)>>>,
+    pub received: Received,
 }
 
 impl CallHandler for Echo {
