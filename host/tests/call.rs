@@ -364,12 +364,31 @@ s.quit()
 }
 
 /// Kamailio (Debian package `kamailio`) as registrar and proxy on a free
-/// loopback port, with the configuration the SIP crate's tests use; killed
-/// when dropped.
+/// loopback port, with the configuration the SIP crate's tests use;
+/// stopped when dropped.
 struct Kamailio {
-    _process: Killed,
+    process: std::process::Child,
     port: u16,
     _run_dir: tempfile::TempDir,
+}
+
+impl Drop for Kamailio {
+    /// SIGTERM, so the main process stops its children too; SIGKILL if it
+    /// lingers.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.process.id().to_string()])
+            .status();
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.process.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
 }
 
 fn kamailio() -> Kamailio {
@@ -399,7 +418,7 @@ fn kamailio() -> Kamailio {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Kamailio {
-        _process: Killed(child),
+        process: child,
         port,
         _run_dir: run_dir,
     }
