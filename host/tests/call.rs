@@ -577,8 +577,14 @@ print("\n".join(line.decode() for line in lines))
 /// scenario of the SIP crate's tests for one call; killed when dropped.
 fn sipp_uas(scenario: &str, replacements: &[(&str, &str)]) -> (u16, Killed, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let template =
-        std::fs::read_to_string(common::repo().join("sip/tests/sipp").join(scenario)).unwrap();
+    // The host's own scenarios, else the SIP crate's.
+    let own = common::repo().join("host/tests/sipp").join(scenario);
+    let source = if own.exists() {
+        own
+    } else {
+        common::repo().join("sip/tests/sipp").join(scenario)
+    };
+    let template = std::fs::read_to_string(source).unwrap();
     let text = replacements
         .iter()
         .fold(template, |text, (from, to)| text.replace(from, to));
@@ -848,4 +854,81 @@ s.quit()
     );
     let reloads = log_of(a_dir.path()).matches("rule reloaded").count();
     assert!(reloads >= 2, "{reloads} reloads");
+}
+
+/// A final server that breaks off in the middle of DATA: it greets, takes
+/// the envelope, reads part of the message and closes the connection.
+fn breaks_off_in_data() -> (u16, std::thread::JoinHandle<usize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        writer.write_all(b"220 fake final server\r\n").unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                return 0;
+            }
+            let reply: &[u8] = match line.get(..4).map(str::to_ascii_uppercase).as_deref() {
+                Some("EHLO") => b"250 fake\r\n",
+                Some("DATA") => b"354 go on\r\n",
+                _ => b"250 ok\r\n",
+            };
+            writer.write_all(reply).unwrap();
+            if reply.starts_with(b"354") {
+                break;
+            }
+        }
+        // A few bytes of the message, then the connection drops.
+        let mut some = [0u8; 16];
+        let read = reader.read(&mut some).unwrap_or(0);
+        drop(writer);
+        read
+    });
+    (port, server)
+}
+
+#[test]
+fn a_final_server_that_breaks_off_in_data_means_relay_and_one_copy() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Host::new();
+    let relay = sink(&a_dir.path().join("sink"), &[]);
+    let (channel_port, final_server) = breaks_off_in_data();
+    let (port, _sipp, _scenario) =
+        sipp_uas("uas_answer.xml", &[("@PORT@", &channel_port.to_string())]);
+    let a_server = start_a(
+        a_dir.path(),
+        &a,
+        &format!("sip:127.0.0.1:{port}"),
+        relay.port,
+        "",
+    );
+    submit(
+        &a_server,
+        &["hanako@b.example"],
+        "Subject: broken off\r\n\r\nCall 050-2222-0000.\r\n",
+    );
+    assert!(final_server.join().unwrap() > 0, "the message had started");
+    let attempts = wait_for_history(a_dir.path(), "hanako@b.example", "delivered");
+    let steps: Vec<_> = attempts
+        .iter()
+        .map(|a| (a["path"].as_str().unwrap(), a["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        [("call", "fell-back"), ("relay", "delivered")],
+        "{attempts:?}\n{}",
+        log_of(a_dir.path())
+    );
+    assert!(attempts[0]["detail"].as_str().unwrap().contains("4.4.2"), "{attempts:?}");
+    // Exactly one copy went on, by relay.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(wait_for_dumps(&a_dir.path().join("sink"), 1).len(), 1);
 }
