@@ -927,7 +927,10 @@ fn a_final_server_that_breaks_off_in_data_means_relay_and_one_copy() {
         "{attempts:?}\n{}",
         log_of(a_dir.path())
     );
-    assert!(attempts[0]["detail"].as_str().unwrap().contains("4.4.2"), "{attempts:?}");
+    assert!(
+        attempts[0]["detail"].as_str().unwrap().contains("4.4.2"),
+        "{attempts:?}"
+    );
     // Exactly one copy went on, by relay.
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(wait_for_dumps(&a_dir.path().join("sink"), 1).len(), 1);

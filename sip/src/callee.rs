@@ -351,6 +351,9 @@ fn ring_and_answer(
         .map_err(|e| e.to_string())
 }
 
+/// How long the callee waits for the caller's BYE after the session.
+const BYE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn run_session(
     shared: &Shared,
     handler: Arc<dyn CallHandler>,
@@ -370,7 +373,14 @@ async fn run_session(
     // A BYE does not cut the handler short: the caller closed the channel
     // first, so the handler sees its end and finishes what it received.
     let caller_hung_up = tokio::select! {
-        _ = &mut session => false,
+        // The caller ends the call (S7) once its session is over: give its
+        // BYE a moment before hanging up ourselves, so that the two ends do
+        // not both send BYE.
+        _ = &mut session => {
+            tokio::time::timeout(BYE_GRACE, until_ended(states, &call_id))
+                .await
+                .is_ok()
+        }
         () = until_ended(states, &call_id) => {
             if session.await.is_err() {
                 warn!(call_id = %call_id, "session timed out");
