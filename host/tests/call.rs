@@ -129,16 +129,7 @@ fn submit(server: &Server, recipients: &[&str], message: &str) {
         "import smtplib\ns = smtplib.SMTP('127.0.0.1', {port}, timeout=30)\nrefused = s.sendmail('taro@a.example', {recipients:?}, {message:?}.encode())\nassert refused == {{}}, refused\ns.quit()\n",
         port = server.address.port(),
     );
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    python(&script);
 }
 
 #[test]
@@ -311,16 +302,7 @@ s.quit()
 "#,
         port = a_server.address.port()
     );
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    python(&script);
 
     assert_eq!(wait_for_files(b_dir.path(), "hanako", 1).len(), 1);
     let failed = wait_for_history(a_dir.path(), "nobody@b.example", "failed");
@@ -409,14 +391,9 @@ fn kamailio() -> Kamailio {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("kamailio (scripts/setup installs it)");
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "kamailio did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until("kamailio did not start", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     Kamailio {
         process: child,
         port,
@@ -557,17 +534,7 @@ pop.quit()
 print("\n".join(line.decode() for line in lines))
 "#
     );
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = python(&script);
     assert!(text.starts_with("Received: from mx.a.example"), "{text}");
     assert!(text.contains("Subject: through Kamailio"), "{text}");
     assert!(text.contains("Call me at 050-2222-0000."), "{text}");
@@ -609,14 +576,9 @@ fn sipp_uas(scenario: &str, replacements: &[(&str, &str)]) -> (u16, Killed, temp
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("sipp (scripts/setup installs sip-tester)");
-    let started = std::time::Instant::now();
-    while std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "sipp did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until("sipp did not start", || {
+        std::net::UdpSocket::bind(("127.0.0.1", port)).is_err()
+    });
     (port, Killed(child), dir)
 }
 
@@ -719,17 +681,7 @@ s.quit()
 "#,
         port = a_server.address.port()
     );
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = python(&script);
     assert!(
         stdout.contains("hanako@b.example 250 2.0.0 Ok: the final server took it over a call"),
         "{stdout}\n{}",

@@ -417,23 +417,6 @@ fn relay_networks_relay_over_static_routes_with_per_recipient_outcomes() {
     );
 }
 
-/// Runs a Python script (smtplib, poplib) and returns its output; fails
-/// the test if the script fails.
-fn python(script: &str) -> String {
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
 #[test]
 fn smtplib_exercises_every_command_and_extension() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,8 +2,6 @@
 //! poplib (POP3), and mailcall relaying to another mailcall over
 //! opportunistic TLS.
 
-use std::process::Command;
-
 mod common;
 use common::server::*;
 
@@ -120,17 +118,7 @@ print("received", any(line.startswith(b"Received:") for line in lines))
 pop.quit()
 "#
     );
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = python(&script);
     assert!(stdout.contains("messages 1"), "{stdout}");
     assert!(stdout.contains("received True"), "{stdout}");
 }

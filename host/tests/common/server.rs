@@ -271,3 +271,29 @@ pub fn wait_for_history(dir: &Path, recipient: &str, outcome: &str) -> Vec<serde
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Runs a Python script (smtplib, poplib) and returns its output; fails
+/// the test if the script fails.
+pub fn python(script: &str) -> String {
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Waits (at most 10 s) until `ready`, failing the test with `what`.
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
