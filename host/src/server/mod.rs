@@ -172,8 +172,24 @@ pub async fn serve(
     let caller = user_agent.clone().map(|agent| {
         Arc::new(crate::delivery::call::SipCaller::new(agent, &config)) as Arc<dyn Caller>
     });
-    let planner = Arc::new(Planner::new(spool, config.clone(), policy, caller));
-    let scheduler = tokio::spawn(schedule_deliveries(
+    // Deliveries run on a runtime of their own with one worker, as
+    // Postfix runs them in processes of their own: however many are in
+    // progress, they cannot starve the listeners of CPU, and accepting mail
+    // stays fast while the queue drains.
+    let delivery_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("delivery")
+        .enable_all()
+        .build()
+        .map_err(|error| SpoolError::Io {
+            path: data_dir.clone(),
+            error,
+        })?;
+    let planner = {
+        let _inside = delivery_runtime.enter();
+        Arc::new(Planner::new(spool, config.clone(), policy, caller))
+    };
+    let scheduler = delivery_runtime.spawn(schedule_deliveries(
         planner,
         received,
         deliveries,
@@ -214,6 +230,7 @@ pub async fn serve(
     // (its call ends with the process; the registration expires).
     scheduler.abort();
     let _ = scheduler.await;
+    delivery_runtime.shutdown_background();
     if let Some(agent) = user_agent.and_then(Arc::into_inner) {
         agent.shutdown().await;
     }
