@@ -15,6 +15,7 @@ const B_NUMBER: &str = "05022220000";
 /// A host's configuration: SMTP, POP3 and SIP on free loopback ports.
 struct Host {
     smtp: u16,
+    pop3: u16,
     sip: u16,
 }
 
@@ -22,10 +23,14 @@ impl Host {
     fn new() -> Host {
         Host {
             smtp: free_port(),
+            pop3: free_port(),
             sip: free_port(),
         }
     }
 }
+
+/// Hanako's POP3 password at B.
+const PASSWORD: &str = "secret pw";
 
 /// B: the final server for `b.example`, answering calls to its number.
 fn start_b(dir: &Path, b: &Host, channel_ports: &str) -> Server {
@@ -42,6 +47,7 @@ local_domains = ["b.example"]
 
 [users.hanako]
 aliases = ["{B_NUMBER}"]
+password_hash = {hash:?}
 
 [sip]
 udp_listen = "127.0.0.1:{sip}"
@@ -52,8 +58,9 @@ allowed_sources = ["127.0.0.0/8"]
 channel_ports = "{channel_ports}"
 "#,
             smtp = b.smtp,
-            pop3 = free_port(),
+            pop3 = b.pop3,
             sip = b.sip,
+            hash = hash_password(PASSWORD),
         ),
     )
 }
@@ -154,6 +161,20 @@ fn a_message_travels_over_a_call_to_the_final_server() {
         "{trace}"
     );
     assert_eq!(trace.matches("Received:").count(), 2, "{trace}");
+    // And Hanako reads exactly that over POP3.
+    let retrieved = python(&format!(
+        r#"
+import poplib, sys
+pop = poplib.POP3("127.0.0.1", {port}, timeout=10)
+pop.user("hanako")
+pop.pass_("{PASSWORD}")
+lines = pop.retr(1)[1]
+pop.quit()
+sys.stdout.buffer.write(b"".join(line + b"\r\n" for line in lines))
+"#,
+        port = b.pop3
+    ));
+    assert_eq!(retrieved, stored);
 
     // A's history: the call path, the number, the rule, the Call-ID.
     let attempts = wait_for_history(a_dir.path(), "hanako@b.example", "delivered");
@@ -420,7 +441,7 @@ fn through_kamailio_swaks_to_a_and_pop3_at_b() {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (Host::new(), Host::new());
     let unused_sink = sink(&a_dir.path().join("sink"), &[]);
-    let hash = hash_password("secret pw");
+    let hash = hash_password(PASSWORD);
 
     // B registers its number with Kamailio; A sends every call through it.
     let b_config = format!(
@@ -444,14 +465,9 @@ register_expires_secs = 60
 channel_ports = "42020-42029"
 "#,
         smtp = b.smtp,
-        pop3 = free_port(),
+        pop3 = b.pop3,
         sip = b.sip,
     );
-    let b_pop3 = b_config
-        .lines()
-        .find_map(|l| l.strip_prefix("pop3_listen = \"127.0.0.1:"))
-        .and_then(|p| p.trim_end_matches('"').parse::<u16>().ok())
-        .unwrap();
     let _b = start_config(b_dir.path(), b.smtp, &b_config);
     assert!(
         wait_for_log(b_dir.path(), "registered at"),
@@ -526,13 +542,14 @@ invite_timeout_secs = 5
     let script = format!(
         r#"
 import poplib
-pop = poplib.POP3("127.0.0.1", {b_pop3}, timeout=10)
+pop = poplib.POP3("127.0.0.1", {port}, timeout=10)
 pop.user("hanako")
-pop.pass_("secret pw")
+pop.pass_("{PASSWORD}")
 lines = pop.retr(1)[1]
 pop.quit()
 print("\n".join(line.decode() for line in lines))
-"#
+"#,
+        port = b.pop3
     );
     let text = python(&script);
     assert!(text.starts_with("Received: from mx.a.example"), "{text}");
