@@ -34,6 +34,11 @@ const PASSWORD: &str = "secret pw";
 
 /// B: the final server for `b.example`, answering calls to its number.
 fn start_b(dir: &Path, b: &Host, channel_ports: &str) -> Server {
+    start_b_with(dir, b, channel_ports, "")
+}
+
+/// As [`start_b`], with more `[sip]` settings (a registrar).
+fn start_b_with(dir: &Path, b: &Host, channel_ports: &str, sip_extra: &str) -> Server {
     start_config(
         dir,
         b.smtp,
@@ -56,6 +61,7 @@ domain = "b.example"
 numbers = ["{B_NUMBER}"]
 allowed_sources = ["127.0.0.0/8"]
 channel_ports = "{channel_ports}"
+{sip_extra}
 "#,
             smtp = b.smtp,
             pop3 = b.pop3,
@@ -82,6 +88,33 @@ fn start_a_with(
     server_extra: &str,
 ) -> Server {
     let rules = common::repo().join("build/rules");
+    start_a_routed(
+        dir,
+        a,
+        &rules,
+        &direct_to(b_uri),
+        relay_port,
+        call,
+        server_extra,
+    )
+}
+
+/// A's `[sip]` routing straight to B, without a SIP server.
+fn direct_to(b_uri: &str) -> String {
+    format!("\n[sip.routes]\n\"*\" = \"{b_uri}\"")
+}
+
+/// A, with its rules in `rules`, and `sip_routing` (direct routes, or a
+/// registrar and a proxy) at the end of its `[sip]` section.
+fn start_a_routed(
+    dir: &Path,
+    a: &Host,
+    rules: &Path,
+    sip_routing: &str,
+    relay_port: u16,
+    call: &str,
+    server_extra: &str,
+) -> Server {
     start_config(
         dir,
         a.smtp,
@@ -113,9 +146,7 @@ tcp_listen = "127.0.0.1:{sip}"
 domain = "a.example"
 numbers = ["05011110000"]
 invite_timeout_secs = 5
-
-[sip.routes]
-"*" = "{b_uri}"
+{sip_routing}
 "#,
             smtp = a.smtp,
             pop3 = free_port(),
@@ -441,71 +472,26 @@ fn through_kamailio_swaks_to_a_and_pop3_at_b() {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (Host::new(), Host::new());
     let unused_sink = sink(&a_dir.path().join("sink"), &[]);
-    let hash = hash_password(PASSWORD);
 
     // B registers its number with Kamailio; A sends every call through it.
-    let b_config = format!(
-        r#"[server]
-hostname = "mx.b.example"
-data_dir = "data"
-smtp_listen = "127.0.0.1:{smtp}"
-pop3_listen = "127.0.0.1:{pop3}"
-local_domains = ["b.example"]
-
-[users.hanako]
-password_hash = {hash:?}
-
-[sip]
-udp_listen = "127.0.0.1:{sip}"
-tcp_listen = "127.0.0.1:{sip}"
-domain = "b.example"
-numbers = ["{B_NUMBER}"]
-registrar = "{proxy}"
-register_expires_secs = 60
-channel_ports = "42020-42029"
-"#,
-        smtp = b.smtp,
-        pop3 = b.pop3,
-        sip = b.sip,
-    );
-    let _b = start_config(b_dir.path(), b.smtp, &b_config);
+    let registrar = format!("registrar = \"{proxy}\"\nregister_expires_secs = 60");
+    let _b = start_b_with(b_dir.path(), &b, "42020-42029", &registrar);
     assert!(
         wait_for_log(b_dir.path(), "registered at"),
         "B did not register:\n{}",
         log_of(b_dir.path())
     );
-    let a_config = format!(
-        r#"[server]
-hostname = "mx.a.example"
-data_dir = "data"
-smtp_listen = "127.0.0.1:{smtp}"
-pop3_listen = "127.0.0.1:{pop3}"
-local_domains = ["a.example"]
-relay_networks = ["127.0.0.0/8"]
-
-[routes]
-"b.example" = "127.0.0.1:{relay}"
-
-[policy]
-rules_dir = "{rules}"
-chain = ["embedded-number"]
-
-[sip]
-udp_listen = "127.0.0.1:{sip}"
-tcp_listen = "127.0.0.1:{sip}"
-domain = "a.example"
-numbers = ["05011110000"]
-registrar = "{proxy}"
-outbound_proxy = "{proxy}"
-invite_timeout_secs = 5
-"#,
-        smtp = a.smtp,
-        pop3 = free_port(),
-        relay = unused_sink.port,
-        rules = common::repo().join("build/rules").display(),
-        sip = a.sip,
+    let through_proxy = format!("registrar = \"{proxy}\"\noutbound_proxy = \"{proxy}\"");
+    let rules = common::repo().join("build/rules");
+    let a_server = start_a_routed(
+        a_dir.path(),
+        &a,
+        &rules,
+        &through_proxy,
+        unused_sink.port,
+        "",
+        "",
     );
-    let a_server = start_config(a_dir.path(), a.smtp, &a_config);
 
     let (ok, transcript) = swaks(
         &a_server,
@@ -752,18 +738,15 @@ fn rules_replaced_ten_times_under_load_lose_and_delay_nothing() {
     let module = rules.join("embedded-number.wasm");
     std::fs::write(&module, &versions[0]).unwrap();
     let b_uri = format!("sip:127.0.0.1:{}", b.sip);
-    let config = start_a(a_dir.path(), &a, &b_uri, relay.port, "");
-    drop(config);
-    // start_a points at build/rules: point it at the copy and restart.
-    let path = a_dir.path().join("mailcall.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        &format!(
-            "rules_dir = \"{}\"",
-            common::repo().join("build/rules").display()
-        ),
-        &format!("rules_dir = \"{}\"", rules.display()),
+    let a_server = start_a_routed(
+        a_dir.path(),
+        &a,
+        &rules,
+        &direct_to(&b_uri),
+        relay.port,
+        "",
+        "",
     );
-    let a_server = start_config(a_dir.path(), a.smtp, &text);
 
     // A bounded stream: 40 messages, one every 100 ms, on one connection.
     const MESSAGES: usize = 40;

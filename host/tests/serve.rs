@@ -4,7 +4,6 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -286,42 +285,17 @@ fn queue_list_shows_deferred_mail_and_flush_retries_it_now() {
     let (ok, transcript) = swaks(&server, &["--to", "taro@local.test"]);
     assert!(ok, "{transcript}");
 
-    let queue = |action: &str| {
-        let output = Command::new(env!("CARGO_BIN_EXE_mailcall"))
-            .args(["queue", action, "--config"])
-            .arg(dir.path().join("mailcall.toml"))
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
-    let started = Instant::now();
-    let mut listing = queue("list");
-    while !listing.contains("deferred") && started.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-        listing = queue("list");
-    }
+    let listing = wait_for_queue(dir.path(), &["deferred"]);
     assert!(
         listing.contains("taro@local.test  deferred (1 attempts"),
         "{listing}"
     );
 
     std::fs::remove_file(dir.path().join("data/mail/taro")).unwrap();
-    assert!(queue("flush").contains("flush"));
+    assert!(queue(dir.path(), "flush").contains("flush"));
     assert_eq!(wait_for_files(dir.path(), "taro", 1).len(), 1);
-    let started = Instant::now();
-    while !queue("list").contains("the queue is empty") {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{}",
-            queue("list")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let listing = wait_for_queue(dir.path(), &["the queue is empty"]);
+    assert!(listing.contains("the queue is empty"), "{listing}");
 }
 
 #[test]
@@ -349,18 +323,7 @@ fn relay_networks_relay_over_static_routes_with_per_recipient_outcomes() {
     assert!(ok, "{transcript}");
 
     // The accepting sink got one transaction with both of its recipients.
-    let started = Instant::now();
-    let dumped = loop {
-        let files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("ok"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        if !files.is_empty() || started.elapsed() > Duration::from_secs(10) {
-            break files;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let dumped = wait_for_dumps(&dir.path().join("ok"), 1);
     assert_eq!(dumped.len(), 1, "{dumped:?}");
     let text = String::from_utf8_lossy(&std::fs::read(&dumped[0]).unwrap()).into_owned();
     assert!(text.contains("Subject: relayed"), "{text}");
@@ -369,24 +332,16 @@ fn relay_networks_relay_over_static_routes_with_per_recipient_outcomes() {
         "{text}"
     );
 
-    // The refused recipient failed, the deferred one waits in the queue.
-    let started = Instant::now();
-    let listing = loop {
-        let output = Command::new(env!("CARGO_BIN_EXE_mailcall"))
-            .args(["queue", "list", "--config"])
-            .arg(dir.path().join("mailcall.toml"))
-            .output()
-            .unwrap();
-        let listing = String::from_utf8_lossy(&output.stdout).into_owned();
-        // Each destination is recorded in turn: wait for all three.
-        let settled = listing.contains("d@soft.test  deferred")
-            && listing.contains("c@hard.test  failed")
-            && listing.contains("a@remote.test  delivered");
-        if settled || started.elapsed() > Duration::from_secs(10) {
-            break listing;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // The refused recipient failed, the deferred one waits in the queue;
+    // each destination is recorded in turn: wait for all three.
+    let listing = wait_for_queue(
+        dir.path(),
+        &[
+            "d@soft.test  deferred",
+            "c@hard.test  failed",
+            "a@remote.test  delivered",
+        ],
+    );
     assert!(
         listing.contains("d@soft.test  deferred (1 attempts"),
         "{listing}"

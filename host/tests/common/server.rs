@@ -226,17 +226,32 @@ pub fn wait_for_queue(dir: &Path, expected: &[&str]) -> String {
 }
 
 /// The files smtp-sink dumped into `dump`, waiting (at most 15 s) for
-/// `count` of them.
+/// `count` of them, each written to its end: smtp-sink creates a dump file
+/// when a transaction starts and fills it as data comes, so a file counts
+/// once its size held still between two looks.
 pub fn wait_for_dumps(dump: &Path, count: usize) -> Vec<PathBuf> {
     let started = Instant::now();
-    loop {
-        let files: Vec<PathBuf> = std::fs::read_dir(dump)
-            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+    let sizes = || -> Vec<(PathBuf, u64)> {
+        let mut files: Vec<(PathBuf, u64)> = std::fs::read_dir(dump)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| (e.path(), e.metadata().map_or(0, |m| m.len())))
+                    .collect()
+            })
             .unwrap_or_default();
-        if files.len() >= count || started.elapsed() > Duration::from_secs(15) {
-            return files;
+        files.sort();
+        files
+    };
+    let mut last = sizes();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = sizes();
+        let settled = now == last && now.iter().all(|(_, size)| *size > 0);
+        if (settled && now.len() >= count) || started.elapsed() > Duration::from_secs(15) {
+            return now.into_iter().map(|(path, _)| path).collect();
         }
-        std::thread::sleep(Duration::from_millis(50));
+        last = now;
     }
 }
 
