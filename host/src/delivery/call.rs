@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mailcall_sip::{CallFailure, CallInfo, UserAgent};
 
@@ -45,15 +44,12 @@ pub struct SipCaller {
 
 impl SipCaller {
     pub fn new(agent: Arc<UserAgent>, config: &Config) -> SipCaller {
-        let relay = &config.relay;
         SipCaller {
             agent,
             // No STARTTLS on the channel: its TLS, if any, came with the SDP.
             client: ClientSettings {
-                hostname: config.server.hostname.clone(),
                 tls: None,
-                connect_timeout: Duration::from_secs(relay.connect_timeout_secs.into()),
-                reply_timeout: Duration::from_secs(relay.reply_timeout_secs.into()),
+                ..super::client_settings(config)
             },
         }
     }

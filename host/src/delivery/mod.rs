@@ -128,13 +128,6 @@ impl Planner {
             .map(|domain| domain.trim_end_matches('.').to_lowercase())
             .collect();
         let data_dir = config.resolve(&config.server.data_dir);
-        let relay = &config.relay;
-        let client = ClientSettings {
-            hostname: config.server.hostname.clone(),
-            tls: (relay.tls == RelayTls::May).then(crate::tls::opportunistic_client_config),
-            connect_timeout: Duration::from_secs(relay.connect_timeout_secs.into()),
-            reply_timeout: Duration::from_secs(relay.reply_timeout_secs.into()),
-        };
         Planner {
             spool,
             local_domains,
@@ -142,16 +135,11 @@ impl Planner {
             history: History::new(&data_dir),
             schedule: RetrySchedule::new(&config.queue),
             router: Router::new(&config),
-            client,
+            client: client_settings(&config),
             policy,
             caller,
             config,
         }
-    }
-
-    /// The SMTP client settings (the call path uses them too).
-    pub fn client_settings(&self) -> &ClientSettings {
-        &self.client
     }
 
     /// S2: local or remote.
@@ -650,6 +638,18 @@ pub struct Attempted {
     pub notices: Vec<Notice>,
     /// The message's envelope and bytes, when there are notices to report.
     pub original: Option<(Envelope, Vec<u8>)>,
+}
+
+/// The SMTP client as `[server]` and `[relay]` configure it, for relaying
+/// and (without STARTTLS) for the call path.
+pub fn client_settings(config: &Config) -> ClientSettings {
+    let relay = &config.relay;
+    ClientSettings {
+        hostname: config.server.hostname.clone(),
+        tls: (relay.tls == RelayTls::May).then(crate::tls::opportunistic_client_config),
+        connect_timeout: Duration::from_secs(relay.connect_timeout_secs.into()),
+        reply_timeout: Duration::from_secs(relay.reply_timeout_secs.into()),
+    }
 }
 
 /// Whether a recipient with this outcome is to be tried now.
