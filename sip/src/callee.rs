@@ -47,19 +47,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut incoming: TransactionReceiver
 async fn dispatch(shared: Arc<Shared>, mut tx: Transaction) {
     let method = tx.original.method;
     let call_id = call_id_of(&tx.original);
-    if let Some((status, why)) = malformed(&tx.original) {
-        if method != Method::Ack {
-            info!(call_id = %call_id, "{method} refused: {status} {why}");
-            let mut response = tx.endpoint_inner.make_response(&tx.original, status, None);
-            // Answer in our version, not in the one we refuse.
-            response.version = rsipstack::sip::Version::V2;
-            response.headers.push(warning(why));
-            if let Err(e) = tx.respond(response).await {
-                debug!(call_id = %call_id, "answering a malformed {method}: {e}");
-            }
-        }
-        return;
-    }
     if let Some(mut dialog) = shared.stack.dialogs.match_dialog(&tx) {
         let result = match method {
             // We never renegotiate the channel of a running call.
@@ -106,18 +93,6 @@ async fn dispatch(shared: Arc<Shared>, mut tx: Transaction) {
     if let Err(e) = result {
         debug!(call_id = %call_id, "answering {method}: {e}");
     }
-}
-
-/// What rsipstack's parser lets through but RFC 3261 refuses (§8.2.2);
-/// messages it cannot parse never reach us (dropped). Its parser takes
-/// the body as it comes, whatever Content-Length says.
-fn malformed(request: &Request) -> Option<(StatusCode, &'static str)> {
-    if request.version != rsipstack::sip::Version::V2 {
-        return Some((StatusCode::VersionNotSupported, "only SIP/2.0"));
-    }
-    let cseq_method = request.cseq_header().ok().and_then(|c| c.method().ok());
-    (cseq_method != Some(request.method))
-        .then_some((StatusCode::BadRequest, "CSeq method does not match"))
 }
 
 fn allow_header() -> Header {

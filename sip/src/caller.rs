@@ -231,6 +231,7 @@ where
 
     info!(call_id = %call_id, via = ?target.proxy.as_ref().map(|p| p.to_string()), "T1 INVITE {}", target.request_uri);
     info!(call_id = %call_id, "T3 offer: smtp over {}", if offer.tls { "TCP/TLS" } else { "TCP" });
+    stack.prepare_tcp(next_hop).await;
     let (state_sender, mut states) = stack.dialogs.new_dialog_state_channel();
     let (dialog, mut answer) = stack
         .dialogs

@@ -12,9 +12,11 @@ mod channel;
 mod config;
 mod digest;
 mod register;
+mod screen;
 mod sdp;
 mod stack;
 mod tls;
+mod transports;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -139,9 +141,6 @@ impl UserAgent {
             tokio::spawn(Stack::serve(endpoint)),
             tokio::spawn(callee::serve(shared.clone(), incoming)),
         ];
-        if let Some(tcp) = shared.stack.tcp {
-            Stack::wait_listening(tcp).await?;
-        }
         let registrations = Registrations::start(&shared);
         tracing::info!(
             udp = ?shared.stack.udp,

@@ -81,6 +81,7 @@ async fn keep_registered(
         params: Vec::new(),
     });
     let expires = shared.settings.register_expires_secs;
+    shared.stack.prepare_tcp(&server).await;
     registration
         .keep_alive(server.clone(), expires, stop, |outcome| match outcome {
             RefreshOutcome::Registered(response) => {

@@ -1,5 +1,6 @@
 //! The SIP stack underneath: rsipstack's transports (UDP, TCP), its
-//! transaction endpoint and its dialog layer, set up from our settings.
+//! transaction endpoint and its dialog layer, set up from our settings, on
+//! our own sockets (`transports`).
 //! Only this module, `caller`, `callee` and `register` see rsipstack types.
 
 use std::net::{IpAddr, SocketAddr};
@@ -10,13 +11,13 @@ use rsipstack::sip::uri::ParamsExt;
 use rsipstack::sip::{Method, Param, Transport as SipTransport, Uri};
 use rsipstack::transaction::endpoint::{Endpoint, EndpointInnerRef, EndpointOption};
 use rsipstack::transaction::TransactionReceiver;
-use rsipstack::transport::tcp_listener::TcpListenerConnection;
 use rsipstack::transport::udp::UdpConnection;
 use rsipstack::transport::TransportLayer;
 use rsipstack::EndpointBuilder;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SipSettings, Transport};
+use crate::transports::{serve_tcp, Outgoing, ScreenedUdp};
 use crate::SipError;
 
 /// The methods we answer; advertised in `Allow`.
@@ -38,6 +39,8 @@ pub(crate) struct Stack {
     pub tcp: Option<SocketAddr>,
     pub domain: String,
     pub transport: Transport,
+    outgoing: Outgoing,
+    connect_timeout: std::time::Duration,
 }
 
 impl Stack {
@@ -47,23 +50,25 @@ impl Stack {
         let transports = TransportLayer::new(cancel.clone());
         let mut udp = None;
         if let Some(address) = settings.udp_listen {
-            let connection =
-                UdpConnection::create_connection(address, None, Some(cancel.child_token()))
-                    .await
-                    .map_err(|e| SipError::Bind(address, e.to_string()))?;
-            let bound = connection
-                .get_addr()
-                .get_socketaddr()
-                .map_err(|e| SipError::Bind(address, e.to_string()))?;
+            let bind_error = |e: &dyn std::fmt::Display| SipError::Bind(address, e.to_string());
+            let socket = tokio::net::UdpSocket::bind(address)
+                .await
+                .map_err(|e| bind_error(&e))?;
+            let bound = socket.local_addr().map_err(|e| bind_error(&e))?;
+            let connection = UdpConnection::from_socket(
+                Arc::new(ScreenedUdp::new(socket)),
+                None,
+                Some(cancel.child_token()),
+            )
+            .await
+            .map_err(|e| bind_error(&e))?;
             udp = Some(SocketAddr::new(address.ip(), bound.port()));
             transports.add_transport(connection.into());
         }
-        let mut tcp = None;
+        let mut tcp_listener = None;
         if let Some(mut address) = settings.tcp_listen {
-            // rsipstack binds the listener later and only logs a failure:
-            // bind once here so a taken port is an error at start. Port 0
-            // takes the UDP port if free for TCP too, else any port.
-            let probe = match (address.port(), udp) {
+            // Port 0 takes the UDP port if free for TCP too, else any port.
+            let listener = match (address.port(), udp) {
                 (0, Some(udp)) => {
                     address.set_port(udp.port());
                     std::net::TcpListener::bind(address).or_else(|_| {
@@ -73,17 +78,18 @@ impl Stack {
                 }
                 _ => std::net::TcpListener::bind(address),
             }
+            .and_then(|listener| {
+                listener.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(listener)
+            })
             .map_err(|e| SipError::Bind(address, e.to_string()))?;
-            let address = probe
-                .local_addr()
-                .map_err(|e| SipError::Bind(address, e.to_string()))?;
-            drop(probe);
-            let listener = TcpListenerConnection::new(address, None)
-                .await
-                .map_err(|e| SipError::Bind(address, e.to_string()))?;
-            transports.add_transport(listener.into());
-            tcp = Some(address);
+            tcp_listener = Some(listener);
         }
+        let tcp = tcp_listener
+            .as_ref()
+            .map(|listener| listener.local_addr())
+            .transpose()
+            .map_err(|e| SipError::Stack(e.to_string()))?;
         // Call-IDs rsipstack makes itself (REGISTER) name our domain too.
         let option = EndpointOption {
             callid_suffix: Some(settings.domain.clone()),
@@ -101,6 +107,9 @@ impl Stack {
             .incoming_transactions()
             .map_err(|e| SipError::Stack(e.to_string()))?;
         let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+        if let Some(listener) = tcp_listener {
+            tokio::spawn(serve_tcp(listener, endpoint.inner.clone(), cancel.clone()));
+        }
         let stack = Stack {
             endpoint: Arc::new(endpoint),
             dialogs,
@@ -109,31 +118,10 @@ impl Stack {
             tcp,
             domain: settings.domain.clone(),
             transport: settings.transport,
+            outgoing: Outgoing::default(),
+            connect_timeout: settings.channel_connect_timeout(),
         };
         Ok((stack, incoming))
-    }
-
-    /// rsipstack binds its TCP listener once serving: wait (bounded) until
-    /// it accepts, so a started agent is reachable at once.
-    pub async fn wait_listening(address: SocketAddr) -> Result<(), SipError> {
-        let mut target = address;
-        if target.ip().is_unspecified() {
-            target.set_ip(if address.is_ipv4() {
-                IpAddr::from([127, 0, 0, 1])
-            } else {
-                IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
-            });
-        }
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(target).await.is_ok() {
-                return Ok(());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        Err(SipError::Bind(
-            address,
-            "the TCP listener did not start".into(),
-        ))
     }
 
     pub fn inner(&self) -> EndpointInnerRef {
@@ -188,6 +176,30 @@ impl Stack {
             uri.params.push(Param::Transport(SipTransport::Tcp));
         }
         Ok(uri)
+    }
+
+    /// Opens (with TCP_NODELAY) the TCP connection a request to `next_hop`
+    /// will take, when it names TCP and an address with a port.
+    pub async fn prepare_tcp(&self, next_hop: &Uri) {
+        if transport_of(next_hop) != SipTransport::Tcp {
+            return;
+        }
+        let rsipstack::sip::Host::IpAddr(ip) = next_hop.host_with_port.host else {
+            return;
+        };
+        let Some(port) = next_hop.host_with_port.port else {
+            return;
+        };
+        let target = SocketAddr::new(ip, port.value());
+        self.outgoing
+            .connect(
+                target,
+                self.tcp,
+                &self.endpoint.inner,
+                &self.cancel,
+                self.connect_timeout,
+            )
+            .await;
     }
 
     pub fn shutdown(&self) {

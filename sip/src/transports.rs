@@ -1,0 +1,441 @@
+//! Our sockets under rsipstack's transaction layer.
+//!
+//! - UDP: rsipstack reads datagrams through `ScreenedUdp`, which answers or
+//!   drops what the `screen` refuses before rsipstack's parser sees it.
+//! - TCP, incoming: we accept, set TCP_NODELAY (without it every exchange
+//!   waits out Nagle and delayed ACK, about 40 ms), cut messages by
+//!   Content-Length, screen them, and bridge each connection to rsipstack
+//!   through one of its in-memory channel connections.
+//! - TCP, outgoing: `connect` opens the connection to a next hop with
+//!   TCP_NODELAY and hands it to rsipstack before it would open one itself.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use rsipstack::sip::Transport as SipTransport;
+use rsipstack::transaction::endpoint::EndpointInnerRef;
+use rsipstack::transport::channel::ChannelConnection;
+use rsipstack::transport::tcp::TcpConnection;
+use rsipstack::transport::{SipAddr, SipConnection, TransportEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::screen::{self, Framing, Verdict, MAX_MESSAGE};
+
+/// RFC 5626 keep-alive: a blank-line ping gets a single CRLF pong.
+const PING: &[u8] = b"\r\n\r\n";
+const PONG: &[u8] = b"\r\n";
+
+/// A UDP socket that screens what it receives.
+pub(crate) struct ScreenedUdp {
+    socket: UdpSocket,
+    /// Big enough for any datagram, so an oversized one is seen whole
+    /// (one receive at a time: rsipstack runs one receive loop).
+    buffer: tokio::sync::Mutex<Box<[u8]>>,
+}
+
+impl ScreenedUdp {
+    pub fn new(socket: UdpSocket) -> Self {
+        ScreenedUdp {
+            socket,
+            buffer: tokio::sync::Mutex::new(vec![0u8; 65_536].into_boxed_slice()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl rsipstack::platform::net::UdpSocket for ScreenedUdp {
+    async fn recv_from(&self, buf: &mut [u8]) -> rsipstack::Result<(usize, SocketAddr)> {
+        let mut buffer = self.buffer.lock().await;
+        loop {
+            let (read, source) = self.socket.recv_from(&mut buffer).await?;
+            let datagram = &buffer[..read];
+            // Keep-alives and stray blank lines: rsipstack knows them.
+            let len = if datagram.iter().all(u8::is_ascii_whitespace) {
+                read.min(buf.len())
+            } else {
+                match screen::screen(datagram, Framing::Datagram, source) {
+                    Verdict::Pass { len, .. } => len,
+                    Verdict::Answer {
+                        response,
+                        status,
+                        why,
+                        to_port,
+                    } => {
+                        info!(%source, "{status} to a request over UDP: {why}");
+                        let to = SocketAddr::new(source.ip(), to_port);
+                        if let Err(e) = self.socket.send_to(&response, to).await {
+                            debug!(%to, "answering a refused request: {e}");
+                        }
+                        continue;
+                    }
+                    Verdict::Drop { why } => {
+                        debug!(%source, "dropped a message over UDP: {why}");
+                        continue;
+                    }
+                }
+            };
+            buf[..len].copy_from_slice(&buffer[..len]);
+            return Ok((len, source));
+        }
+    }
+
+    async fn send_to(&self, buf: &[u8], addr: SocketAddr) -> rsipstack::Result<usize> {
+        Ok(self.socket.send_to(buf, addr).await?)
+    }
+
+    fn local_addr(&self) -> rsipstack::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+}
+
+/// Accepts SIP over TCP until `cancel`.
+pub(crate) async fn serve_tcp(
+    listener: TcpListener,
+    endpoint: EndpointInnerRef,
+    cancel: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = cancel.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tokio::spawn(serve_stream(
+                    stream,
+                    peer,
+                    endpoint.clone(),
+                    cancel.child_token(),
+                ));
+            }
+            Err(e) => {
+                debug!("accepting SIP over TCP: {e}");
+                // Out of descriptors, say: don't spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One accepted connection: messages cut and screened here, handed to
+/// rsipstack as if from its own transport; what it sends comes back
+/// through the channel connection and is written here.
+async fn serve_stream(
+    stream: TcpStream,
+    peer: SocketAddr,
+    endpoint: EndpointInnerRef,
+    cancel: CancellationToken,
+) {
+    stream.set_nodelay(true).ok();
+    let (mut reader, writer) = stream.into_split();
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    let (to_stack, from_peer) = tokio::sync::mpsc::unbounded_channel();
+    let (to_peer, mut from_stack) = tokio::sync::mpsc::unbounded_channel();
+    let remote = SipAddr {
+        r#type: Some(SipTransport::Tcp),
+        addr: peer.into(),
+    };
+    let Ok(bridge) = ChannelConnection::create_connection(
+        from_peer,
+        to_peer,
+        remote.clone(),
+        Some(cancel.clone()),
+    )
+    .await
+    else {
+        return;
+    };
+    let connection = SipConnection::Channel(bridge);
+    // rsipstack serves it (and retires it, cancelling `cancel`, once we
+    // stop feeding it).
+    endpoint.transport_layer.add_connection(connection.clone());
+
+    let write_cancel = cancel.clone();
+    let write_half = writer.clone();
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                event = from_stack.recv() => event,
+                () = write_cancel.cancelled() => None,
+            };
+            match event {
+                Some(TransportEvent::Incoming(message, ..)) => {
+                    if write(&write_half, &message.to_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        write_half.lock().await.shutdown().await.ok();
+    });
+
+    let idle = endpoint.transport_layer.stream_idle_timeout();
+    let mut buffer = BytesMut::new();
+    let mut chunk = vec![0u8; 16_384];
+    'reading: loop {
+        let read = tokio::select! {
+            read = tokio::time::timeout(idle, reader.read(&mut chunk)) => read,
+            () = cancel.cancelled() => break,
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Err(_) => {
+                debug!(%peer, "SIP over TCP idle: closing");
+                break;
+            }
+            Ok(Ok(read)) => buffer.extend_from_slice(&chunk[..read]),
+        }
+        while let Some(frame) = next_frame(&mut buffer) {
+            match frame {
+                Frame::Ping => {
+                    if write(&writer, PONG).await.is_err() {
+                        break 'reading;
+                    }
+                }
+                Frame::Message(bytes) => match screen::screen(&bytes, Framing::Stream, peer) {
+                    Verdict::Pass { message, .. } => {
+                        let message = match SipConnection::update_msg_received(
+                            message,
+                            peer,
+                            SipTransport::Tcp,
+                        ) {
+                            Ok(message) => message,
+                            Err(e) => {
+                                debug!(%peer, "unusable Via: {e}");
+                                continue;
+                            }
+                        };
+                        let event =
+                            TransportEvent::Incoming(message, connection.clone(), remote.clone());
+                        if to_stack.send(event).is_err() {
+                            break 'reading;
+                        }
+                    }
+                    Verdict::Answer {
+                        response,
+                        status,
+                        why,
+                        ..
+                    } => {
+                        info!(%peer, "{status} to a request over TCP: {why}");
+                        if write(&writer, &response).await.is_err() {
+                            break 'reading;
+                        }
+                    }
+                    Verdict::Drop { why } => debug!(%peer, "dropped a message over TCP: {why}"),
+                },
+                Frame::Unframed { head, status, why } => {
+                    // Where the next message starts is unknown: answer, then close.
+                    info!(%peer, "{status} over TCP, closing: {why}");
+                    if let Verdict::Answer { response, .. } =
+                        screen::refuse(&head, status, why, peer, Framing::Stream)
+                    {
+                        write(&writer, &response).await.ok();
+                    }
+                    break 'reading;
+                }
+            }
+        }
+    }
+    // rsipstack's serve loop ends with our sender; it retires the
+    // connection, which cancels `cancel` and so stops the writer.
+    drop(to_stack);
+    cancel.cancel();
+}
+
+async fn write(writer: &tokio::sync::Mutex<OwnedWriteHalf>, bytes: &[u8]) -> std::io::Result<()> {
+    writer.lock().await.write_all(bytes).await
+}
+
+/// What a stream holds next.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    Ping,
+    /// A whole message: head, blank line, Content-Length bytes of body.
+    Message(Vec<u8>),
+    /// A message whose length we cannot tell (or will not take): the
+    /// stream cannot be read any further.
+    Unframed {
+        head: Vec<u8>,
+        status: u16,
+        why: String,
+    },
+}
+
+/// Cuts the next frame off `buffer`, if it is all there.
+fn next_frame(buffer: &mut BytesMut) -> Option<Frame> {
+    loop {
+        if buffer.starts_with(PING) {
+            buffer.advance(PING.len());
+            return Some(Frame::Ping);
+        }
+        // A pong, or blank lines between messages (RFC 3261 §7.5): skip,
+        // unless it may still grow into a ping.
+        match buffer.first() {
+            Some(b'\r' | b'\n') if !PING.starts_with(buffer) => buffer.advance(1),
+            _ => break,
+        }
+    }
+    let Some(at) = screen::find(buffer, b"\r\n\r\n") else {
+        return (buffer.len() > MAX_MESSAGE).then(|| {
+            let head = buffer.split().to_vec();
+            let why = format!("no end of headers in {MAX_MESSAGE} bytes");
+            Frame::Unframed {
+                head,
+                status: 513,
+                why,
+            }
+        });
+    };
+    let head_len = at + 4;
+    let unframed = |buffer: &mut BytesMut, status: u16, why: String| {
+        let head = buffer[..head_len].to_vec();
+        buffer.clear();
+        Some(Frame::Unframed { head, status, why })
+    };
+    let length = match screen::content_length(&buffer[..head_len]) {
+        Ok(length) => length.unwrap_or(0),
+        Err(why) => return unframed(buffer, 400, why),
+    };
+    let total = head_len.saturating_add(length);
+    if total > MAX_MESSAGE {
+        let why = format!("{total} bytes is more than the {MAX_MESSAGE} we take");
+        return unframed(buffer, 513, why);
+    }
+    if buffer.len() < total {
+        return None;
+    }
+    Some(Frame::Message(buffer.split_to(total).to_vec()))
+}
+
+/// Outgoing TCP connections we opened, by next hop; a cancelled token means
+/// rsipstack retired the connection.
+#[derive(Default)]
+pub(crate) struct Outgoing {
+    open: Mutex<HashMap<SocketAddr, CancellationToken>>,
+}
+
+impl Outgoing {
+    /// Opens a connection to `target` with TCP_NODELAY and gives it to
+    /// rsipstack, unless one we opened is still up. Failing here is not an
+    /// error: rsipstack then connects (and reports failure) itself.
+    pub async fn connect(
+        &self,
+        target: SocketAddr,
+        our_listener: Option<SocketAddr>,
+        endpoint: &EndpointInnerRef,
+        cancel: &CancellationToken,
+        timeout: Duration,
+    ) {
+        let up = |open: &HashMap<SocketAddr, CancellationToken>| {
+            open.get(&target).is_some_and(|token| !token.is_cancelled())
+        };
+        if up(&self.open.lock().expect("not poisoned")) {
+            return;
+        }
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return debug!(%target, "SIP over TCP: {e}"),
+            Err(_) => return debug!(%target, "SIP over TCP: connect timed out"),
+        };
+        stream.set_nodelay(true).ok();
+        // Via names where we listen, so a peer may open its own connection back.
+        let Some(local) = our_listener.or_else(|| stream.local_addr().ok()) else {
+            return;
+        };
+        let local = SipAddr {
+            r#type: Some(SipTransport::Tcp),
+            addr: local.into(),
+        };
+        let token = cancel.child_token();
+        let Ok(connection) = TcpConnection::from_stream(stream, local, Some(token.clone())) else {
+            return;
+        };
+        let mut open = self.open.lock().expect("not poisoned");
+        if up(&open) {
+            // Another call connected meanwhile: use that one.
+            return;
+        }
+        open.retain(|_, token| !token.is_cancelled());
+        open.insert(target, token);
+        endpoint
+            .transport_layer
+            .add_connection(SipConnection::Tcp(connection));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(buffer: Vec<u8>) -> (Vec<Frame>, Vec<u8>) {
+        let mut buffer = BytesMut::from(&buffer[..]);
+        let mut frames = Vec::new();
+        while let Some(frame) = next_frame(&mut buffer) {
+            frames.push(frame);
+        }
+        (frames, buffer.to_vec())
+    }
+
+    const OPTIONS: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 2\r\n\r\nhi";
+
+    #[test]
+    fn messages_are_cut_by_content_length() {
+        let two = [OPTIONS, OPTIONS, b"OPT"].concat();
+        let (frames, rest) = frames(two);
+        assert_eq!(
+            frames,
+            [
+                Frame::Message(OPTIONS.to_vec()),
+                Frame::Message(OPTIONS.to_vec())
+            ]
+        );
+        assert_eq!(rest, b"OPT");
+        // Not yet whole: wait.
+        let (frames, rest) = super::tests::frames(OPTIONS[..OPTIONS.len() - 1].to_vec());
+        assert!(frames.is_empty());
+        assert_eq!(rest.len(), OPTIONS.len() - 1);
+    }
+
+    #[test]
+    fn pings_get_pongs_and_blank_lines_are_skipped() {
+        let (frames, rest) = frames([&b"\r\n\r\n"[..], b"\r\n", OPTIONS].concat());
+        assert_eq!(frames, [Frame::Ping, Frame::Message(OPTIONS.to_vec())]);
+        assert!(rest.is_empty());
+        // A lone CRLF may be the start of a ping.
+        let (frames, rest) = super::tests::frames(b"\r\n".to_vec());
+        assert!(frames.is_empty());
+        assert_eq!(rest, b"\r\n");
+    }
+
+    #[test]
+    fn an_unreadable_or_huge_length_ends_the_stream() {
+        let bad = b"OPTIONS sip:a@b SIP/2.0\r\nl: lots\r\n\r\nmore".to_vec();
+        let (frames, rest) = frames(bad);
+        assert!(matches!(&frames[..], [Frame::Unframed { status: 400, .. }]));
+        assert!(rest.is_empty());
+        let huge = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 70000\r\n\r\n".to_vec();
+        assert!(matches!(
+            &frames_of(huge)[..],
+            [Frame::Unframed { status: 513, .. }]
+        ));
+        let endless = vec![b'a'; MAX_MESSAGE + 1];
+        assert!(matches!(
+            &frames_of(endless)[..],
+            [Frame::Unframed { status: 513, .. }]
+        ));
+    }
+
+    fn frames_of(buffer: Vec<u8>) -> Vec<Frame> {
+        frames(buffer).0
+    }
+}
