@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use rsipstack::dialog::authenticate::Credential;
-use rsipstack::dialog::dialog::DialogState;
+use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver};
 use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::sip::typed::Route;
 use rsipstack::sip::{Param, StatusCodeKind, Uri};
@@ -20,6 +20,9 @@ use crate::{CallInfo, Channel, Counted, Shared};
 
 /// How long a CANCELled INVITE may take to end with its 487.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a session may go on once the callee has hung up.
+const HANG_UP_GRACE: Duration = Duration::from_secs(2);
 
 /// A call that was answered and whose session ran.
 #[derive(Debug)]
@@ -379,9 +382,25 @@ where
         peer: channel.peer(),
     };
     info!(call_id = %call_id, "T5 session running");
-    let output = tokio::time::timeout(settings.session_timeout(), session(channel, info)).await;
+    let session = tokio::time::timeout(settings.session_timeout(), session(channel, info));
+    tokio::pin!(session);
+    let output = tokio::select! {
+        output = &mut session => Some(output),
+        () = hung_up(&mut states) => {
+            // The callee closes its end of the channel as it hangs up: a
+            // session still reading its last answer gets it, or the end.
+            info!(call_id = %call_id, "R4 the callee hung up during the session");
+            tokio::time::timeout(HANG_UP_GRACE, &mut session).await.ok()
+        }
+    };
     info!(call_id = %call_id, "T6 channel closed");
     hang_up("session done").await;
+    let Some(output) = output else {
+        return Err(CallFailure::Channel {
+            reason: "the callee hung up before the session ended".into(),
+            call_id: Some(call_id),
+        });
+    };
     let output = output.map_err(|_| CallFailure::Timeout {
         stage: Stage::Session,
         call_id: Some(call_id.clone()),
@@ -393,6 +412,16 @@ where
         setup_time,
         total_time: started.elapsed(),
     })
+}
+
+/// Returns when the callee ends the dialog (its BYE); never otherwise.
+async fn hung_up(states: &mut DialogStateReceiver) {
+    while let Some(state) = states.recv().await {
+        if let DialogState::Terminated(..) = state {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// The `o=` session id: unique enough per call, without a random crate.

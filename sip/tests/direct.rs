@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{init_logs, send_and_read_back, settings, settle, udp_of, Echo};
-use mailcall_sip::{CallFailure, SipSettings, Stage, Stats, Transport, UserAgent};
+use mailcall_sip::{
+    CallFailure, CallHandler, CallInfo, Channel, HandlerFuture, SipSettings, Stage, Stats,
+    Transport, UserAgent,
+};
 
 const PORTS: u16 = 42000;
 
@@ -140,6 +143,44 @@ async fn a_peer_that_never_answers_times_out() {
     );
     assert_eq!(settle(&a, Duration::from_secs(10)).await, Stats::default());
     a.shutdown().await;
+}
+
+/// A callee whose session ends at once: it hangs up while the caller's
+/// session (which ignores the closed channel) would go on.
+struct HangsUp;
+
+impl CallHandler for HangsUp {
+    fn handle(&self, _channel: Channel, _call: CallInfo) -> HandlerFuture {
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test]
+async fn the_caller_ends_its_session_when_the_callee_hangs_up() {
+    init_logs();
+    let b = UserAgent::start(settings(PORTS, &["200"]), Some(Arc::new(HangsUp)))
+        .await
+        .unwrap();
+    let a = UserAgent::start(routed_to(&b), None).await.unwrap();
+    let call = a.call("200", |channel, _| async move {
+        // A session stuck on something other than the channel.
+        let _held = channel;
+        std::future::pending::<()>().await
+    });
+    // Without the BYE it would run until session_timeout_secs.
+    let error = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the call ended when the callee hung up")
+        .unwrap_err();
+    assert!(
+        matches!(&error, CallFailure::Channel { reason, .. } if reason.contains("hung up")),
+        "{error}"
+    );
+    for agent in [&a, &b] {
+        assert_eq!(settle(agent, Duration::from_secs(10)).await, Stats::default());
+    }
+    a.shutdown().await;
+    b.shutdown().await;
 }
 
 /// Number 100, every call routed to `callee`.
