@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver};
+use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::{Header, HeadersExt, Method, Request, StatusCode, Transport as SipTransport};
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transaction::TransactionReceiver;
@@ -15,10 +16,28 @@ use tracing::{debug, info, warn};
 use crate::config::in_network;
 use crate::sdp::{ChannelDescription, Setup};
 use crate::stack::{ip_of, ALLOWED_METHODS};
-use crate::{CallInfo, Channel, Counted, HandlerFuture, Shared};
+use crate::tls::ChannelIdentity;
+use crate::{AdmitFuture, CallInfo, Channel, Counted, HandlerFuture, Shared};
+
+/// Whether a call to one of our numbers is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Answer,
+    /// 486 Busy Here, saying why.
+    Busy(String),
+    /// 480 Temporarily Unavailable, saying why.
+    Unavailable(String),
+}
 
 /// What runs on the channel of a call to one of our numbers.
 pub trait CallHandler: Send + Sync + 'static {
+    /// Decides whether to answer a call to `number` from `from`; asked
+    /// while the caller hears ringing, so the caller may still CANCEL.
+    /// Answers every call unless overridden.
+    fn admit(&self, _number: &str, _from: &str) -> AdmitFuture {
+        Box::pin(std::future::ready(Admission::Answer))
+    }
+
     /// Runs until the session is done; the call ends when it returns (we
     /// send BYE) or when the caller hangs up and it returns.
     fn handle(&self, channel: Channel, call: CallInfo) -> HandlerFuture;
@@ -225,21 +244,6 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
             return reject(&mut tx, &call_id, StatusCode::NotAcceptableHere, why).await;
         }
     };
-    let listener = match shared.ports.listen(shared.settings.sdp_address()).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            warn!(call_id = %call_id, "{e}");
-            return reject(
-                &mut tx,
-                &call_id,
-                StatusCode::ServiceUnavailable,
-                &e.to_string(),
-            )
-            .await;
-        }
-    };
-    let answer = ChannelDescription::answer(listener.local_addr(), tls.map(|(i, _)| i.fingerprint));
-
     let stack = &shared.stack;
     let transport = tx
         .connection
@@ -269,33 +273,36 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
     // Runs the INVITE transaction: 100, our answers, then ACK or CANCEL.
     let mut invite_dialog = dialog.clone();
     let invite = tokio::spawn(async move { invite_dialog.handle(&mut tx).await });
-
     info!(call_id = %call_id, "R1 100 Trying");
-    if let Err(e) = ring_and_answer(&dialog, &call_id, &answer) {
-        warn!(call_id = %call_id, "cannot answer: {e}");
-    } else {
-        info!(call_id = %call_id, "R2 200 OK");
-        info!(call_id = %call_id, "R3 answer: smtp at {} (setup:passive)", answer.socket_addr());
 
-        // The caller's channel may arrive before its ACK: accept at once.
-        let accepted = tokio::select! {
-            accepted = listener.accept(offer.address, tls, shared.settings.channel_accept_timeout()) => Some(accepted),
-            () = until_ended(&mut states, &call_id) => None,
-        };
-        match accepted {
-            None => info!(call_id = %call_id, "call ended before the channel opened"),
-            Some(Err(e)) => {
-                warn!(call_id = %call_id, "channel: {e}");
-                hang_up(&dialog, &call_id, "no channel").await;
-            }
-            Some(Ok(channel)) => {
-                let info = CallInfo {
-                    call_id: call_id.clone(),
-                    number,
-                    from,
-                    peer: channel.peer(),
-                };
-                run_session(&shared, handler, channel, info, &dialog, &mut states).await;
+    match ring(&dialog, &call_id) {
+        Err(e) => warn!(call_id = %call_id, "cannot ring: {e}"),
+        Ok(()) => {
+            let admitted = tokio::select! {
+                admission = handler.admit(&number, &from) => Some(admission),
+                () = until_ended(&mut states, &call_id) => None,
+            };
+            match admitted {
+                None => info!(call_id = %call_id, "the caller gave up while ringing"),
+                Some(Admission::Answer) => {
+                    let call = Answered {
+                        shared: &shared,
+                        dialog: &dialog,
+                        call_id: &call_id,
+                        number,
+                        from,
+                    };
+                    call.run(handler, offer.address, tls, &mut states).await;
+                }
+                Some(Admission::Busy(why)) => {
+                    refuse(&dialog, &call_id, StatusCode::BusyHere, why)
+                }
+                Some(Admission::Unavailable(why)) => refuse(
+                    &dialog,
+                    &call_id,
+                    StatusCode::TemporarilyUnavailable,
+                    why,
+                ),
             }
         }
     }
@@ -310,20 +317,84 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
     }
 }
 
-/// R1 180, then R2 200 with the SDP answer.
-fn ring_and_answer(
-    dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
-    call_id: &str,
-    answer: &ChannelDescription,
-) -> Result<(), String> {
+/// R1 180.
+fn ring(dialog: &InviteDialog, call_id: &str) -> Result<(), String> {
     dialog.ringing(None, None).map_err(|e| e.to_string())?;
     info!(call_id = %call_id, "R1 180 Ringing");
-    dialog
-        .accept(
+    Ok(())
+}
+
+/// Refuses a call that is ringing.
+fn refuse(dialog: &InviteDialog, call_id: &str, status: StatusCode, why: String) {
+    info!(call_id = %call_id, "R2 {status}: {why}");
+    if let Err(e) = dialog.reject(Some(status), Some(why)) {
+        debug!(call_id = %call_id, "refusing: {e}");
+    }
+}
+
+/// A call we answer: the channel listener, the 200, the session.
+struct Answered<'a> {
+    shared: &'a Shared,
+    dialog: &'a InviteDialog,
+    call_id: &'a str,
+    number: String,
+    from: String,
+}
+
+impl Answered<'_> {
+    /// `caller` is the address the offer names; `tls` our identity and the
+    /// fingerprint the caller must show.
+    async fn run(
+        self,
+        handler: Arc<dyn CallHandler>,
+        caller: IpAddr,
+        tls: Option<(&ChannelIdentity, [u8; 32])>,
+        states: &mut DialogStateReceiver,
+    ) {
+        let (shared, dialog, call_id) = (self.shared, self.dialog, self.call_id);
+        let listener = match shared.ports.listen(shared.settings.sdp_address()).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                warn!(call_id = %call_id, "{e}");
+                let status = StatusCode::ServiceUnavailable;
+                return refuse(dialog, call_id, status, e.to_string());
+            }
+        };
+        let answer =
+            ChannelDescription::answer(listener.local_addr(), tls.map(|(i, _)| i.fingerprint));
+        let accepted = dialog.accept(
             Some(vec![Header::ContentType("application/sdp".into())]),
             Some(answer.to_sdp(crate::caller::rand_session_id()).into_bytes()),
-        )
-        .map_err(|e| e.to_string())
+        );
+        if let Err(e) = accepted {
+            return warn!(call_id = %call_id, "cannot answer: {e}");
+        }
+        info!(call_id = %call_id, "R2 200 OK");
+        info!(call_id = %call_id, "R3 answer: smtp at {} (setup:passive)", answer.socket_addr());
+
+        // The caller's channel may arrive before its ACK: accept at once.
+        let timeout = shared.settings.channel_accept_timeout();
+        let accepted = tokio::select! {
+            accepted = listener.accept(caller, tls, timeout) => Some(accepted),
+            () = until_ended(states, call_id) => None,
+        };
+        match accepted {
+            None => info!(call_id = %call_id, "call ended before the channel opened"),
+            Some(Err(e)) => {
+                warn!(call_id = %call_id, "channel: {e}");
+                hang_up(dialog, call_id, "no channel").await;
+            }
+            Some(Ok(channel)) => {
+                let info = CallInfo {
+                    call_id: call_id.to_string(),
+                    number: self.number,
+                    from: self.from,
+                    peer: channel.peer(),
+                };
+                run_session(shared, handler, channel, info, dialog, states).await;
+            }
+        }
+    }
 }
 
 /// How long the callee waits for the caller's BYE after the session.
@@ -334,7 +405,7 @@ async fn run_session(
     handler: Arc<dyn CallHandler>,
     channel: Channel,
     info: CallInfo,
-    dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
+    dialog: &InviteDialog,
     states: &mut DialogStateReceiver,
 ) {
     let call_id = info.call_id.clone();
@@ -384,7 +455,7 @@ async fn until_ended(states: &mut DialogStateReceiver, call_id: &str) {
 }
 
 async fn hang_up(
-    dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
+    dialog: &InviteDialog,
     call_id: &str,
     reason: &str,
 ) {

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-pub use callee::CallHandler;
+pub use callee::{Admission, CallHandler};
 pub use caller::{Call, CallFailure, Stage};
 pub use channel::Channel;
 pub use config::{SipSettings, Transport};
@@ -201,5 +201,8 @@ impl UserAgent {
     }
 }
 
-/// A boxed future for `CallHandler` implementations.
+/// A boxed future for `CallHandler::handle`.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A boxed future for `CallHandler::admit`.
+pub type AdmitFuture = Pin<Box<dyn Future<Output = Admission> + Send>>;

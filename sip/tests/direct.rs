@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{init_logs, send_and_read_back, settings, settle, udp_of, Echo};
 use mailcall_sip::{
-    CallFailure, CallHandler, CallInfo, Channel, HandlerFuture, SipSettings, Stage, Stats,
-    Transport, UserAgent,
+    AdmitFuture, Admission, CallFailure, CallHandler, CallInfo, Channel, HandlerFuture,
+    SipSettings, Stage, Stats, Transport, UserAgent,
 };
 
 const PORTS: u16 = 42000;
@@ -174,6 +174,38 @@ async fn the_caller_ends_its_session_when_the_callee_hangs_up() {
         .unwrap_err();
     assert!(
         matches!(&error, CallFailure::Channel { reason, .. } if reason.contains("hung up")),
+        "{error}"
+    );
+    for agent in [&a, &b] {
+        assert_eq!(settle(agent, Duration::from_secs(10)).await, Stats::default());
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Busy: a callee that takes no more calls just now.
+struct Full;
+
+impl CallHandler for Full {
+    fn admit(&self, _number: &str, _from: &str) -> AdmitFuture {
+        Box::pin(async { Admission::Busy("the queue is full".into()) })
+    }
+
+    fn handle(&self, _channel: Channel, _call: CallInfo) -> HandlerFuture {
+        unreachable!("never admitted")
+    }
+}
+
+#[tokio::test]
+async fn a_callee_may_refuse_a_ringing_call() {
+    init_logs();
+    let b = UserAgent::start(settings(PORTS, &["200"]), Some(Arc::new(Full)))
+        .await
+        .unwrap();
+    let a = UserAgent::start(routed_to(&b), None).await.unwrap();
+    let error = a.call("200", |_, _| async {}).await.unwrap_err();
+    assert!(
+        matches!(error, CallFailure::Busy { code: 486, .. }),
         "{error}"
     );
     for agent in [&a, &b] {

@@ -6,11 +6,15 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{free_port, init_logs, settings, settle, udp_of, Echo};
-use mailcall_sip::{CallFailure, SipSettings, Stage, Stats, UserAgent};
+use mailcall_sip::{
+    AdmitFuture, Admission, CallFailure, CallHandler, CallInfo, Channel, HandlerFuture,
+    SipSettings, Stage, Stats, UserAgent,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PORTS: u16 = 44000;
@@ -101,6 +105,52 @@ async fn sipp_calls_our_callee_with_a_channel_offer() {
         Stats::default()
     );
     assert!(echo.received.lock().unwrap().is_empty());
+    callee.shutdown().await;
+}
+
+/// Takes a minute to decide: meanwhile the caller hears ringing.
+#[derive(Clone, Default)]
+struct Hesitant {
+    asked: Arc<AtomicUsize>,
+    handled: Arc<AtomicUsize>,
+}
+
+impl CallHandler for Hesitant {
+    fn admit(&self, _number: &str, _from: &str) -> AdmitFuture {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Admission::Answer
+        })
+    }
+
+    fn handle(&self, _channel: Channel, _call: CallInfo) -> HandlerFuture {
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test]
+async fn sipp_cancels_while_our_callee_rings() {
+    init_logs();
+    let handler = Hesitant::default();
+    let callee = UserAgent::start(settings(PORTS, &["200"]), Some(Arc::new(handler.clone())))
+        .await
+        .unwrap();
+    let target = udp_of(&callee).to_string();
+    let mut command = sipp("uac_cancel.xml", free_port(), &["-s", "200", &target]);
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    // sipp checked 180, then 200 to its CANCEL and 487 to its INVITE.
+    assert!(output.status.success(), "{}", explain(&output));
+    assert_eq!(handler.asked.load(Ordering::SeqCst), 1);
+    // Nothing answered, nothing left: no listener, dialog or task.
+    assert_eq!(
+        settle(&callee, Duration::from_secs(10)).await,
+        Stats::default()
+    );
+    assert_eq!(handler.handled.load(Ordering::SeqCst), 0);
     callee.shutdown().await;
 }
 
