@@ -475,7 +475,7 @@ fn through_kamailio_swaks_to_a_and_pop3_at_b() {
 
     // B registers its number with Kamailio; A sends every call through it.
     let registrar = format!("registrar = \"{proxy}\"\nregister_expires_secs = 60");
-    let _b = start_b_with(b_dir.path(), &b, "42020-42029", &registrar);
+    let b_server = start_b_with(b_dir.path(), &b, "42020-42029", &registrar);
     assert!(
         wait_for_log(b_dir.path(), "registered at"),
         "B did not register:\n{}",
@@ -541,6 +541,16 @@ print("\n".join(line.decode() for line in lines))
     assert!(text.starts_with("Received: from mx.a.example"), "{text}");
     assert!(text.contains("Subject: through Kamailio"), "{text}");
     assert!(text.contains("Call me at 050-2222-0000."), "{text}");
+
+    // B stops (SIGTERM) and unregisters its number.
+    let pid = b_server._process.0.id().to_string();
+    let stopped = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(stopped.success());
+    assert!(
+        wait_for_log(b_dir.path(), "unregistered: 200"),
+        "B did not unregister:\n{}",
+        log_of(b_dir.path())
+    );
 }
 
 /// A sipp UAS (Debian package `sip-tester`) on a free UDP port running a

@@ -294,15 +294,10 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
                     };
                     call.run(handler, offer.address, tls, &mut states).await;
                 }
-                Some(Admission::Busy(why)) => {
-                    refuse(&dialog, &call_id, StatusCode::BusyHere, why)
+                Some(Admission::Busy(why)) => refuse(&dialog, &call_id, StatusCode::BusyHere, why),
+                Some(Admission::Unavailable(why)) => {
+                    refuse(&dialog, &call_id, StatusCode::TemporarilyUnavailable, why)
                 }
-                Some(Admission::Unavailable(why)) => refuse(
-                    &dialog,
-                    &call_id,
-                    StatusCode::TemporarilyUnavailable,
-                    why,
-                ),
             }
         }
     }
@@ -454,11 +449,7 @@ async fn until_ended(states: &mut DialogStateReceiver, call_id: &str) {
     }
 }
 
-async fn hang_up(
-    dialog: &InviteDialog,
-    call_id: &str,
-    reason: &str,
-) {
+async fn hang_up(dialog: &InviteDialog, call_id: &str, reason: &str) {
     if matches!(dialog.state(), DialogState::Terminated(..)) {
         return;
     }

@@ -78,6 +78,12 @@ pub struct Stats {
 /// The running user agent.
 pub struct UserAgent {
     shared: Arc<Shared>,
+    /// Until `shutdown`.
+    running: std::sync::Mutex<Option<Running>>,
+}
+
+/// What `shutdown` stops.
+struct Running {
     /// The endpoint and the incoming-request loop.
     tasks: Vec<JoinHandle<()>>,
     registrations: Option<Registrations>,
@@ -150,8 +156,10 @@ impl UserAgent {
         );
         Ok(UserAgent {
             shared,
-            tasks,
-            registrations,
+            running: std::sync::Mutex::new(Some(Running {
+                tasks,
+                registrations,
+            })),
         })
     }
 
@@ -181,13 +189,17 @@ impl UserAgent {
         }
     }
 
-    /// Unregisters our numbers, then stops the stack and closes its sockets.
-    pub async fn shutdown(self) {
-        if let Some(registrations) = self.registrations {
+    /// Unregisters our numbers, then stops the stack and closes its
+    /// sockets; calls still in progress fail. Later calls do nothing.
+    pub async fn shutdown(&self) {
+        let Some(running) = self.running.lock().expect("not poisoned").take() else {
+            return;
+        };
+        if let Some(registrations) = running.registrations {
             registrations.stop().await;
         }
         self.shared.stack.shutdown();
-        for task in self.tasks {
+        for task in running.tasks {
             // Both end on the cancel token; don't wait forever on a stuck one.
             let abort = task.abort_handle();
             if tokio::time::timeout(Duration::from_secs(2), task)

@@ -98,7 +98,13 @@ pub(crate) fn screen(bytes: &[u8], framing: Framing, source: SocketAddr) -> Verd
 
 /// `screen`'s answer with `status`, when a stream message cannot even be
 /// framed (its head only).
-pub(crate) fn refuse(head: &[u8], status: u16, why: String, source: SocketAddr, framing: Framing) -> Verdict {
+pub(crate) fn refuse(
+    head: &[u8],
+    status: u16,
+    why: String,
+    source: SocketAddr,
+    framing: Framing,
+) -> Verdict {
     Head::read(head).refuse(status, why, source, framing)
 }
 
@@ -286,7 +292,11 @@ impl Head {
         // The reason, for people reading traces (§20.43).
         let warning = why.replace(['"', '\\'], "'").replace(['\r', '\n'], " ");
         response.push_str(&format!("Warning: 399 mailcall \"{warning}\"\r\n"));
-        response.push_str(concat!("Server: mailcall/", env!("CARGO_PKG_VERSION"), "\r\n"));
+        response.push_str(concat!(
+            "Server: mailcall/",
+            env!("CARGO_PKG_VERSION"),
+            "\r\n"
+        ));
         response.push_str("Content-Length: 0\r\n\r\n");
         Verdict::Answer {
             response: response.into_bytes(),
@@ -430,7 +440,10 @@ mod tests {
     fn a_good_request_passes_whole() {
         let message = options("Content-Length: 0\r\n", "");
         match verdict(&message, Framing::Datagram) {
-            Verdict::Pass { len, message: SipMessage::Request(request) } => {
+            Verdict::Pass {
+                len,
+                message: SipMessage::Request(request),
+            } => {
                 assert_eq!(len, message.len());
                 assert_eq!(request.method, Method::Options);
             }
@@ -469,14 +482,19 @@ mod tests {
     #[test]
     fn answers_go_to_rport_else_the_via_port() {
         let with_rport = options("", "");
-        let unknown = |m: &str| m.replace("OPTIONS sip", "FOO sip").replace("1 OPTIONS", "1 FOO");
+        let unknown = |m: &str| {
+            m.replace("OPTIONS sip", "FOO sip")
+                .replace("1 OPTIONS", "1 FOO")
+        };
         let port = |m: &str| match verdict(m, Framing::Datagram) {
             Verdict::Answer { to_port, .. } => to_port,
             other => panic!("{other:?}"),
         };
         assert_eq!(port(&unknown(&with_rport)), 5072);
         assert_eq!(port(&unknown(&with_rport.replace(";rport", ""))), 5070);
-        let no_port = with_rport.replace("192.0.2.7:5070;", "192.0.2.7;").replace(";rport", "");
+        let no_port = with_rport
+            .replace("192.0.2.7:5070;", "192.0.2.7;")
+            .replace(";rport", "");
         assert_eq!(port(&unknown(&no_port)), 5060);
     }
 
@@ -484,18 +502,67 @@ mod tests {
     fn each_malformed_request_gets_its_answer() {
         let good = options("Content-Length: 0\r\n", "");
         let cases = [
-            (good.replace("Call-ID: c1@test\r\n", ""), "SIP/2.0 400 Bad Request", "missing Call-ID header"),
-            (good.replace("CSeq: 1 OPTIONS\r\n", ""), "SIP/2.0 400 Bad Request", "missing CSeq header"),
-            (good.replace("To: <sip:200@127.0.0.1>\r\n", ""), "SIP/2.0 400 Bad Request", "missing To header"),
-            (good.replace("CSeq: 1 OPTIONS", "CSeq: -1 OPTIONS"), "SIP/2.0 400 Bad Request", "bad CSeq"),
-            (good.replace("CSeq: 1 OPTIONS", "CSeq: 1 INVITE"), "SIP/2.0 400 Bad Request", "CSeq method does not match"),
-            (good.replace("SIP/2.0\r\n", "SIP/7.1\r\n"), "SIP/2.0 505 Version Not Supported", "only SIP/2.0"),
-            (good.replace("Content-Length: 0", "Content-Length: 40"), "SIP/2.0 400 Bad Request", "exceeds the 0 bytes of body"),
-            (good.replace("Content-Length: 0", "Content-Length: lots"), "SIP/2.0 400 Bad Request", "is not a number"),
-            (good.replace("Content-Length: 0", "Content-Length: 0\r\nl: 3"), "SIP/2.0 400 Bad Request", "two different"),
-            (good.replace("Max-Forwards: 70\r\n", "Max-Forwards 70\r\n"), "SIP/2.0 400 Bad Request", "without a name"),
-            (good.replace("peer@", "p\u{e9}er@").replace('\u{e9}', "\u{fffd}"), "pass", ""),
-            (good.replace(" sip:200@127.0.0.1 ", "  sip:200@127.0.0.1 "), "SIP/2.0 400 Bad Request", "bad Request-Line"),
+            (
+                good.replace("Call-ID: c1@test\r\n", ""),
+                "SIP/2.0 400 Bad Request",
+                "missing Call-ID header",
+            ),
+            (
+                good.replace("CSeq: 1 OPTIONS\r\n", ""),
+                "SIP/2.0 400 Bad Request",
+                "missing CSeq header",
+            ),
+            (
+                good.replace("To: <sip:200@127.0.0.1>\r\n", ""),
+                "SIP/2.0 400 Bad Request",
+                "missing To header",
+            ),
+            (
+                good.replace("CSeq: 1 OPTIONS", "CSeq: -1 OPTIONS"),
+                "SIP/2.0 400 Bad Request",
+                "bad CSeq",
+            ),
+            (
+                good.replace("CSeq: 1 OPTIONS", "CSeq: 1 INVITE"),
+                "SIP/2.0 400 Bad Request",
+                "CSeq method does not match",
+            ),
+            (
+                good.replace("SIP/2.0\r\n", "SIP/7.1\r\n"),
+                "SIP/2.0 505 Version Not Supported",
+                "only SIP/2.0",
+            ),
+            (
+                good.replace("Content-Length: 0", "Content-Length: 40"),
+                "SIP/2.0 400 Bad Request",
+                "exceeds the 0 bytes of body",
+            ),
+            (
+                good.replace("Content-Length: 0", "Content-Length: lots"),
+                "SIP/2.0 400 Bad Request",
+                "is not a number",
+            ),
+            (
+                good.replace("Content-Length: 0", "Content-Length: 0\r\nl: 3"),
+                "SIP/2.0 400 Bad Request",
+                "two different",
+            ),
+            (
+                good.replace("Max-Forwards: 70\r\n", "Max-Forwards 70\r\n"),
+                "SIP/2.0 400 Bad Request",
+                "without a name",
+            ),
+            (
+                good.replace("peer@", "p\u{e9}er@")
+                    .replace('\u{e9}', "\u{fffd}"),
+                "pass",
+                "",
+            ),
+            (
+                good.replace(" sip:200@127.0.0.1 ", "  sip:200@127.0.0.1 "),
+                "SIP/2.0 400 Bad Request",
+                "bad Request-Line",
+            ),
         ];
         for (message, status, why) in cases {
             let (got, response) = outcome(&message);
@@ -521,9 +588,17 @@ mod tests {
     #[test]
     fn unanswerable_messages_are_dropped() {
         let good = options("", "");
-        let no_via = good.replace("Via: SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bK1;rport\r\n", "");
-        assert_eq!(outcome(&no_via.replace("Call-ID: c1@test\r\n", "")).0, "drop");
-        let bad_ack = good.replace("OPTIONS", "ACK").replace("Call-ID: c1@test\r\n", "");
+        let no_via = good.replace(
+            "Via: SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bK1;rport\r\n",
+            "",
+        );
+        assert_eq!(
+            outcome(&no_via.replace("Call-ID: c1@test\r\n", "")).0,
+            "drop"
+        );
+        let bad_ack = good
+            .replace("OPTIONS", "ACK")
+            .replace("Call-ID: c1@test\r\n", "");
         assert_eq!(outcome(&bad_ack).0, "drop");
         assert_eq!(outcome("SIP/2.0 99999 Odd\r\n\r\n").0, "drop");
         assert_eq!(outcome("\u{1}\u{2} not SIP at all \r\n\r\n").0, "drop");
@@ -533,10 +608,15 @@ mod tests {
     fn the_body_is_cut_to_content_length_in_a_datagram_only() {
         let message = options("Content-Length: 2\r\n", "hi and more");
         let cut = message.len() - " and more".len();
-        assert!(matches!(verdict(&message, Framing::Datagram), Verdict::Pass { len, .. } if len == cut));
+        assert!(
+            matches!(verdict(&message, Framing::Datagram), Verdict::Pass { len, .. } if len == cut)
+        );
         // In a stream the framer already cut it: nothing to check here.
         let message = options("Content-Length: 2\r\n", "hi");
-        assert!(matches!(verdict(&message, Framing::Stream), Verdict::Pass { .. }));
+        assert!(matches!(
+            verdict(&message, Framing::Stream),
+            Verdict::Pass { .. }
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{init_logs, send_and_read_back, settings, settle, udp_of, Echo};
 use mailcall_sip::{
-    AdmitFuture, Admission, CallFailure, CallHandler, CallInfo, Channel, HandlerFuture,
+    Admission, AdmitFuture, CallFailure, CallHandler, CallInfo, Channel, HandlerFuture,
     SipSettings, Stage, Stats, Transport, UserAgent,
 };
 
@@ -177,7 +177,10 @@ async fn the_caller_ends_its_session_when_the_callee_hangs_up() {
         "{error}"
     );
     for agent in [&a, &b] {
-        assert_eq!(settle(agent, Duration::from_secs(10)).await, Stats::default());
+        assert_eq!(
+            settle(agent, Duration::from_secs(10)).await,
+            Stats::default()
+        );
     }
     a.shutdown().await;
     b.shutdown().await;
@@ -209,7 +212,10 @@ async fn a_callee_may_refuse_a_ringing_call() {
         "{error}"
     );
     for agent in [&a, &b] {
-        assert_eq!(settle(agent, Duration::from_secs(10)).await, Stats::default());
+        assert_eq!(
+            settle(agent, Duration::from_secs(10)).await,
+            Stats::default()
+        );
     }
     a.shutdown().await;
     b.shutdown().await;

@@ -492,7 +492,10 @@ async fn malformed_messages_over_tcp_never_stop_the_agent() {
         let answer = read_quietly(&mut stream).await;
         // Blank-line pings get blank-line pongs (RFC 5626 keep-alive).
         if name == "empty lines" {
-            assert!(answer.bytes().all(|b| b == b'\r' || b == b'\n'), "{answer:?}");
+            assert!(
+                answer.bytes().all(|b| b == b'\r' || b == b'\n'),
+                "{answer:?}"
+            );
         }
         let responses: Vec<String> = Some(answer)
             .filter(|a| a.starts_with("SIP/"))

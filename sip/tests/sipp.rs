@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{free_port, init_logs, settings, settle, udp_of, Echo};
 use mailcall_sip::{
-    AdmitFuture, Admission, CallFailure, CallHandler, CallInfo, Channel, HandlerFuture,
+    Admission, AdmitFuture, CallFailure, CallHandler, CallInfo, Channel, HandlerFuture,
     SipSettings, Stage, Stats, UserAgent,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -226,12 +226,12 @@ pub async fn serve(
         () = crate::pop3::listen(pop3_listener, pop3) => {}
         () = shutdown => tracing::info!("shutting down"),
     }
-    // Unregister our numbers, unless a delivery still holds the agent
-    // (its call ends with the process; the registration expires).
+    // Unregister our numbers, even while a call is in progress (it fails,
+    // and its message stays queued for the next start).
     scheduler.abort();
     let _ = scheduler.await;
     delivery_runtime.shutdown_background();
-    if let Some(agent) = user_agent.and_then(Arc::into_inner) {
+    if let Some(agent) = user_agent {
         agent.shutdown().await;
     }
     Ok(())
