@@ -392,6 +392,9 @@ impl Answered<'_> {
     }
 }
 
+/// How long a session may go on once the caller has hung up.
+const SESSION_AFTER_BYE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long the callee waits for the caller's BYE after the session.
 const BYE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -411,8 +414,6 @@ async fn run_session(
         handler.handle(channel, info),
     );
     tokio::pin!(session);
-    // A BYE does not cut the handler short: the caller closed the channel
-    // first, so the handler sees its end and finishes what it received.
     let caller_hung_up = tokio::select! {
         // The caller ends the call (S7) once its session is over: give its
         // BYE a moment before hanging up ourselves, so that the two ends do
@@ -422,9 +423,14 @@ async fn run_session(
                 .await
                 .is_ok()
         }
+        // A BYE does not cut the handler short at once: the caller closed
+        // the channel first, so the handler sees its end and finishes what
+        // it received. One still waiting for more is ended with the call.
         () = until_ended(states, &call_id) => {
-            if session.await.is_err() {
-                warn!(call_id = %call_id, "session timed out");
+            match tokio::time::timeout(SESSION_AFTER_BYE, &mut session).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => warn!(call_id = %call_id, "session timed out"),
+                Err(_) => info!(call_id = %call_id, "the caller hung up: session ended"),
             }
             true
         }

@@ -186,6 +186,31 @@ async fn the_caller_ends_its_session_when_the_callee_hangs_up() {
     b.shutdown().await;
 }
 
+#[tokio::test]
+async fn the_callee_ends_its_session_when_the_caller_hangs_up() {
+    init_logs();
+    let (a, b, echo) = pair(Transport::Udp, false).await;
+    // A hangs up but keeps its end of the channel open: B's handler,
+    // reading until the channel closes, would wait on.
+    let kept = Arc::new(std::sync::Mutex::new(None));
+    let keeper = kept.clone();
+    a.call("200", move |channel, _| async move {
+        *keeper.lock().unwrap() = Some(channel);
+    })
+    .await
+    .unwrap();
+    // Without ending the session on BYE, B would hold the call until
+    // session_timeout_secs.
+    assert_eq!(settle(&b, Duration::from_secs(15)).await, Stats::default());
+    assert!(kept.lock().unwrap().is_some(), "A's end is still open");
+    assert!(
+        echo.received.lock().unwrap().is_empty(),
+        "the handler was ended"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Busy: a callee that takes no more calls just now.
 struct Full;
 
