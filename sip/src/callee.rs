@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::in_network;
 use crate::sdp::{ChannelDescription, Setup};
-use crate::stack::{ip_of, ALLOWED_METHODS};
+use crate::stack::{ip_of, Stack, ALLOWED_METHODS};
 use crate::tls::ChannelIdentity;
 use crate::{AdmitFuture, CallInfo, Channel, Counted, HandlerFuture, Shared};
 
@@ -377,7 +377,7 @@ impl Answered<'_> {
             None => info!(call_id = %call_id, "call ended before the channel opened"),
             Some(Err(e)) => {
                 warn!(call_id = %call_id, "channel: {e}");
-                hang_up(dialog, call_id, "no channel").await;
+                hang_up(&shared.stack, dialog, call_id, "no channel").await;
             }
             Some(Ok(channel)) => {
                 let info = CallInfo {
@@ -437,7 +437,7 @@ async fn run_session(
     };
     info!(call_id = %call_id, "T6 channel closed");
     if !caller_hung_up {
-        hang_up(dialog, &call_id, "session done").await;
+        hang_up(&shared.stack, dialog, &call_id, "session done").await;
     }
 }
 
@@ -455,14 +455,15 @@ async fn until_ended(states: &mut DialogStateReceiver, call_id: &str) {
     }
 }
 
-async fn hang_up(dialog: &InviteDialog, call_id: &str, reason: &str) {
+async fn hang_up(stack: &Stack, dialog: &InviteDialog, call_id: &str, reason: &str) {
     if matches!(dialog.state(), DialogState::Terminated(..)) {
         return;
     }
     info!(call_id = %call_id, "T7 BYE ({reason})");
-    match dialog.bye().await {
-        Ok(()) => info!(call_id = %call_id, "R4 BYE answered"),
-        Err(e) => warn!(call_id = %call_id, "BYE failed: {e}"),
+    match stack.unless_stopped(dialog.bye()).await {
+        Some(Ok(())) => info!(call_id = %call_id, "R4 BYE answered"),
+        Some(Err(e)) => warn!(call_id = %call_id, "BYE failed: {e}"),
+        None => info!(call_id = %call_id, "R4 not awaited: the user agent stopped"),
     }
 }
 

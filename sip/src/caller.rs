@@ -321,9 +321,10 @@ where
                 info!(call_id = %call_id, "R4 the callee hung up first");
             } else {
                 info!(call_id = %call_id, "T7 BYE ({reason})");
-                match dialog.bye().await {
-                    Ok(()) => info!(call_id = %call_id, "R4 BYE answered"),
-                    Err(e) => warn!(call_id = %call_id, "BYE failed: {e}"),
+                match stack.unless_stopped(dialog.bye()).await {
+                    Some(Ok(())) => info!(call_id = %call_id, "R4 BYE answered"),
+                    Some(Err(e)) => warn!(call_id = %call_id, "BYE failed: {e}"),
+                    None => info!(call_id = %call_id, "R4 not awaited: the user agent stopped"),
                 }
             }
             stack.dialogs.remove_dialog(&dialog_id);

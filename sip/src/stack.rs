@@ -202,6 +202,15 @@ impl Stack {
             .await;
     }
 
+    /// Runs `work` unless the stack stops first (then None): once stopped,
+    /// no answer can arrive and no timer fires to end the wait.
+    pub async fn unless_stopped<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            done = work => Some(done),
+            () = self.cancel.cancelled() => None,
+        }
+    }
+
     pub fn shutdown(&self) {
         self.cancel.cancel();
     }

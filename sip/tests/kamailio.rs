@@ -188,6 +188,54 @@ async fn register_and_call_through_kamailio_with_sha256_digest() {
 }
 
 #[tokio::test]
+async fn shutdown_in_the_middle_of_a_call_still_unregisters() {
+    init_logs();
+    let kamailio = Kamailio::start(Auth::None);
+    let b = UserAgent::start(
+        through(&kamailio, "200", Transport::Udp, None),
+        Some(Arc::new(Echo::default())),
+    )
+    .await
+    .unwrap();
+    let a = UserAgent::start(through(&kamailio, "100", Transport::Udp, None), None)
+        .await
+        .unwrap();
+    let message = b"NOOP\r\n".to_vec();
+    assert_eq!(call_when_registered(&a, "200", &message).await, message);
+    // A is registered too: B reaches it (A has no handler: 480).
+    let error = b.call("100", |_, _| async {}).await.unwrap_err();
+    assert!(
+        matches!(error, CallFailure::Unavailable { code: 480, .. }),
+        "{error}"
+    );
+
+    // A shuts down while its call to B is in its session.
+    let (running, is_running) = tokio::sync::oneshot::channel();
+    let stopped = Arc::new(tokio::sync::Notify::new());
+    let until_stopped = stopped.clone();
+    let call = a.call("200", move |channel, _| async move {
+        running.send(()).ok();
+        until_stopped.notified().await;
+        drop(channel);
+    });
+    let stop = async {
+        is_running.await.unwrap();
+        a.shutdown().await;
+        stopped.notify_one();
+    };
+    let (_, ()) = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(call, stop) })
+        .await
+        .expect("the call and the shutdown ended");
+    // Kamailio no longer knows 100.
+    let error = b.call("100", |_, _| async {}).await.unwrap_err();
+    assert!(
+        matches!(error, CallFailure::NotFound { code: 404, .. }),
+        "{error}"
+    );
+    b.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_wrong_password_is_refused_by_kamailio() {
     init_logs();
     let kamailio = Kamailio::start(Auth::Md5);
