@@ -119,7 +119,8 @@ fn pass(bytes: &[u8], head: &Head, framing: Framing) -> Result<Verdict, (u16, St
     let length = head.content_length().map_err(|why| (400, why))?;
     let len = match (length, framing) {
         (Some(length), Framing::Datagram) => {
-            let end = head.body_start + length;
+            // A length near usize::MAX must not overflow.
+            let end = head.body_start.saturating_add(length);
             if end > bytes.len() {
                 let body = bytes.len().saturating_sub(head.body_start);
                 let why = format!("Content-Length {length} exceeds the {body} bytes of body");
@@ -334,11 +335,15 @@ fn received(via: &str, source: SocketAddr, framing: Framing) -> (String, u16) {
     let port = match (rport, framing) {
         (true, _) | (_, Framing::Stream) => source.port(),
         // `SIP/2.0/UDP host[:port]`: the sent-by port, else 5060.
-        (false, Framing::Datagram) => sent_by
-            .rsplit_once(':')
-            .and_then(|(host, port)| (!host.ends_with(':')).then_some(port))
-            .and_then(|port| port.trim_end_matches(']').parse().ok())
-            .unwrap_or(5060),
+        (false, Framing::Datagram) => {
+            let host_port = sent_by.split_whitespace().last().unwrap_or_default();
+            // `[v6]` alone has colons but no port.
+            let port = match host_port.ends_with(']') {
+                true => None,
+                false => host_port.rsplit_once(':').map(|(_, port)| port),
+            };
+            port.and_then(|port| port.parse().ok()).unwrap_or(5060)
+        }
     };
     let mut top = format!("{sent_by};{}", params.join(";"));
     if let Some(rest) = rest {
@@ -496,6 +501,10 @@ mod tests {
             .replace("192.0.2.7:5070;", "192.0.2.7;")
             .replace(";rport", "");
         assert_eq!(port(&unknown(&no_port)), 5060);
+        let v6 = no_port.replace("192.0.2.7;", "[2001:db8::7]:5071;");
+        assert_eq!(port(&unknown(&v6)), 5071);
+        let v6_no_port = v6.replace("]:5071;", "];");
+        assert_eq!(port(&unknown(&v6_no_port)), 5060);
     }
 
     #[test]
@@ -569,6 +578,17 @@ mod tests {
             assert_eq!(got, status, "{message}");
             assert!(response.contains(why), "{why}: {response}");
         }
+    }
+
+    #[test]
+    fn a_content_length_near_usize_max_is_refused_not_overflowed() {
+        let huge = options(&format!("Content-Length: {}\r\n", usize::MAX), "");
+        let (status, response) = outcome(&huge);
+        assert_eq!(status, "SIP/2.0 400 Bad Request");
+        assert!(
+            response.contains("exceeds the 0 bytes of body"),
+            "{response}"
+        );
     }
 
     #[test]

@@ -63,12 +63,7 @@ async fn round_trip(transport: Transport, tls: bool) {
     );
 
     // The BYE ended the call at both ends.
-    for agent in [&a, &b] {
-        let stats = settle(agent, Duration::from_secs(10)).await;
-        assert_eq!(stats, Stats::default());
-    }
-    a.shutdown().await;
-    b.shutdown().await;
+    idle_then_stop(a, b).await;
 }
 
 #[tokio::test]
@@ -176,14 +171,7 @@ async fn the_caller_ends_its_session_when_the_callee_hangs_up() {
         matches!(&error, CallFailure::Channel { reason, .. } if reason.contains("hung up")),
         "{error}"
     );
-    for agent in [&a, &b] {
-        assert_eq!(
-            settle(agent, Duration::from_secs(10)).await,
-            Stats::default()
-        );
-    }
-    a.shutdown().await;
-    b.shutdown().await;
+    idle_then_stop(a, b).await;
 }
 
 #[tokio::test]
@@ -236,6 +224,11 @@ async fn a_callee_may_refuse_a_ringing_call() {
         matches!(error, CallFailure::Busy { code: 486, .. }),
         "{error}"
     );
+    idle_then_stop(a, b).await;
+}
+
+/// Both agents end with nothing left (the call ended at both ends), then stop.
+async fn idle_then_stop(a: UserAgent, b: UserAgent) {
     for agent in [&a, &b] {
         assert_eq!(
             settle(agent, Duration::from_secs(10)).await,
