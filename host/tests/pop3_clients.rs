@@ -140,6 +140,43 @@ fn fetchmail_fetches_over_stls_and_the_tls_session_ends_cleanly() {
     );
 }
 
+#[test]
+fn a_pop3_tls_session_ends_with_close_notify() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, pop3_port) = server_with_mail(dir.path());
+    // After QUIT, the server's close_notify makes the read end cleanly
+    // (b""); a bare TCP close raises SSLEOFError ("EOF occurred in
+    // violation of protocol") once ragged EOFs are not suppressed, which
+    // poplib's stls() does not allow: the session is driven by hand.
+    let script = format!(
+        r#"
+import socket, ssl
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+sock = socket.create_connection(("127.0.0.1", {pop3_port}), timeout=10)
+lines = sock.makefile("rb")
+def say(line):
+    sock.sendall(line.encode() + b"\r\n")
+    return lines.readline().decode().strip()
+lines.readline()
+assert say("STLS").startswith("+OK")
+sock = context.wrap_socket(sock, suppress_ragged_eofs=False)
+lines = sock.makefile("rb")
+assert say("USER taro").startswith("+OK")
+assert say("PASS {PASSWORD}").startswith("+OK")
+print(say("QUIT"))
+try:
+    print("after QUIT", sock.recv(1))
+except ssl.SSLError as error:
+    print("after QUIT", type(error).__name__, error)
+"#
+    );
+    let stdout = python(&script);
+    assert!(stdout.contains("+OK bye"), "{stdout}");
+    assert!(stdout.contains("after QUIT b''"), "{stdout}");
+}
+
 /// The SHA-256 fingerprint of the server's certificate, as mpop pins it
 /// (`AB:CD:…`).
 fn certificate_fingerprint(pem: &Path) -> String {
