@@ -90,8 +90,14 @@ pub struct ServerSettings {
     pub max_recipients: u32,
     /// Protocol errors before a session is closed.
     pub max_errors: u32,
-    /// SMTP sessions at once; more are turned away with `421`.
+    /// SMTP sessions at once, and POP3 sessions at once; more are turned
+    /// away (SMTP `421`, POP3 `-ERR [SYS/TEMP]`).
     pub max_sessions: u32,
+    /// The longest delay, in seconds, before answering a login from a
+    /// client address whose logins failed (SMTP `AUTH`, POP3 `PASS`): 2 s
+    /// after one failure, doubling after each, up to this; `0` turns the
+    /// delay off (for a benchmark).
+    pub auth_penalty_max_secs: u32,
     /// Seconds to wait for a command, and for each read of message data.
     pub command_timeout_secs: u32,
     pub data_timeout_secs: u32,
@@ -227,6 +233,7 @@ impl Default for ServerSettings {
             max_recipients: 100,
             max_errors: 20,
             max_sessions: 100,
+            auth_penalty_max_secs: 15,
             command_timeout_secs: 300,
             data_timeout_secs: 180,
             tls_certificate: None,

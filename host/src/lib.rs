@@ -2,6 +2,8 @@
 //! server over SIP. See `DESIGN.md` for the flow (S1–S8) and the call
 //! ladder (T1–T7).
 //!
+//! - [`auth`]: password checks for SMTP AUTH and POP3, bounded in cost and
+//!   slowed per client address after failures.
 //! - [`config`]: the configuration file.
 //! - [`credentials`]: user names and passwords, for SMTP AUTH and POP3.
 //! - [`delivery`]: the planner, steps S2–S8 per recipient.
@@ -16,6 +18,7 @@
 //! - [`storage`]: the durable file operations, real and simulated.
 //! - [`tls`]: certificates and TLS settings for STARTTLS and STLS.
 
+pub mod auth;
 pub mod config;
 pub mod credentials;
 pub mod delivery;

@@ -3,7 +3,12 @@
 //! into `new/`, and `new/` is fsynced, before delivery counts as done.
 //! Writes go through [`Storage`] (files 0600, folders 0700), so crash tests
 //! can cut the power at each step.
+//!
+//! Other programs may write into the same Maildir (Dovecot writes LF-only
+//! files): sizes are counted as POP3 sends the message, with CRLF line ends.
 
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,7 +42,8 @@ pub struct StoredMessage {
     pub unique: String,
     /// Where the message is now (`new/` or `cur/`).
     pub path: PathBuf,
-    /// Its size in bytes.
+    /// Its size as POP3 sends it (RFC 1939): every line ending in CRLF,
+    /// before dot-stuffing.
     pub size: u64,
 }
 
@@ -142,15 +148,20 @@ impl Maildir {
                 if name.starts_with('.') {
                     continue;
                 }
-                let Ok(metadata) = entry.metadata() else {
-                    continue;
-                };
                 let unique = name.split(":2,").next().unwrap_or(&name).to_string();
-                messages.push(StoredMessage {
-                    unique,
-                    path: entry.path(),
-                    size: metadata.len(),
-                });
+                let path = entry.path();
+                // Dovecot names a file with its CRLF size (`,W=`), which
+                // saves reading it; other files are counted.
+                let size = match size_in_name(&unique) {
+                    Some(size) => size,
+                    None => match File::open(&path).and_then(size_as_sent) {
+                        Ok(size) => size,
+                        // Gone since the listing (another session deleted it).
+                        Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(error) => return Err(MaildirError { path, error }),
+                    },
+                };
+                messages.push(StoredMessage { unique, path, size });
             }
         }
         messages.sort_by(|a, b| a.unique.cmp(&b.unique));
@@ -168,6 +179,48 @@ impl Maildir {
             _ => Ok(()),
         }
     }
+}
+
+/// The size a Maildir++ file name carries in its `,W=<size>` field (the
+/// size with CRLF line ends, as Dovecot writes it), if it has one.
+fn size_in_name(unique: &str) -> Option<u64> {
+    unique
+        .split(',')
+        .skip(1)
+        .find_map(|field| field.strip_prefix("W="))
+        .and_then(|size| size.parse().ok())
+}
+
+/// The size of a message as POP3 sends it: a bare LF is sent as CRLF, and
+/// a last line without a line end gets one (as
+/// [`dot_stuff`](crate::smtp::data::dot_stuff) sends it), dot-stuffing not
+/// counted.
+fn size_as_sent(mut message: impl Read) -> std::io::Result<u64> {
+    let mut size = 0u64;
+    // The byte before the current one; a line end before the first.
+    let mut previous = b'\n';
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = match message.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        for &byte in &buffer[..read] {
+            if byte == b'\n' && previous != b'\r' {
+                size += 1;
+            }
+            size += 1;
+            previous = byte;
+        }
+    }
+    size += match previous {
+        b'\n' => 0,
+        b'\r' => 1,
+        _ => 2,
+    };
+    Ok(size)
 }
 
 /// `seconds.M<micros>P<pid>Q<count>.<host>`: unique per delivery, sortable
@@ -287,6 +340,63 @@ mod tests {
         maildir.deliver_as("1795000000.Q42R0.host", b"x").unwrap();
         maildir.deliver_as("1795000000.Q42R0.host", b"x").unwrap();
         assert_eq!(maildir.messages().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn sizes_count_line_ends_as_crlf_whatever_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = Maildir::open(dir.path()).unwrap();
+        let crlf = b"Subject: a\r\n\r\none\r\n.dot\r\n";
+        let lf = b"Subject: a\n\none\n.dot\n";
+        std::fs::write(dir.path().join("new/1700000001.M1P1.other"), crlf).unwrap();
+        std::fs::write(dir.path().join("cur/1700000002.M1P1.other:2,S"), lf).unwrap();
+        let messages = maildir.messages().unwrap();
+        // Both are sent as the same 27 bytes (the leading dot is stuffed
+        // on the wire, not counted).
+        assert_eq!(messages[0].size, crlf.len() as u64);
+        assert_eq!(messages[1].size, crlf.len() as u64);
+        assert_eq!(messages[1].unique, "1700000002.M1P1.other");
+    }
+
+    #[test]
+    fn the_size_counted_is_what_dot_stuff_sends() {
+        let cases: [&[u8]; 7] = [
+            b"",
+            b"a\r\n",
+            b"a\nb\n",
+            b"no line end",
+            b"cr at the end\r",
+            b"bare\rcr\r\r\n\n",
+            b"..x\n.\r\n",
+        ];
+        for message in cases {
+            let sent = crate::smtp::data::dot_stuff(message, None);
+            // Less the final ".\r\n" and the dots stuffed at line starts.
+            let stuffed = sent
+                .split(|&b| b == b'\n')
+                .filter(|l| l.starts_with(b".."))
+                .count();
+            let expected = sent.len() - 3 - stuffed;
+            assert_eq!(
+                size_as_sent(message).unwrap(),
+                expected as u64,
+                "{:?}",
+                String::from_utf8_lossy(message)
+            );
+        }
+    }
+
+    #[test]
+    fn a_dovecot_size_in_the_name_is_taken_as_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = Maildir::open(dir.path()).unwrap();
+        let name = "1700000003.M5P6.host,S=10,W=12:2,S";
+        std::fs::write(dir.path().join("cur").join(name), b"a\nb\nc\nd\ne\n").unwrap();
+        let messages = maildir.messages().unwrap();
+        assert_eq!(messages[0].unique, "1700000003.M5P6.host,S=10,W=12");
+        assert_eq!(messages[0].size, 12);
+        assert_eq!(size_in_name("1700000003.M5P6.host,S=10"), None);
+        assert_eq!(size_in_name("1700000003.M5P6.host,W=x"), None);
     }
 
     #[test]

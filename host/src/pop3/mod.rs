@@ -1,114 +1,254 @@
 //! The POP3 server (step S3's read side): users fetch their local mail.
 //!
-//! - [`session`]: one session, line by line, without network I/O.
+//! - [`session`]: one session, line by line, without I/O.
+//! - here: the connection that drives it over TCP (and TLS after `STLS`),
+//!   checks passwords with the shared [`Authenticator`], and does the
+//!   session's disk work on the Maildir.
 
 pub mod session;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use session::{After, Pop3Session, Pop3Shared};
+use crate::auth::Authenticator;
+use crate::mailbox::maildir::{Maildir, StoredMessage};
+use crate::server::listener::Listener;
+use session::{After, OpenError, Pop3Policy, Pop3Session};
 
 /// The longest command line accepted (RFC 2449 allows 255 octets).
 const LINE_LIMIT: usize = 512;
 
-/// Accepts POP3 connections forever.
+/// What all POP3 connections share.
+pub struct Pop3Shared {
+    pub policy: Pop3Policy,
+    /// The folder holding one Maildir per user.
+    pub mail_dir: PathBuf,
+    /// Mailboxes open in a session now: one session per mailbox.
+    pub open: Mutex<HashSet<String>>,
+    /// For `STLS`; `None` if TLS could not be set up.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Checks passwords (shared with SMTP `AUTH`).
+    pub auth: Arc<Authenticator>,
+    /// Seconds to wait for a command, and for the TLS handshake.
+    pub command_timeout: Duration,
+    /// Sessions at once; more are told `-ERR [SYS/TEMP]`.
+    pub max_sessions: u32,
+}
+
+/// Serves POP3 on `listener` forever.
 pub async fn listen(listener: TcpListener, shared: Arc<Pop3Shared>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = connection(stream, peer.ip(), shared).await {
-                        tracing::debug!(%peer, "POP3 connection ended: {error}");
-                    }
-                });
-            }
-            Err(error) => {
-                tracing::warn!("POP3 accept failed: {error}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    let listener = Listener::new(
+        listener,
+        shared.max_sessions,
+        b"-ERR [SYS/TEMP] too many connections, try later\r\n".to_vec(),
+        "POP3",
+    );
+    listener
+        .run(|stream, peer| connection(stream, peer, shared.clone()))
+        .await;
+}
+
+/// Marks a user's mailbox open in one session; the mark is removed when it
+/// is dropped.
+struct MailboxMark {
+    shared: Arc<Pop3Shared>,
+    user: String,
+}
+
+impl Drop for MailboxMark {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.shared.open.lock() {
+            open.remove(&self.user);
         }
     }
 }
 
+/// The mailbox a session has open.
+struct OpenMailbox {
+    maildir: Maildir,
+    _mark: MailboxMark,
+}
+
+/// One client's connection: its session, and its mailbox once open.
+struct Connection {
+    shared: Arc<Pop3Shared>,
+    client: IpAddr,
+    session: Pop3Session,
+    mailbox: Option<OpenMailbox>,
+}
+
 async fn connection(
     stream: TcpStream,
-    client: std::net::IpAddr,
+    peer: SocketAddr,
     shared: Arc<Pop3Shared>,
 ) -> std::io::Result<()> {
-    let mut session = Pop3Session::new(shared.clone(), client);
+    let mut connection = Connection {
+        session: Pop3Session::new(shared.policy.clone(), peer.ip()),
+        client: peer.ip(),
+        shared: shared.clone(),
+        mailbox: None,
+    };
     let mut stream = BufReader::new(stream);
-    stream.write_all(&session.greeting()).await?;
-    let Some(stream) = drive(&mut session, stream, &shared).await? else {
+    stream.write_all(&connection.session.greeting()).await?;
+    let Some(stream) = connection.drive(stream).await? else {
         return Ok(());
     };
     let Some(acceptor) = &shared.tls else {
         return Ok(());
     };
-    let timeout = Duration::from_secs(shared.config.server.command_timeout_secs.into());
     // Input the client sent before the handshake is dropped with the
     // buffer: nothing can be injected in clear into the TLS session.
-    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream.into_inner())).await {
+    let handshake = acceptor.accept(stream.into_inner());
+    let tls = match tokio::time::timeout(shared.command_timeout, handshake).await {
         Ok(Ok(tls)) => tls,
-        _ => return Ok(()),
+        Ok(Err(error)) => {
+            tracing::info!(%peer, "POP3 TLS handshake failed: {error}");
+            return Ok(());
+        }
+        Err(_) => return Ok(()),
     };
-    session.tls_started();
-    drive(&mut session, BufReader::new(tls), &shared).await?;
+    connection.session.tls_started();
+    connection.drive(BufReader::new(tls)).await?;
     Ok(())
 }
 
-/// Answers commands over `stream` until the session ends (`None`) or asks
-/// for TLS (the stream is handed back for the handshake).
-async fn drive<S>(
-    session: &mut Pop3Session,
-    mut stream: BufReader<S>,
-    shared: &Pop3Shared,
-) -> std::io::Result<Option<BufReader<S>>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let timeout = Duration::from_secs(shared.config.server.command_timeout_secs.into());
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let read = tokio::time::timeout(
-            timeout,
-            (&mut stream)
-                .take(LINE_LIMIT as u64 + 2)
-                .read_until(b'\n', &mut line),
-        )
-        .await;
-        let read = match read {
-            Ok(read) => read?,
-            Err(_) => {
-                stream.write_all(b"-ERR timeout, closing\r\n").await?;
-                return Ok(None);
+impl Connection {
+    /// Answers commands over `stream` until the session ends (`None`; the
+    /// stream is shut down, with a TLS `close_notify`) or asks for TLS (the
+    /// stream is handed back for the handshake).
+    async fn drive<S>(&mut self, mut stream: BufReader<S>) -> std::io::Result<Option<BufReader<S>>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let mut limited = (&mut stream).take(LINE_LIMIT as u64 + 2);
+            let read = limited.read_until(b'\n', &mut line);
+            let read = tokio::time::timeout(self.shared.command_timeout, read).await;
+            let ending: &[u8] = match read {
+                Ok(Ok(0)) => b"",
+                Ok(Ok(_)) if !line.ends_with(b"\n") => b"-ERR line too long\r\n",
+                Ok(Ok(_)) => {
+                    let text = String::from_utf8_lossy(&line);
+                    let text = text.trim_end_matches(['\r', '\n']).to_string();
+                    match self.answer(&text, &mut stream).await? {
+                        After::StartTls => {
+                            stream.flush().await?;
+                            return Ok(Some(stream));
+                        }
+                        After::Close => b"",
+                        _ => continue,
+                    }
+                }
+                Ok(Err(error)) => return Err(error),
+                Err(_) => b"-ERR timeout, closing\r\n",
+            };
+            stream.write_all(ending).await?;
+            let _ = stream.shutdown().await;
+            return Ok(None);
+        }
+    }
+
+    /// Answers one command, doing the work the session asks for; returns
+    /// what follows the last response (`Continue`, `Close` or `StartTls`).
+    async fn answer<S>(&mut self, line: &str, stream: &mut S) -> std::io::Result<After>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let mut response = self.session.command(line);
+        loop {
+            if !response.bytes.is_empty() {
+                stream.write_all(&response.bytes).await?;
             }
+            response = match response.after {
+                after @ (After::Continue | After::Close | After::StartTls) => return Ok(after),
+                After::Authenticate { login, password } => {
+                    let verdict = self
+                        .shared
+                        .auth
+                        .verify(self.client, &login, &password)
+                        .await;
+                    self.session.authenticated(verdict)
+                }
+                After::OpenMailbox { user } => {
+                    let opened = self.open(user).await;
+                    self.session.opened(opened)
+                }
+                After::Read { path } => {
+                    let content = tokio::task::spawn_blocking(move || std::fs::read(path))
+                        .await
+                        .unwrap_or_else(|error| Err(std::io::Error::other(error)));
+                    self.session.read(content)
+                }
+                After::Delete { messages } => {
+                    let failed = self.delete(messages).await;
+                    self.session.updated(failed)
+                }
+            };
+        }
+    }
+
+    /// Takes `user`'s mailbox for this session and lists it.
+    async fn open(&mut self, user: String) -> Result<Vec<StoredMessage>, OpenError> {
+        {
+            let mut open = self.shared.open.lock().map_err(|_| OpenError::Unreadable)?;
+            if !open.insert(user.clone()) {
+                return Err(OpenError::InUse);
+            }
+        }
+        // Marked open from here: the mark goes if listing fails.
+        let mark = MailboxMark {
+            shared: self.shared.clone(),
+            user: user.clone(),
         };
-        if read == 0 {
-            return Ok(None);
-        }
-        if !line.ends_with(b"\n") {
-            stream.write_all(b"-ERR line too long\r\n").await?;
-            return Ok(None);
-        }
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches(['\r', '\n']).to_string();
-        // Reading a message or a mailbox touches the disk, and checking a
-        // password is slow on purpose: keep both off the async workers.
-        let response = tokio::task::block_in_place(|| session.command(&text));
-        stream.write_all(&response.bytes).await?;
-        match response.after {
-            After::Continue => {}
-            After::Close => return Ok(None),
-            After::StartTls => {
-                stream.flush().await?;
-                return Ok(Some(stream));
+        let root = self.shared.mail_dir.join(&user);
+        let listed = tokio::task::spawn_blocking(move || {
+            let maildir = Maildir::open(&root)?;
+            let messages = maildir.messages()?;
+            Ok::<_, crate::mailbox::maildir::MaildirError>((maildir, messages))
+        })
+        .await;
+        match listed {
+            Ok(Ok((maildir, messages))) => {
+                self.mailbox = Some(OpenMailbox {
+                    maildir,
+                    _mark: mark,
+                });
+                Ok(messages)
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%user, "cannot open the mailbox: {error}");
+                Err(OpenError::Unreadable)
+            }
+            Err(error) => {
+                tracing::error!(%user, "cannot open the mailbox: {error}");
+                Err(OpenError::Unreadable)
             }
         }
+    }
+
+    /// Removes `messages` from the open mailbox; returns how many could not
+    /// be removed.
+    async fn delete(&mut self, messages: Vec<StoredMessage>) -> usize {
+        let Some(mailbox) = &self.mailbox else {
+            return messages.len();
+        };
+        let maildir = mailbox.maildir.clone();
+        let count = messages.len();
+        tokio::task::spawn_blocking(move || {
+            messages
+                .iter()
+                .filter(|message| maildir.delete(message).is_err())
+                .count()
+        })
+        .await
+        .unwrap_or(count)
     }
 }

@@ -8,6 +8,7 @@
 //! retries what was deferred.
 
 pub mod callee;
+pub mod listener;
 pub mod smtp;
 
 use std::collections::HashSet;
@@ -16,13 +17,15 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::delivery::call::Caller;
 use crate::delivery::Attempted;
 use crate::delivery::Planner;
 use crate::history::DeliveryPath;
 use crate::policy::PolicyEngine;
-use crate::pop3::session::Pop3Shared;
+use crate::pop3::session::Pop3Policy;
+use crate::pop3::Pop3Shared;
 use crate::queue::spool::Outcome;
 use crate::queue::spool::{MessageId, Spool, SpoolError, SpoolOptions};
 use crate::smtp::reply::Reply;
@@ -62,6 +65,8 @@ pub enum ServerError {
     },
     #[error("cannot start the delivery runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot start the password verifiers: {0}")]
+    Verifiers(std::io::Error),
     #[error("cannot listen on {address}: {error}")]
     Listen {
         address: std::net::SocketAddr,
@@ -78,6 +83,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// For `STARTTLS` and `STLS`; `None` if TLS could not be set up.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Checks `AUTH` passwords (shared with POP3).
+    pub auth: Arc<Authenticator>,
 }
 
 /// Runs the server until `shutdown` completes.
@@ -160,7 +167,11 @@ pub async fn serve(
             .map(|user| user.to_lowercase())
             .collect(),
     };
+    // One authenticator for SMTP and POP3: the cost of password checks and
+    // the penalties for failed ones are the same whichever server is tried.
+    let auth = Arc::new(Authenticator::new(config.clone()).map_err(ServerError::Verifiers)?);
     let shared = Arc::new(Shared {
+        auth: auth.clone(),
         policy: session_policy,
         spool: spool.clone(),
         deliveries: deliveries.clone(),
@@ -212,10 +223,17 @@ pub async fn serve(
     let pop3_listener = bind(server.pop3_listen).await?;
     tracing::info!(smtp = %server.smtp_listen, pop3 = %server.pop3_listen, "listening");
     let pop3 = Arc::new(Pop3Shared {
-        config: config.clone(),
+        policy: Pop3Policy {
+            hostname: server.hostname.clone(),
+            max_errors: server.max_errors,
+            tls_available: tls.is_some(),
+        },
         mail_dir: data_dir.join("mail"),
         open: Default::default(),
         tls,
+        auth,
+        command_timeout: Duration::from_secs(server.command_timeout_secs.into()),
+        max_sessions: server.max_sessions,
     });
     // SIGUSR1 asks for a queue run now, as `postqueue -f` does.
     let flush_requests = async move {

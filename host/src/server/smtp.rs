@@ -7,55 +7,33 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
+use super::listener::Listener;
 use super::Shared;
 use crate::queue::spool::{Envelope, MessageId};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Accepted, CommitError, Session, Step};
 
-/// Accepts connections forever; a session beyond `max_sessions` is told
-/// `421` and closed. Accept errors back off instead of spinning.
+/// Serves SMTP on `listener` forever; a session beyond `max_sessions` is
+/// told `421` and closed.
 pub async fn listen(listener: TcpListener, shared: Arc<Shared>) {
-    let sessions = Arc::new(Semaphore::new(shared.config.server.max_sessions as usize));
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => {
-                backoff = Duration::from_millis(10);
-                accepted
-            }
-            Err(error) => {
-                tracing::warn!("accept failed: {error}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        match sessions.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(async move {
-                    if let Err(error) = connection(stream, peer, &shared).await {
-                        tracing::debug!(%peer, "connection ended: {error}");
-                    }
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                tokio::spawn(async move {
-                    let mut stream = stream;
-                    let reply = Reply::new(
-                        421,
-                        "4.3.2",
-                        format!("{} Too many connections, try later", shared.policy.hostname),
-                    );
-                    let _ = stream.write_all(reply.to_string().as_bytes()).await;
-                });
-            }
-        }
-    }
+    let refusal = Reply::new(
+        421,
+        "4.3.2",
+        format!("{} Too many connections, try later", shared.policy.hostname),
+    );
+    let listener = Listener::new(
+        listener,
+        shared.config.server.max_sessions,
+        refusal.to_string().into_bytes(),
+        "SMTP",
+    );
+    listener
+        .run(|stream, peer| {
+            let shared = shared.clone();
+            async move { connection(stream, peer, &shared).await }
+        })
+        .await;
 }
 
 async fn connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> std::io::Result<()> {
@@ -143,14 +121,8 @@ where
                 return Ok(Some(stream));
             }
             Step::Authenticate { login, password } => {
-                let config = shared.config.clone();
-                let user = tokio::task::spawn_blocking(move || {
-                    crate::credentials::check(&config, &login, &password)
-                })
-                .await
-                .ok()
-                .flatten();
-                session.authenticated(user, &mut out);
+                let verdict = shared.auth.verify(peer.ip(), &login, &password).await;
+                session.authenticated(verdict, &mut out);
             }
             Step::Close => {
                 stream.write_all(&out).await?;

@@ -26,6 +26,7 @@ pub enum CommitError {
     #[error("the commit was interrupted: {0}")]
     Interrupted(String),
 }
+use crate::auth::Verdict;
 
 /// The longest command line accepted, CRLF included (Postfix's
 /// `line_length_limit`; RFC 5321 asks for at least 512).
@@ -99,7 +100,7 @@ pub enum Step {
     /// [`Session::tls_started`].
     StartTls,
     /// Check these credentials (`AUTH`), then call
-    /// [`Session::authenticated`].
+    /// [`Session::authenticated`] with the verdict.
     Authenticate { login: String, password: String },
 }
 
@@ -207,19 +208,22 @@ impl Session {
         self.tls = true;
     }
 
-    /// The caller checked the credentials of [`Step::Authenticate`]: the
-    /// user they identify, or `None`.
-    pub fn authenticated(&mut self, user: Option<String>, out: &mut Vec<u8>) {
+    /// The caller checked the credentials of [`Step::Authenticate`].
+    pub fn authenticated(&mut self, verdict: Verdict, out: &mut Vec<u8>) {
         self.mode = Mode::Commands;
-        match user {
-            Some(user) => {
+        match verdict {
+            Verdict::Accepted(user) => {
                 tracing::info!(client = %self.client, %user, "authenticated");
                 self.authenticated = Some(user);
                 self.reply(out, Reply::new(235, "2.7.0", "Authentication successful"));
             }
-            None => self.reply(
+            Verdict::Refused => self.reply(
                 out,
                 Reply::new(535, "5.7.8", "Authentication credentials invalid"),
+            ),
+            Verdict::Unavailable => self.reply(
+                out,
+                Reply::new(454, "4.7.0", "Temporary authentication failure"),
             ),
         }
     }
@@ -855,9 +859,12 @@ mod tests {
                     // The handshake itself is the connection's business.
                     Step::StartTls => self.session.tls_started(),
                     Step::Authenticate { login, password } => {
-                        let user = (login == "taro" && password == "secret pass")
-                            .then(|| "taro".to_string());
-                        self.session.authenticated(user, &mut out);
+                        let verdict = match (login.as_str(), password.as_str()) {
+                            ("taro", "secret pass") => Verdict::Accepted("taro".into()),
+                            ("taro", "busy") => Verdict::Unavailable,
+                            _ => Verdict::Refused,
+                        };
+                        self.session.authenticated(verdict, &mut out);
                     }
                 }
             }
@@ -973,6 +980,19 @@ mod tests {
         client.send("DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n");
         let message = String::from_utf8(client.accepted[0].message.clone()).unwrap();
         assert!(message.contains("with ESMTPSA"), "{message}");
+    }
+
+    #[test]
+    fn a_check_not_made_now_is_a_temporary_failure_and_auth_may_be_retried() {
+        let mut client = Client::new("127.0.0.1");
+        client.say("EHLO c");
+        assert_eq!(
+            client.say(&format!("AUTH PLAIN {}", base64("\0taro\0busy"))),
+            "454 4.7.0 Temporary authentication failure"
+        );
+        assert!(client
+            .say(&format!("AUTH PLAIN {}", base64("\0taro\0secret pass")))
+            .starts_with("235"));
     }
 
     #[test]
