@@ -88,12 +88,29 @@ impl Mounted {
     pub fn unmount(self) -> std::io::Result<()> {
         self.session.umount_and_join()
     }
+
+    /// Unmounts and mounts what survived at `mountpoint` again, as after a
+    /// reboot: nothing of the kernel's view of the old mount is left. The
+    /// old mount is detached lazily, so a process killed a moment ago that
+    /// is still closing its files (with dead handles) does not hold it up.
+    pub fn remount(self, mountpoint: &Path) -> std::io::Result<Mounted> {
+        nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)?;
+        let Mounted { switch, session } = self;
+        // Its own unmount now finds nothing to do; its thread ends when the
+        // kernel closes the detached connection.
+        drop(session);
+        mount_tree(LossyFs(switch.0.clone()), switch, mountpoint)
+    }
 }
 
 /// Mounts an empty [`LossyFs`] at `mountpoint` (as root: no fusermount
 /// needed) and serves it on a background thread.
 pub fn mount(mountpoint: &Path) -> std::io::Result<Mounted> {
     let (fs, switch) = LossyFs::new();
+    mount_tree(fs, switch, mountpoint)
+}
+
+fn mount_tree(fs: LossyFs, switch: PowerSwitch, mountpoint: &Path) -> std::io::Result<Mounted> {
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("lossyfs".into()),

@@ -101,7 +101,7 @@ fn read(path: &Path) -> Option<Vec<u8>> {
     std::fs::read(path).ok()
 }
 
-fn mounted(mountpoint: &Path) -> bool {
+fn mounted_at(mountpoint: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     let point = mountpoint.to_string_lossy().into_owned();
     mounts
@@ -119,7 +119,7 @@ fn through_the_kernel_a_power_cut_keeps_exactly_what_was_synced() {
     let root = dir.path().join("mnt");
     std::fs::create_dir(&root).unwrap();
     let mut fs = Lossy::mount(&root);
-    assert!(mounted(&root));
+    assert!(mounted_at(&root));
 
     // Durable: a folder (root synced), a file in it (data and folder synced).
     let folder = root.join("spool");
@@ -209,5 +209,37 @@ fn through_the_kernel_a_power_cut_keeps_exactly_what_was_synced() {
     // Unmounting waits for every open file to close.
     drop((file, appending, other, message, after));
     assert!(fs.stop(), "lossyfs did not unmount and exit at SIGTERM");
-    assert!(!mounted(&root), "still mounted after SIGTERM");
+    assert!(!mounted_at(&root), "still mounted after SIGTERM");
+}
+
+#[test]
+fn after_a_power_cut_a_remount_serves_what_survived() {
+    if let Some(reason) = cannot_mount() {
+        eprintln!("skipped: lossyfs cannot be mounted here: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mnt");
+    std::fs::create_dir(&root).unwrap();
+    let mounted = lossyfs::mount(&root).unwrap();
+    let durable = root.join("durable");
+    let mut file = File::create(&durable).unwrap();
+    file.write_all(b"on disk").unwrap();
+    file.sync_all().unwrap();
+    sync_dir(&root);
+    std::fs::write(root.join("volatile"), b"in the cache only").unwrap();
+    // The process holding a file is "killed" at the cut: its handle dies.
+    let lost = mounted.switch.cut();
+    assert_eq!(lost.inodes_gone, 1, "{lost:?}");
+    let mounted = mounted.remount(&root).unwrap();
+    assert!(mounted_at(&root));
+    assert_eq!(read(&durable).unwrap(), b"on disk");
+    assert_eq!(read(&root.join("volatile")), None);
+    assert!(file
+        .write_all(b"late")
+        .and_then(|()| file.sync_all())
+        .is_err());
+    drop(file);
+    mounted.unmount().unwrap();
+    assert!(!mounted_at(&root));
 }
