@@ -906,15 +906,6 @@ fn count_in_log(dir: &Path, needle: &str) -> usize {
     log_of(dir).lines().filter(|l| l.contains(needle)).count()
 }
 
-fn signal(server: &Server, signal: &str) {
-    let pid = server._process.0.id().to_string();
-    assert!(Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .unwrap()
-        .success());
-}
-
 /// A's delivery concurrency in the crash tests, and so the most calls in
 /// flight when A is killed.
 const A_PARALLEL: usize = 4;
@@ -1029,48 +1020,72 @@ fn a_callee_killed_after_its_250_before_the_bye_loses_and_doubles_nothing() {
     let a_server = start_a_with(a_dir.path(), &a, &b_uri, b.smtp, "", "");
     let mut ledger = Ledger::default();
 
-    // One message at a time. As soon as B has accepted it over the call,
-    // A is frozen (SIGSTOP) so it cannot hang up; B's 250 is on its way.
-    // If B had already seen the BYE, the moment was missed: A goes on
-    // and the next message tries again (bounded: 20 messages).
+    // One message at a time. As soon as B has begun SMTP over the call, A
+    // is frozen (SIGSTOP) and then let run in slices of 200 µs until B has
+    // accepted the message: A, frozen, cannot hang up, and B's 250 is on
+    // its way. If B saw the BYE first (A finished within one slice), the
+    // moment was missed and the next message tries again (bounded: 20
+    // messages, 500 slices each).
+    let a_pid = a_server._process.0.id() as libc::pid_t;
+    let freeze = |stop: bool| {
+        let signal = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) on our own child; no memory is involved.
+        assert_eq!(unsafe { libc::kill(a_pid, signal) }, 0);
+    };
+    let counts = || {
+        (
+            count_in_log(b_dir.path(), "accepted"),
+            count_in_log(b_dir.path(), "SMTP over the call's channel"),
+            count_in_log(b_dir.path(), "BYE from the peer"),
+        )
+    };
     let mut caught = None;
     for n in 0..20 {
-        let accepted = count_in_log(b_dir.path(), "accepted");
-        let calls = count_in_log(b_dir.path(), "SMTP over the call's channel");
-        let byes = count_in_log(b_dir.path(), "BYE from the peer");
+        let (accepted, calls, byes) = counts();
         let token = format!("bye{n}");
         let text = load::message(&token, 1200);
-        let answer = load::send(a_server.address, "taro@a.example", "hanako@b.example", &text);
+        let answer = load::send(
+            a_server.address,
+            "taro@a.example",
+            "hanako@b.example",
+            &text,
+        );
         assert_eq!(answer, load::Answer::Accepted);
         ledger.sent.insert(token.clone(), (text, answer));
         let started = Instant::now();
-        while count_in_log(b_dir.path(), "accepted") == accepted
-            && started.elapsed() < Duration::from_secs(10)
-        {
-            std::thread::sleep(Duration::from_micros(200));
+        while counts().1 == calls && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_micros(100));
         }
-        signal(&a_server, "-STOP");
-        // B (running) sends its 250; A, frozen, can send no BYE.
-        std::thread::sleep(Duration::from_millis(200));
-        // Taken over a call (not by the relay fallback), not hung up.
-        if count_in_log(b_dir.path(), "accepted") > accepted
-            && count_in_log(b_dir.path(), "SMTP over the call's channel") > calls
-            && count_in_log(b_dir.path(), "BYE from the peer") == byes
-        {
-            caught = Some(token);
+        freeze(true);
+        for _ in 0..500 {
+            // B (running) reads what A sent and answers it.
+            std::thread::sleep(Duration::from_millis(20));
+            let now = counts();
+            if now.0 > accepted {
+                if now.1 > calls && now.2 == byes {
+                    caught = Some(token.clone());
+                }
+                break;
+            }
+            freeze(false);
+            std::thread::sleep(Duration::from_micros(200));
+            freeze(true);
+        }
+        if caught.is_some() {
             break;
         }
-        signal(&a_server, "-CONT");
+        freeze(false);
     }
     let Some(caught) = caught else {
-        signal(&a_server, "-CONT");
         panic!(
             "never caught a call between B's 250 and the BYE in 20 tries\n{}",
             log_of(b_dir.path())
         );
     };
+    // B's 250 reaches A's socket; then B dies.
+    std::thread::sleep(Duration::from_millis(100));
     drop(b_server); // SIGKILL, the BYE not yet received
-    signal(&a_server, "-CONT");
+    freeze(false);
 
     // B again, on the same ports: what it had accepted is still queued.
     let _b_server = start_b(b_dir.path(), &b, "42060-42069");
@@ -1081,6 +1096,10 @@ fn a_callee_killed_after_its_250_before_the_bye_loses_and_doubles_nothing() {
     // A got the 250: the message is delivered for A, which must not send
     // it again; B has it in its queue and delivers it once.
     assert_crash_verdict(&verdict, 0, a_dir.path(), b_dir.path());
-        let listing = wait_for_queue(a_dir.path(), &["the queue is empty"]);
-    assert!(listing.contains("the queue is empty"), "{listing}\n{}", log_of(a_dir.path()));
+    let listing = wait_for_queue(a_dir.path(), &["the queue is empty"]);
+    assert!(
+        listing.contains("the queue is empty"),
+        "{listing}\n{}",
+        log_of(a_dir.path())
+    );
 }

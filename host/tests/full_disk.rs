@@ -28,11 +28,21 @@ impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(at).unwrap();
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(at)
             .status()
             .unwrap();
-        assert!(status.success(), "mount -t tmpfs failed at {}", at.display());
+        assert!(
+            status.success(),
+            "mount -t tmpfs failed at {}",
+            at.display()
+        );
         Tmpfs(at.to_path_buf())
     }
 }
@@ -137,7 +147,18 @@ fn a_full_spool_disk_refuses_with_4xx_and_every_250_arrives_once_intact() {
     for n in 0..5 {
         send(format!("before{n}"), 3000);
     }
-    assert_eq!(ledger.lock().unwrap().accepted(), 5, "{:?}", ledger.lock().unwrap().sent.values().map(|v| &v.1).collect::<Vec<_>>());
+    assert_eq!(
+        ledger.lock().unwrap().accepted(),
+        5,
+        "{:?}",
+        ledger
+            .lock()
+            .unwrap()
+            .sent
+            .values()
+            .map(|v| &v.1)
+            .collect::<Vec<_>>()
+    );
     load::wait_delivered(&maildir, &ledger.lock().unwrap(), Duration::from_secs(10));
 
     // Full; then a little room now and then, less than the messages need,
@@ -182,7 +203,11 @@ fn a_full_spool_disk_refuses_with_4xx_and_every_250_arrives_once_intact() {
     queue(dir.path(), "flush");
     let ledger = Arc::try_unwrap(ledger).unwrap().into_inner().unwrap();
     let found = load::wait_delivered(&maildir, &ledger, Duration::from_secs(20));
-    assert_clean(&load::check(&ledger, &found), "after space returned", &log_of(dir.path()));
+    assert_clean(
+        &load::check(&ledger, &found),
+        "after space returned",
+        &log_of(dir.path()),
+    );
     let listing = queue_is_empty(dir.path());
     assert!(listing.contains("the queue is empty"), "{listing}");
 
@@ -194,7 +219,11 @@ fn a_full_spool_disk_refuses_with_4xx_and_every_250_arrives_once_intact() {
     queue(dir.path(), "flush");
     std::thread::sleep(Duration::from_millis(500));
     let again = load::delivered(&maildir);
-    assert_clean(&load::check(&ledger, &again), "after a restart", &log_of(dir.path()));
+    assert_clean(
+        &load::check(&ledger, &again),
+        "after a restart",
+        &log_of(dir.path()),
+    );
     assert_eq!(again.len(), found.len());
     assert!(listing.contains("the queue is empty"), "{listing}");
 }
@@ -227,25 +256,46 @@ fn a_full_mailbox_disk_defers_then_delivers_once_and_never_again_after_a_restart
     let started = Instant::now();
     let listing = loop {
         let listing = queue(dir.path(), "list");
-        if listing.matches(&deferred).count() == MESSAGES || started.elapsed() > Duration::from_secs(15) {
+        if listing.matches(&deferred).count() == MESSAGES
+            || started.elapsed() > Duration::from_secs(15)
+        {
             break listing;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(listing.matches(&deferred).count(), MESSAGES, "{listing}\n{}", tail(&log_of(dir.path()), 30));
+    assert_eq!(
+        listing.matches(&deferred).count(),
+        MESSAGES,
+        "{listing}\n{}",
+        tail(&log_of(dir.path()), 30)
+    );
     let maildir = mail.join("taro");
-    assert!(load::delivered(&maildir).is_empty(), "delivered to a full disk?");
+    assert!(
+        load::delivered(&maildir).is_empty(),
+        "delivered to a full disk?"
+    );
 
     // Room again: one copy each, nothing left in the queue or in tmp/.
     drop(filler);
     std::fs::remove_file(mail.join(".filler")).unwrap();
     queue(dir.path(), "flush");
     let found = load::wait_delivered(&maildir, &ledger, Duration::from_secs(20));
-    assert_clean(&load::check(&ledger, &found), "after space returned", &log_of(dir.path()));
+    assert_clean(
+        &load::check(&ledger, &found),
+        "after space returned",
+        &log_of(dir.path()),
+    );
     let listing = queue_is_empty(dir.path());
     assert!(listing.contains("the queue is empty"), "{listing}");
-    let leftovers: Vec<_> = std::fs::read_dir(maildir.join("tmp")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert!(leftovers.is_empty(), "partial deliveries left in tmp/: {leftovers:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(maildir.join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "partial deliveries left in tmp/: {leftovers:?}"
+    );
 
     // A restart delivers none of them again.
     drop(server);
@@ -253,7 +303,11 @@ fn a_full_mailbox_disk_defers_then_delivers_once_and_never_again_after_a_restart
     queue(dir.path(), "flush");
     std::thread::sleep(Duration::from_millis(500));
     let again = load::delivered(&maildir);
-    assert_clean(&load::check(&ledger, &again), "after a restart", &log_of(dir.path()));
+    assert_clean(
+        &load::check(&ledger, &again),
+        "after a restart",
+        &log_of(dir.path()),
+    );
     let listing = queue_is_empty(dir.path());
     assert!(listing.contains("the queue is empty"), "{listing}");
 }

@@ -57,7 +57,11 @@ struct Unmount<'a>(&'a Path);
 
 impl Drop for Unmount<'_> {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
@@ -79,7 +83,12 @@ fn after_a_power_cut_every_acknowledged_message_is_delivered_once() {
     let server = start_full(dir.path(), port, free_port(), "", QUEUE);
     let first = load::message("first", 500);
     assert_eq!(
-        load::send(server.address, "load@remote.test", "taro@local.test", &first),
+        load::send(
+            server.address,
+            "load@remote.test",
+            "taro@local.test",
+            &first
+        ),
         load::Answer::Accepted
     );
     wait_until("the first message was not delivered", || {
@@ -125,7 +134,11 @@ fn after_a_power_cut_every_acknowledged_message_is_delivered_once() {
         ledger.accepted(),
         ledger.sent.len()
     );
-    assert!(ledger.accepted() >= 60, "load too slow: {}", ledger.accepted());
+    assert!(
+        ledger.accepted() >= 60,
+        "load too slow: {}",
+        ledger.accepted()
+    );
 
     // Reboot: remount, start again, deliver what is queued.
     let mounted = mounted.remount(&data).expect("remounting lossyfs");

@@ -143,7 +143,11 @@ fn after_kill_9_every_acknowledged_message_is_delivered_exactly_once() {
     let verdict = load::check(&ledger, &found);
     println!("after kill -9: {}", verdict.summary());
     assert!(verdict.lost.is_empty(), "lost: {:?}", verdict.lost);
-    assert!(verdict.corrupted.is_empty(), "corrupted: {:?}", verdict.corrupted);
+    assert!(
+        verdict.corrupted.is_empty(),
+        "corrupted: {:?}",
+        verdict.corrupted
+    );
     // Local deliveries are named by queue id and recipient: one redone
     // after the kill finds its own file, so not even one duplicate.
     assert!(

@@ -143,11 +143,7 @@ pub fn run(
                     let answer = send(address, "load@remote.test", &rcpt, &text);
                     let stop = matches!(&answer, Answer::Unknown)
                         || matches!(&answer, Answer::Refused(r) if r.starts_with("connection"));
-                    ledger
-                        .lock()
-                        .unwrap()
-                        .sent
-                        .insert(token, (text, answer));
+                    ledger.lock().unwrap().sent.insert(token, (text, answer));
                     if stop {
                         return;
                     }
