@@ -122,6 +122,9 @@ fn log_of(dir: &Path) -> String {
 
 /// The `[queue]` settings of these tests: small segments, so the full
 /// disk also meets segment rotation.
+// Empty until the spool's `segment_size_kib` knob lands on main (then
+// "\n[queue]\nsegment_size_kib = 64\n"): the configuration refuses unknown
+// keys, so the old spool cannot be asked to rotate.
 const QUEUE: &str = "";
 
 #[test]
@@ -252,11 +255,11 @@ fn a_full_mailbox_disk_defers_then_delivers_once_and_never_again_after_a_restart
         ledger.sent.insert(token, (text, answer));
     }
     assert_eq!(ledger.accepted(), MESSAGES, "{:?}", ledger.sent);
-    let deferred = format!("taro@local.test  deferred");
+    let deferred = "taro@local.test  deferred";
     let started = Instant::now();
     let listing = loop {
         let listing = queue(dir.path(), "list");
-        if listing.matches(&deferred).count() == MESSAGES
+        if listing.matches(deferred).count() == MESSAGES
             || started.elapsed() > Duration::from_secs(15)
         {
             break listing;
@@ -264,7 +267,7 @@ fn a_full_mailbox_disk_defers_then_delivers_once_and_never_again_after_a_restart
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(
-        listing.matches(&deferred).count(),
+        listing.matches(deferred).count(),
         MESSAGES,
         "{listing}\n{}",
         tail(&log_of(dir.path()), 30)
