@@ -195,6 +195,10 @@ pub struct QueueSettings {
     /// How long a message is tried before it is bounced
     /// (`maximal_queue_lifetime`).
     pub maximal_lifetime_secs: u32,
+    /// A new spool segment is started when the current one passes this
+    /// size; finished segments are compacted away. Small values are for
+    /// tests that want many rotations.
+    pub segment_size_kib: u32,
 }
 
 impl Default for QueueSettings {
@@ -204,6 +208,7 @@ impl Default for QueueSettings {
             minimal_backoff_secs: 300,
             maximal_backoff_secs: 4000,
             maximal_lifetime_secs: 5 * 24 * 3600,
+            segment_size_kib: 64 * 1024,
         }
     }
 }
@@ -526,6 +531,7 @@ impl Config {
             ("queue_run_delay_secs", queue.queue_run_delay_secs),
             ("minimal_backoff_secs", queue.minimal_backoff_secs),
             ("maximal_lifetime_secs", queue.maximal_lifetime_secs),
+            ("segment_size_kib", queue.segment_size_kib),
         ] {
             if value == 0 {
                 return Err(format!("[queue] {name} must be at least 1"));

@@ -4,14 +4,16 @@
 //! patent promises the sender: knowing at once what became of the mail.
 //!
 //! Records are JSON lines appended to `data_dir/history.jsonl`;
-//! `mailcall history` reads and filters them. The history is a report, not
-//! the queue: it is written after the spool recorded the outcome, and not
-//! fsynced.
+//! `mailcall history` reads and filters them. The history is the patent's
+//! communication record: each line is on disk before the outcome it
+//! reports is (see [`History`]).
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::queue::spool::SyncedFirst;
+use crate::storage::{AppendFile, Disk, Storage};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +32,40 @@ pub enum DeliveryPath {
     Relay,
 }
 
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttemptOutcome {
+    Delivered,
+    Deferred,
+    Failed,
+    /// A call that failed and was followed by a relay.
+    FellBack,
+}
+
+impl AttemptOutcome {
+    /// As the history table and the JSON show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Deferred => "deferred",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::FellBack => "fell-back",
+        }
+    }
+
+    /// True when the recipient is finished (delivered or failed for good).
+    pub fn is_final(self) -> bool {
+        matches!(self, AttemptOutcome::Delivered | AttemptOutcome::Failed)
+    }
+}
+
+impl std::fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One attempt at one recipient.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -41,9 +77,7 @@ pub struct Attempt {
     pub message_id: Option<String>,
     pub recipient: String,
     pub path: DeliveryPath,
-    /// `delivered`, `deferred` or `failed`; `fell-back` for a call that
-    /// failed and was followed by a relay.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     /// The final reply or reason (`250 2.0.0 Ok: queued as 12`).
     pub detail: String,
     /// The number dialled, and the rule (with its module's SHA-256) and
@@ -61,47 +95,98 @@ pub struct Attempt {
 }
 
 /// The history file, appended to by the delivery tasks.
+///
+/// A line is written before the spool records the outcome it reports, and
+/// the spool syncs the history before each of its group commits
+/// ([`SyncedFirst`]): so every outcome on disk has its line on disk, after
+/// any crash. A line without an outcome (a crash in between) is an attempt
+/// that happened and will be followed by another.
 pub struct History {
+    storage: Arc<dyn Storage>,
     path: PathBuf,
-    file: Mutex<Option<File>>,
+    file: Mutex<Appender>,
+    /// Lines written since the last sync.
+    dirty: AtomicBool,
+    /// A line could not be written: the next sync fails, so the outcome it
+    /// reports is not committed without it (and is tried again).
+    lost: AtomicBool,
+    /// Held while syncing, so a second sync waits for the first to finish
+    /// rather than returning before the lines it covers are on disk.
+    syncing: Mutex<()>,
+}
+
+#[derive(Default)]
+struct Appender {
+    file: Option<Arc<dyn AppendFile>>,
+    size: u64,
 }
 
 impl History {
     /// The history of the data folder `data_dir`; the file is made on the
     /// first record.
     pub fn new(data_dir: &Path) -> History {
+        History::on(Disk::shared(), data_dir)
+    }
+
+    /// The same on `storage`.
+    pub fn on(storage: Arc<dyn Storage>, data_dir: &Path) -> History {
         History {
+            storage,
             path: data_dir.join(HISTORY_FILE),
-            file: Mutex::new(None),
+            file: Mutex::new(Appender::default()),
+            dirty: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+            syncing: Mutex::new(()),
         }
     }
 
-    /// Appends one attempt. A history that cannot be written is logged,
-    /// never a reason to fail a delivery.
+    /// Appends one attempt (made durable with the spool's next commit). A
+    /// line that cannot be written is logged and fails the spool's next
+    /// commit, so the outcome waits for a retry rather than going
+    /// unrecorded; a failed write is cut back off, so the next line is whole.
     pub fn record(&self, attempt: &Attempt) {
         let Ok(mut line) = serde_json::to_vec(attempt) else {
             return;
         };
         line.push(b'\n');
-        let Ok(mut file) = self.file.lock() else {
-            return;
-        };
-        if file.is_none() {
-            match OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-            {
-                Ok(opened) => *file = Some(opened),
+        let mut appender = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if appender.file.is_none() {
+            let existed = self.storage.exists(&self.path);
+            let opened = self.storage.open_append(&self.path).and_then(|opened| {
+                // A new file's name must be durable like its lines.
+                match self.path.parent().filter(|_| !existed) {
+                    Some(folder) => self.storage.sync_dir(folder).map(|()| opened),
+                    None => Ok(opened),
+                }
+            });
+            match opened {
+                Ok(opened) => {
+                    appender.size = opened.size().unwrap_or(0);
+                    appender.file = Some(opened);
+                }
                 Err(error) => {
                     tracing::warn!(path = %self.path.display(), "cannot write the history: {error}");
+                    self.lost.store(true, Ordering::SeqCst);
                     return;
                 }
             }
         }
-        if let Some(file) = file.as_mut() {
-            if let Err(error) = file.write_all(&line) {
+        let size = appender.size;
+        let Some(file) = appender.file.clone() else {
+            return;
+        };
+        match file.write_all(&line) {
+            Ok(()) => {
+                appender.size += line.len() as u64;
+                self.dirty.store(true, Ordering::SeqCst);
+            }
+            Err(error) => {
                 tracing::warn!(path = %self.path.display(), "cannot write the history: {error}");
+                self.lost.store(true, Ordering::SeqCst);
+                if file.truncate(size).is_err() {
+                    // Start afresh at the next line: the size is unknown.
+                    appender.file = None;
+                }
             }
         }
     }
@@ -109,18 +194,43 @@ impl History {
     /// Every attempt recorded in `data_dir`, oldest first; lines that do
     /// not parse (a torn last line after a crash) are skipped.
     pub fn read(data_dir: &Path) -> std::io::Result<Vec<Attempt>> {
-        let file = match File::open(data_dir.join(HISTORY_FILE)) {
-            Ok(file) => file,
+        History::read_on(&Disk, data_dir)
+    }
+
+    /// The same on `storage`.
+    pub fn read_on(storage: &dyn Storage, data_dir: &Path) -> std::io::Result<Vec<Attempt>> {
+        let bytes = match storage.read(&data_dir.join(HISTORY_FILE)) {
+            Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(error) => return Err(error),
         };
-        let mut attempts = Vec::new();
-        for line in BufReader::new(file).lines() {
-            if let Ok(attempt) = serde_json::from_str(&line?) {
-                attempts.push(attempt);
-            }
+        Ok(bytes
+            .split(|&b| b == b'\n')
+            .filter_map(|line| serde_json::from_slice(line).ok())
+            .collect())
+    }
+}
+
+impl SyncedFirst for History {
+    fn sync(&self) -> std::io::Result<()> {
+        let _syncing = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        if self.lost.swap(false, Ordering::SeqCst) {
+            return Err(std::io::Error::other("a history line could not be written"));
         }
-        Ok(attempts)
+        if !self.dirty.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let file = self
+            .file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .file
+            .clone();
+        let result = file.map_or(Ok(()), |file| file.sync());
+        if result.is_err() {
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+        result
     }
 }
 
@@ -152,7 +262,7 @@ pub fn table(attempts: &[Attempt]) -> String {
                 path.to_string(),
                 a.number.clone().unwrap_or_else(|| "-".into()),
                 a.rule.clone().unwrap_or_else(|| "-".into()),
-                a.outcome.clone(),
+                a.outcome.to_string(),
                 a.elapsed_ms.to_string(),
                 a.call_id.clone().unwrap_or_else(|| "-".into()),
                 a.detail.clone(),

@@ -13,6 +13,7 @@
 //! - [`server`]: `mailcall serve`, listeners and the delivery worker.
 //! - [`smtp`]: SMTP protocol pieces: the DATA reader, replies, the session,
 //!   the client.
+//! - [`storage`]: the durable file operations, real and simulated.
 //! - [`tls`]: certificates and TLS settings for STARTTLS and STLS.
 
 pub mod config;
@@ -25,4 +26,5 @@ pub mod pop3;
 pub mod queue;
 pub mod server;
 pub mod smtp;
+pub mod storage;
 pub mod tls;

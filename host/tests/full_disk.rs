@@ -122,10 +122,7 @@ fn log_of(dir: &Path) -> String {
 
 /// The `[queue]` settings of these tests: small segments, so the full
 /// disk also meets segment rotation.
-// Empty until the spool's `segment_size_kib` knob lands on main (then
-// "\n[queue]\nsegment_size_kib = 64\n"): the configuration refuses unknown
-// keys, so the old spool cannot be asked to rotate.
-const QUEUE: &str = "";
+const QUEUE: &str = "\n[queue]\nsegment_size_kib = 64\n";
 
 #[test]
 fn a_full_spool_disk_refuses_with_4xx_and_every_250_arrives_once_intact() {

@@ -50,10 +50,7 @@ fn settle_folders(root: &Path) {
 
 /// The `[queue]` settings of this test: small segments, so the load also
 /// rotates and deletes segments before the cut.
-// Empty until the spool's `segment_size_kib` knob lands on main (then
-// "\n[queue]\nsegment_size_kib = 64\n"): the configuration refuses unknown
-// keys, so the old spool cannot be asked to rotate.
-const QUEUE: &str = "";
+const QUEUE: &str = "\n[queue]\nsegment_size_kib = 64\n";
 
 /// Never leaves a mount behind, even when the test fails.
 struct Unmount<'a>(&'a Path);

@@ -102,10 +102,7 @@ fn smuggled_end_of_data_over_a_socket_never_queues_a_second_message() {
 
 /// The `[queue]` settings of the crash test: small segments, so the load
 /// rotates (and deletes) segments before and after the kill.
-// Empty until the spool's `segment_size_kib` knob lands on main (then
-// "\n[queue]\nsegment_size_kib = 64\n"): the configuration refuses unknown
-// keys, so the old spool cannot be asked to rotate.
-const SMALL_SEGMENTS: &str = "";
+const SMALL_SEGMENTS: &str = "\n[queue]\nsegment_size_kib = 64\n";
 
 #[test]
 fn after_kill_9_every_acknowledged_message_is_delivered_exactly_once() {

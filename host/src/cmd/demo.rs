@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use mailcall::config::Config;
-use mailcall::history::{self, Attempt, DeliveryPath, History};
+use mailcall::history::{self, Attempt, AttemptOutcome, DeliveryPath, History};
 use mailcall::smtp::client::{self, ClientSettings, Outgoing, Relayed};
 
 #[derive(Debug, clap::Args)]
@@ -271,7 +271,7 @@ async fn demo(dir: &Path, rules_dir: &Path, log: &Path) -> anyhow::Result<()> {
 
     if let Some(call) = all_attempts
         .iter()
-        .find(|a| a.path == DeliveryPath::Call && a.outcome == "delivered")
+        .find(|a| a.path == DeliveryPath::Call && a.outcome == AttemptOutcome::Delivered)
     {
         if let Some(call_id) = &call.call_id {
             println!(
@@ -294,7 +294,9 @@ async fn demo(dir: &Path, rules_dir: &Path, log: &Path) -> anyhow::Result<()> {
         let arrived = arrived(dir, sample);
         match attempt {
             Some(attempt)
-                if attempt.outcome == "delivered" && attempt.path == sample.path && arrived => {}
+                if attempt.outcome == AttemptOutcome::Delivered
+                    && attempt.path == sample.path
+                    && arrived => {}
             Some(attempt) => failures.push(format!(
                 "{}: ended {} by {:?} (expected delivered by {:?}), in {}'s mailbox {}: {}",
                 sample.recipient,
@@ -345,7 +347,7 @@ fn recipient_key(recipient: &str) -> String {
 /// call that fell back to a relay still to come).
 fn final_attempt(attempts: &[Attempt], recipient: &str) -> Option<Attempt> {
     let last = attempts.iter().rev().find(|a| a.recipient == recipient)?;
-    matches!(last.outcome.as_str(), "delivered" | "failed").then(|| last.clone())
+    last.outcome.is_final().then(|| last.clone())
 }
 
 /// Whether the sample is in the Maildir it should be in.

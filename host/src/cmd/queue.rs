@@ -37,7 +37,11 @@ pub fn run(command: QueueCommand) -> anyhow::Result<()> {
 }
 
 fn list(data_dir: &Path) -> anyhow::Result<()> {
-    let queued = Spool::inspect(&data_dir.join("queue"))?;
+    let recovery = Spool::inspect(&data_dir.join("queue"))?;
+    for damage in &recovery.damage {
+        println!("DAMAGED {damage}");
+    }
+    let queued = recovery.messages;
     if queued.is_empty() {
         println!("the queue is empty");
         return Ok(());
@@ -56,7 +60,7 @@ fn list(data_dir: &Path) -> anyhow::Result<()> {
             let state = match outcome {
                 None => "waiting".to_string(),
                 Some(Outcome::Delivered { detail }) => format!("delivered: {detail}"),
-                Some(Outcome::Failed { detail }) => format!("failed: {detail}"),
+                Some(Outcome::Failed { detail, .. }) => format!("failed: {detail}"),
                 Some(Outcome::Deferred {
                     detail,
                     attempts,

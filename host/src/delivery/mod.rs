@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, OnCallFailure, RelayTls};
-use crate::history::{Attempt, DeliveryPath, History};
+use crate::history::{Attempt, AttemptOutcome, DeliveryPath, History};
 use crate::mailbox::maildir::Maildir;
 use crate::policy::{self, PolicyEngine, Verdict};
 use crate::queue::bounce::{self, Action, Notice};
@@ -58,7 +58,7 @@ pub struct Planner {
     policy: Option<Arc<PolicyEngine>>,
     /// S5–S7; without it numbers found are not called.
     caller: Option<Arc<dyn Caller>>,
-    history: History,
+    history: Arc<History>,
 }
 
 /// What is known of one recipient's attempt, for the history.
@@ -128,11 +128,13 @@ impl Planner {
             .map(|domain| domain.trim_end_matches('.').to_lowercase())
             .collect();
         let data_dir = config.resolve(&config.server.data_dir);
+        let history = Arc::new(History::new(&data_dir));
+        spool.sync_first(history.clone());
         Planner {
             spool,
             local_domains,
             mail_dir: data_dir.join("mail"),
-            history: History::new(&data_dir),
+            history,
             schedule: RetrySchedule::new(&config.queue),
             router: Router::new(&config),
             client: client_settings(&config),
@@ -212,6 +214,7 @@ impl Planner {
                 Route::NoSuchUser => {
                     let outcome = Outcome::Failed {
                         detail: "5.1.1 no such local user".into(),
+                        code: 550,
                     };
                     self.finish(
                         &mut delivery,
@@ -326,7 +329,10 @@ impl Planner {
                     let outcome = if reply.is_positive() {
                         Outcome::Delivered { detail }
                     } else {
-                        Outcome::Failed { detail }
+                        Outcome::Failed {
+                            detail,
+                            code: reply.code,
+                        }
                     };
                     self.finish(delivery, pending, DeliveryPath::Call, trace, outcome)?;
                     continue;
@@ -352,7 +358,7 @@ impl Planner {
                     &pending,
                     DeliveryPath::Call,
                     trace,
-                    "fell-back",
+                    AttemptOutcome::FellBack,
                     &detail,
                 ));
                 let recipient = &queued.envelope.recipients[pending.index];
@@ -390,6 +396,7 @@ impl Planner {
                     let outcome = if permanent {
                         Outcome::Failed {
                             detail: detail.clone(),
+                            code: 550,
                         }
                     } else {
                         self.defer(&detail, queued, pending.index)
@@ -449,7 +456,10 @@ impl Planner {
         if reply.is_positive() {
             Outcome::Delivered { detail }
         } else if reply.is_permanent() {
-            Outcome::Failed { detail }
+            Outcome::Failed {
+                detail,
+                code: reply.code,
+            }
         } else {
             self.defer(&detail, queued, index)
         }
@@ -469,11 +479,11 @@ impl Planner {
         let index = pending.index;
         let recipient = &queued.envelope.recipients[index];
         let (name, detail) = match &outcome {
-            Outcome::Delivered { detail } => ("delivered", detail),
-            Outcome::Deferred { detail, .. } => ("deferred", detail),
-            Outcome::Failed { detail } => ("failed", detail),
+            Outcome::Delivered { detail } => (AttemptOutcome::Delivered, detail),
+            Outcome::Deferred { detail, .. } => (AttemptOutcome::Deferred, detail),
+            Outcome::Failed { detail, .. } => (AttemptOutcome::Failed, detail),
         };
-        tracing::info!(id = %queued.id, rcpt = %recipient, path = ?path, outcome = name, "{detail}");
+        tracing::info!(id = %queued.id, rcpt = %recipient, path = ?path, outcome = %name, "{detail}");
         let attempt = self.attempt(delivery, &pending, path, trace, name, detail);
         // RFC 3464: "delivered" when it reached the final mailbox (here, or
         // the final server over a call); "relayed" when handed on.
@@ -499,8 +509,10 @@ impl Planner {
                 detail: detail.clone(),
             });
         }
-        blocking(|| self.spool.record(queued.id, index, outcome))?;
+        // The line first: the spool syncs it before the outcome (S1's
+        // promise covers the communication record too).
         self.history.record(&attempt);
+        blocking(|| self.spool.record(queued.id, index, outcome))?;
         Ok(())
     }
 
@@ -510,7 +522,7 @@ impl Planner {
         pending: &Pending,
         path: DeliveryPath,
         trace: Trace,
-        outcome: &str,
+        outcome: AttemptOutcome,
         detail: &str,
     ) -> Attempt {
         Attempt {
@@ -519,7 +531,7 @@ impl Planner {
             message_id: delivery.message_id.clone(),
             recipient: delivery.queued.envelope.recipients[pending.index].clone(),
             path,
-            outcome: outcome.to_string(),
+            outcome,
             detail: detail.to_string(),
             number: trace.number,
             rule: trace.rule,
@@ -616,6 +628,7 @@ impl Planner {
             },
             NextAttempt::GiveUp => Outcome::Failed {
                 detail: format!("{detail}; gave up after {attempts} attempts"),
+                code: 554,
             },
         }
     }

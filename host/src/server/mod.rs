@@ -24,9 +24,10 @@ use crate::history::DeliveryPath;
 use crate::policy::PolicyEngine;
 use crate::pop3::session::Pop3Shared;
 use crate::queue::spool::Outcome;
-use crate::queue::spool::{MessageId, Spool, SpoolError};
+use crate::queue::spool::{MessageId, Spool, SpoolError, SpoolOptions};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::SessionPolicy;
+use crate::storage::Disk;
 use mailcall_sip::UserAgent;
 
 /// What the delivery scheduler is asked to do.
@@ -54,6 +55,13 @@ pub enum ServerError {
     Policy(#[from] crate::policy::PolicyError),
     #[error(transparent)]
     Sip(#[from] mailcall_sip::SipError),
+    #[error("cannot write the pid file {path}: {error}")]
+    PidFile {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot start the delivery runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("cannot listen on {address}: {error}")]
     Listen {
         address: std::net::SocketAddr,
@@ -78,13 +86,16 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let data_dir = config.resolve(&config.server.data_dir);
-    let (spool, recovered) = Spool::open(&data_dir.join("queue"))?;
+    let options = SpoolOptions {
+        segment_limit: u64::from(config.queue.segment_size_kib) * 1024,
+    };
+    let (spool, recovery) = Spool::open_on(Disk::shared(), &data_dir.join("queue"), options)?;
     let spool = Arc::new(spool);
-    tracing::info!(messages = recovered.len(), dir = %data_dir.display(), "queue recovered");
+    tracing::info!(messages = recovery.messages.len(), damaged = recovery.damage.len(), dir = %data_dir.display(), "queue recovered");
 
     let pid_file = data_dir.join(PID_FILE);
     std::fs::write(&pid_file, format!("{}\n", std::process::id())).map_err(|error| {
-        SpoolError::Io {
+        ServerError::PidFile {
             path: pid_file,
             error,
         }
@@ -181,10 +192,7 @@ pub async fn serve(
         .thread_name("delivery")
         .enable_all()
         .build()
-        .map_err(|error| SpoolError::Io {
-            path: data_dir.clone(),
-            error,
-        })?;
+        .map_err(ServerError::Runtime)?;
     let planner = {
         let _inside = delivery_runtime.enter();
         Arc::new(Planner::new(spool, config.clone(), policy, caller))
@@ -315,17 +323,13 @@ fn answer_client(
     };
     let reply = if all(|o| matches!(o, Outcome::Failed { .. })) {
         // The first refusal, as the final server (or we) gave it.
-        let detail = match &outcomes[0].1 {
-            Outcome::Failed { detail } => detail.clone(),
-            _ => String::new(),
-        };
-        let (code, text) = match detail.split_once(' ') {
-            Some((code, text)) if code.len() == 3 && code.starts_with('5') => {
-                (code.parse().unwrap_or(554), text.to_string())
+        match &outcomes[0].1 {
+            Outcome::Failed { detail, code } => {
+                let text = detail.strip_prefix(&format!("{code} ")).unwrap_or(detail);
+                Reply::new(*code, "", text)
             }
-            _ => (554, detail),
-        };
-        Reply::new(code, "", text)
+            _ => Reply::new(554, "5.0.0", "Transaction failed"),
+        }
     } else if all(|o| matches!(o, Outcome::Delivered { .. })) {
         let by_call = outcomes.iter().any(|(path, _)| *path == DeliveryPath::Call);
         let how = if by_call {

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use super::Shared;
 use crate::queue::spool::{Envelope, MessageId};
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Accepted, Session, Step};
+use crate::smtp::session::{Accepted, CommitError, Session, Step};
 
 /// Accepts connections forever; a session beyond `max_sessions` is told
 /// `421` and closed. Accept errors back off instead of spinning.
@@ -134,7 +134,7 @@ where
                         let reply = wait_for_delivery(shared, id).await;
                         session.committed_reply(reply, &mut out);
                     }
-                    result => session.committed(result.map(|id| id.to_string()), &mut out),
+                    result => session.committed(result, &mut out),
                 }
             }
             Step::StartTls => {
@@ -191,7 +191,7 @@ async fn commit(
     peer: SocketAddr,
     accepted: Accepted,
     synchronous: bool,
-) -> Result<MessageId, String> {
+) -> Result<MessageId, CommitError> {
     let envelope = Envelope {
         mail_from: accepted.mail_from,
         recipients: accepted
@@ -217,8 +217,7 @@ async fn commit(
     let message = accepted.message;
     let id = tokio::task::spawn_blocking(move || spool.enqueue(envelope, &message))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| CommitError::Interrupted(e.to_string()))??;
     tracing::info!(step = "S1", %id, client = %peer, "accepted");
     if !synchronous {
         let _ = shared.deliveries.send(super::Work::Deliver(id));

@@ -16,6 +16,16 @@ use smtp_proto::{Error as ParseError, Request};
 
 use super::data::{DataError, DataReceiver, Progress};
 use super::reply::Reply;
+use crate::queue::spool::{MessageId, SpoolError};
+
+/// Why an accepted message could not be stored: the client hears `451`.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("the commit was interrupted: {0}")]
+    Interrupted(String),
+}
 
 /// The longest command line accepted, CRLF included (Postfix's
 /// `line_length_limit`; RFC 5321 asks for at least 512).
@@ -366,13 +376,13 @@ impl Session {
     }
 
     /// The caller stored the accepted message (`Ok(queue id)`) or could not
-    /// (`Err(reason)`): write the reply and go on with held input.
-    pub fn committed(&mut self, result: Result<String, String>, out: &mut Vec<u8>) {
+    /// (`Err(why)`): write the reply and go on with held input.
+    pub fn committed(&mut self, result: Result<MessageId, CommitError>, out: &mut Vec<u8>) {
         self.mode = Mode::Commands;
         match result {
             Ok(id) => self.reply(out, Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))),
-            Err(reason) => {
-                tracing::error!(step = "S1", "cannot queue an accepted message: {reason}");
+            Err(error) => {
+                tracing::error!(step = "S1", "cannot queue an accepted message: {error}");
                 self.reply(
                     out,
                     Reply::new(451, "4.3.0", "Local error in processing; try again later"),
@@ -839,7 +849,7 @@ mod tests {
                     }
                     Step::Commit(accepted) => {
                         self.accepted.push(*accepted);
-                        let id = format!("Q{}", self.accepted.len());
+                        let id = MessageId(self.accepted.len() as u64);
                         self.session.committed(Ok(id), &mut out);
                     }
                     // The handshake itself is the connection's business.
@@ -1012,7 +1022,7 @@ mod tests {
         );
         assert_eq!(client.say("DATA"), "354 End data with <CR><LF>.<CR><LF>");
         let reply = client.send("Subject: hi\r\n\r\n..dot\r\nbody\r\n.\r\n");
-        assert_eq!(reply, ["250 2.0.0 Ok: queued as Q1"]);
+        assert_eq!(reply, ["250 2.0.0 Ok: queued as 0000000000000001"]);
         let accepted = &client.accepted[0];
         assert_eq!(accepted.mail_from, "a@sender.example");
         assert_eq!(accepted.recipients[0].address, "Taro@local.example");
@@ -1127,7 +1137,7 @@ mod tests {
         assert_eq!(client.send("x\r\n"), ["250 2.0.0 12 octets received"]);
         assert_eq!(
             client.send("BDAT 6 LAST\r\n\r\nhi\r\n"),
-            ["250 2.0.0 Ok: queued as Q1"]
+            ["250 2.0.0 Ok: queued as 0000000000000001"]
         );
         assert!(String::from_utf8_lossy(&client.accepted[0].message)
             .ends_with("Subject: x\r\n\r\nhi\r\n"));
