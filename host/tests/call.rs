@@ -6,8 +6,11 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 mod common;
+use common::load::{self, Ledger};
 use common::server::*;
 
 const B_NUMBER: &str = "05022220000";
@@ -896,4 +899,207 @@ fn a_final_server_that_breaks_off_in_data_means_relay_and_one_copy() {
     // Exactly one copy went on, by relay.
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(wait_for_dumps(&a_dir.path().join("sink"), 1).len(), 1);
+}
+
+/// How many lines of the log in `dir` contain `needle`.
+fn count_in_log(dir: &Path, needle: &str) -> usize {
+    log_of(dir).lines().filter(|l| l.contains(needle)).count()
+}
+
+/// A's delivery concurrency in the crash tests, and so the most calls in
+/// flight when A is killed.
+const A_PARALLEL: usize = 4;
+
+/// Prints the verdict of a crash test, and asserts nothing acknowledged
+/// was lost or changed, and at most `duplicates` delivered twice.
+fn assert_crash_verdict(verdict: &load::Verdict, duplicates: usize, a_dir: &Path, b_dir: &Path) {
+    println!("{}", verdict.summary());
+    if !verdict.duplicated.is_empty() {
+        println!("duplicated: {:?}", verdict.duplicated);
+    }
+    let logs = || {
+        let tail = |dir: &Path| {
+            let log = log_of(dir);
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        };
+        format!("--- A ---\n{}\n--- B ---\n{}", tail(a_dir), tail(b_dir))
+    };
+    assert!(
+        verdict.lost.is_empty() && verdict.corrupted.is_empty(),
+        "{}\nlost {:?}\ncorrupted {:?}\n{}",
+        verdict.summary(),
+        verdict.lost,
+        verdict.corrupted,
+        logs()
+    );
+    assert!(
+        verdict.refused_but_delivered.is_empty() && verdict.strangers == 0,
+        "{}\n{}",
+        verdict.summary(),
+        logs()
+    );
+    assert!(
+        verdict.duplicated.len() <= duplicates,
+        "more than {duplicates} duplicates: {:?}\n{}",
+        verdict.duplicated,
+        logs()
+    );
+}
+
+#[test]
+fn a_caller_killed_mid_call_loses_nothing_and_duplicates_at_most_its_calls_in_flight() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (Host::new(), Host::new());
+    let _b = start_b(b_dir.path(), &b, "42050-42059");
+    let b_uri = format!("sip:127.0.0.1:{}", b.sip);
+    // A failed call falls back to relay straight into B: every path ends
+    // in B's Maildir, where the messages are counted.
+    let parallel = format!("\n[relay]\nmax_parallel = {A_PARALLEL}");
+    let a_server = start_a_with(a_dir.path(), &a, &b_uri, b.smtp, "", &parallel);
+
+    // Bounded: 2 clients, at most 40 messages each, 30 s.
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let clients = load::run(
+        a_server.address,
+        "c",
+        "hanako@b.example",
+        2,
+        40,
+        |n| 800 + (n * 7919) % 4000,
+        ledger.clone(),
+        Duration::from_secs(30),
+    );
+    // Kill A once B took a few messages over calls and another call's
+    // SMTP has begun but not ended: A dies in the middle of a call.
+    let started = Instant::now();
+    loop {
+        let accepted = count_in_log(b_dir.path(), "accepted");
+        let begun = count_in_log(b_dir.path(), "SMTP over the call's channel");
+        let ended = count_in_log(b_dir.path(), "SMTP session over the call");
+        if (accepted >= 5 && begun > ended) || started.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(a_server); // SIGKILL
+    for client in clients {
+        client.join().unwrap();
+    }
+    let ledger = Arc::try_unwrap(ledger).unwrap().into_inner().unwrap();
+    assert!(
+        ledger.accepted() >= 5,
+        "load too slow: {}\n{}",
+        ledger.accepted(),
+        log_of(a_dir.path())
+    );
+    let calls_before = count_in_log(b_dir.path(), "SMTP over the call's channel");
+
+    // A again: it finds its queue and calls for what was not delivered.
+    let _a_server = start_a_with(a_dir.path(), &a, &b_uri, b.smtp, "", &parallel);
+    let maildir = b_dir.path().join("data/mail/hanako");
+    let found = load::wait_delivered(&maildir, &ledger, Duration::from_secs(30));
+    let verdict = load::check(&ledger, &found);
+    print!(
+        "caller killed mid-call ({} calls before the kill): ",
+        calls_before
+    );
+    // A message can be doubled only if B took it (250) while A died
+    // before recording that: at most the calls A had in flight.
+    assert_crash_verdict(&verdict, A_PARALLEL, a_dir.path(), b_dir.path());
+    let listing = wait_for_queue(a_dir.path(), &["the queue is empty"]);
+    assert!(listing.contains("the queue is empty"), "{listing}");
+}
+
+#[test]
+fn a_callee_killed_after_its_250_before_the_bye_loses_and_doubles_nothing() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (Host::new(), Host::new());
+    let b_server = start_b(b_dir.path(), &b, "42060-42069");
+    let b_uri = format!("sip:127.0.0.1:{}", b.sip);
+    let a_server = start_a_with(a_dir.path(), &a, &b_uri, b.smtp, "", "");
+    let mut ledger = Ledger::default();
+
+    // One message at a time. As soon as B has begun SMTP over the call, A
+    // is frozen (SIGSTOP) and then let run in slices of 200 µs until B has
+    // accepted the message: A, frozen, cannot hang up, and B's 250 is on
+    // its way. If B saw the BYE first (A finished within one slice), the
+    // moment was missed and the next message tries again (bounded: 20
+    // messages, 500 slices each).
+    let a_pid = a_server._process.0.id() as libc::pid_t;
+    let freeze = |stop: bool| {
+        let signal = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) on our own child; no memory is involved.
+        assert_eq!(unsafe { libc::kill(a_pid, signal) }, 0);
+    };
+    let counts = || {
+        (
+            count_in_log(b_dir.path(), "accepted"),
+            count_in_log(b_dir.path(), "SMTP over the call's channel"),
+            count_in_log(b_dir.path(), "BYE from the peer"),
+        )
+    };
+    let mut caught = None;
+    for n in 0..20 {
+        let (accepted, calls, byes) = counts();
+        let token = format!("bye{n}");
+        let text = load::message(&token, 1200);
+        let answer = load::send(
+            a_server.address,
+            "taro@a.example",
+            "hanako@b.example",
+            &text,
+        );
+        assert_eq!(answer, load::Answer::Accepted);
+        ledger.sent.insert(token.clone(), (text, answer));
+        let started = Instant::now();
+        while counts().1 == calls && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        freeze(true);
+        for _ in 0..500 {
+            // B (running) reads what A sent and answers it.
+            std::thread::sleep(Duration::from_millis(20));
+            let now = counts();
+            if now.0 > accepted {
+                if now.1 > calls && now.2 == byes {
+                    caught = Some(token.clone());
+                }
+                break;
+            }
+            freeze(false);
+            std::thread::sleep(Duration::from_micros(200));
+            freeze(true);
+        }
+        if caught.is_some() {
+            break;
+        }
+        freeze(false);
+    }
+    let Some(caught) = caught else {
+        panic!(
+            "never caught a call between B's 250 and the BYE in 20 tries\n{}",
+            log_of(b_dir.path())
+        );
+    };
+    // B's 250 reaches A's socket; then B dies.
+    std::thread::sleep(Duration::from_millis(100));
+    drop(b_server); // SIGKILL, the BYE not yet received
+    freeze(false);
+
+    // B again, on the same ports: what it had accepted is still queued.
+    let _b_server = start_b(b_dir.path(), &b, "42060-42069");
+    let maildir = b_dir.path().join("data/mail/hanako");
+    let found = load::wait_delivered(&maildir, &ledger, Duration::from_secs(30));
+    let verdict = load::check(&ledger, &found);
+    print!("callee killed after its 250 for {caught}, before the BYE: ");
+    // A got the 250: the message is delivered for A, which must not send
+    // it again; B has it in its queue and delivers it once.
+    assert_crash_verdict(&verdict, 0, a_dir.path(), b_dir.path());
+    let listing = wait_for_queue(a_dir.path(), &["the queue is empty"]);
+    assert!(
+        listing.contains("the queue is empty"),
+        "{listing}\n{}",
+        log_of(a_dir.path())
+    );
 }
