@@ -30,10 +30,7 @@ fn config() -> Arc<Config> {
         .get_or_init(|| {
             let params = Params::new(8, 1, 1, None).expect("argon2 parameters");
             let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-            let hash = argon2
-                .hash_password(b"secret")
-                .expect("a hash")
-                .to_string();
+            let hash = argon2.hash_password(b"secret").expect("a hash").to_string();
             let text = format!(
                 "[server]\nhostname = \"mx.local.example\"\nlocal_domains = [\"local.example\"]\n\
                  max_errors = 20\n[users.taro]\npassword_hash = \"{hash}\"\n"
@@ -70,7 +67,10 @@ fuzz_target!(|data: &[u8]| {
         let bytes = &response.bytes;
         assert!(bytes.starts_with(b"+OK") || bytes.starts_with(b"-ERR"));
         assert!(bytes.ends_with(b"\r\n"));
-        let first_line = bytes.iter().position(|&b| b == b'\n').map_or(0, |end| end + 1);
+        let first_line = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(0, |end| end + 1);
         if bytes.starts_with(b"+OK") && first_line < bytes.len() {
             // A multi-line answer ends with the `.` line.
             let text = String::from_utf8_lossy(bytes);
@@ -81,5 +81,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     drop(session);
-    assert!(shared.open.lock().expect("the lock").is_empty(), "a mailbox left open");
+    assert!(
+        shared.open.lock().expect("the lock").is_empty(),
+        "a mailbox left open"
+    );
 });

@@ -14,7 +14,11 @@ use mailcall_sip::fuzzing::{next_frame, Frame};
 /// Feeds `stream` `chunk` bytes at a time (all at once if 0), the way the
 /// TCP reader does; the frames read and the bytes left over.
 fn frames(stream: &[u8], chunk: usize) -> (Vec<Frame>, Vec<u8>) {
-    let chunk = if chunk == 0 { stream.len().max(1) } else { chunk };
+    let chunk = if chunk == 0 {
+        stream.len().max(1)
+    } else {
+        chunk
+    };
     let mut buffer = BytesMut::new();
     let mut frames = Vec::new();
     for piece in stream.chunks(chunk) {

@@ -15,7 +15,11 @@ type Outcome = Option<(Result<Vec<u8>, DataError>, usize)>;
 /// Feeds `input` `chunk` bytes at a time (all at once if 0): the result and
 /// how many bytes of `input` the body took, once the end of data was read.
 fn read(input: &[u8], chunk: usize, max_size: usize) -> Outcome {
-    let chunk = if chunk == 0 { input.len().max(1) } else { chunk };
+    let chunk = if chunk == 0 {
+        input.len().max(1)
+    } else {
+        chunk
+    };
     let mut receiver = DataReceiver::new(max_size);
     let mut offset = 0;
     for piece in input.chunks(chunk) {

@@ -63,7 +63,11 @@ struct Transcript {
 }
 
 fn run(options: u8, conversation: &[u8], chunk: usize) -> Transcript {
-    let chunk = if chunk == 0 { conversation.len().max(1) } else { chunk };
+    let chunk = if chunk == 0 {
+        conversation.len().max(1)
+    } else {
+        chunk
+    };
     let mut session = Session::new(policy(options), client(options));
     let mut replies = session.greeting().to_string().into_bytes();
     let mut accepted = Vec::new();
@@ -87,10 +91,8 @@ fn run(options: u8, conversation: &[u8], chunk: usize) -> Transcript {
                 message.message = without_received(&message.message);
                 match (options >> 5) & 3 {
                     1 => session.committed(Err("disk full".into()), &mut replies),
-                    2 => session.committed_reply(
-                        Reply::new(554, "5.0.0", "delivery failed"),
-                        &mut replies,
-                    ),
+                    2 => session
+                        .committed_reply(Reply::new(554, "5.0.0", "delivery failed"), &mut replies),
                     _ => session.committed(Ok("1A2B3C".into()), &mut replies),
                 }
                 accepted.push(*message);
@@ -118,12 +120,14 @@ fn run(options: u8, conversation: &[u8], chunk: usize) -> Transcript {
 
 /// The message after the `Received:` header the session put first.
 fn without_received(message: &[u8]) -> Vec<u8> {
-    assert!(message.starts_with(b"Received: "), "no Received: header first");
+    assert!(
+        message.starts_with(b"Received: "),
+        "no Received: header first"
+    );
     // The first CRLF not followed by folding white space (or at the end).
     let end = (0..message.len().saturating_sub(1))
         .find(|&at| {
-            message[at..].starts_with(b"\r\n")
-                && !matches!(message.get(at + 2), Some(b' ' | b'\t'))
+            message[at..].starts_with(b"\r\n") && !matches!(message.get(at + 2), Some(b' ' | b'\t'))
         })
         .expect("the Received: header ends");
     message[end + 2..].to_vec()
@@ -153,7 +157,10 @@ fuzz_target!(|data: &[u8]| {
     let whole = run(*options, conversation, 0);
     check_replies(&whole.replies);
     for message in &whole.accepted {
-        assert!(!message.recipients.is_empty(), "a message without recipients");
+        assert!(
+            !message.recipients.is_empty(),
+            "a message without recipients"
+        );
         assert!(message.recipients.len() <= 3);
     }
     let chunked = run(*options, conversation, usize::from(*chunk));
