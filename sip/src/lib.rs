@@ -32,6 +32,14 @@ pub use caller::{Call, CallFailure, Stage};
 pub use channel::Channel;
 pub use config::{SipSettings, Transport};
 
+/// The parsers the fuzz targets in `fuzz/` drive directly; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::screen::{screen, Framing, Verdict};
+    pub use crate::sdp::ChannelDescription;
+    pub use crate::transports::{next_frame, Frame};
+}
+
 use crate::channel::PortPool;
 use crate::register::Registrations;
 use crate::stack::Stack;

@@ -28,14 +28,14 @@ pub(crate) const MAX_DATAGRAM: usize = 8_192;
 /// How a message came: alone in a datagram, or framed in a stream by its
 /// Content-Length (RFC 3261 §18.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Framing {
+pub enum Framing {
     Datagram,
     Stream,
 }
 
 /// What to do with one received message.
 #[derive(Debug)]
-pub(crate) enum Verdict {
+pub enum Verdict {
     /// Hand the first `len` bytes (the body cut to its Content-Length) to
     /// rsipstack, which parses them as `message`.
     Pass { len: usize, message: SipMessage },
@@ -53,7 +53,7 @@ pub(crate) enum Verdict {
 
 /// Screens one message from `source`. `bytes` is the whole datagram, or
 /// one message cut from a stream (head, blank line, Content-Length bytes).
-pub(crate) fn screen(bytes: &[u8], framing: Framing, source: SocketAddr) -> Verdict {
+pub fn screen(bytes: &[u8], framing: Framing, source: SocketAddr) -> Verdict {
     let head = Head::read(bytes);
     let refuse = |status: u16, why: String| head.refuse(status, why, source, framing);
     if head.start.starts_with(b"SIP/") {

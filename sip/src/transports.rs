@@ -258,7 +258,7 @@ async fn write(writer: &tokio::sync::Mutex<OwnedWriteHalf>, bytes: &[u8]) -> std
 
 /// What a stream holds next.
 #[derive(Debug, PartialEq, Eq)]
-enum Frame {
+pub enum Frame {
     Ping,
     /// A whole message: head, blank line, Content-Length bytes of body.
     Message(Vec<u8>),
@@ -272,7 +272,7 @@ enum Frame {
 }
 
 /// Cuts the next frame off `buffer`, if it is all there.
-fn next_frame(buffer: &mut BytesMut) -> Option<Frame> {
+pub fn next_frame(buffer: &mut BytesMut) -> Option<Frame> {
     loop {
         if buffer.starts_with(PING) {
             buffer.advance(PING.len());

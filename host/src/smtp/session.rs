@@ -247,14 +247,22 @@ impl Session {
                 Mode::Committing | Mode::Authenticating => return Step::NeedInput,
                 Mode::StartingTls => return Step::StartTls,
                 Mode::Auth(_) => {
-                    let Some(end) = self.input.iter().position(|&b| b == b'\n') else {
-                        if self.input.len() > COMMAND_LINE_LIMIT {
-                            self.input.clear();
+                    // An overlong response ends the exchange and is skipped
+                    // to its end, as an overlong command is: however it is
+                    // cut into reads, no part of it is read as a command.
+                    let end = match self.input.iter().position(|&b| b == b'\n') {
+                        Some(end) if end + 1 > COMMAND_LINE_LIMIT => {
+                            self.input.drain(..=end);
                             self.mode = Mode::Commands;
                             self.reply(out, Reply::new(500, "5.5.2", "Line too long"));
                             continue;
                         }
-                        return Step::NeedInput;
+                        Some(end) => end,
+                        None if self.input.len() > COMMAND_LINE_LIMIT => {
+                            self.mode = Mode::SkipLine;
+                            continue;
+                        }
+                        None => return Step::NeedInput,
                     };
                     let line: Vec<u8> = self.input.drain(..=end).collect();
                     let line = String::from_utf8_lossy(&line).trim().to_string();
@@ -1192,6 +1200,27 @@ mod tests {
             client.send("yyy\r\nNOOP\r\n"),
             ["500 5.5.2 Line too long", "250 2.0.0 Ok"]
         );
+    }
+
+    /// Found by the `smtp_session` fuzz target's chunking check: the tail
+    /// of an overlong AUTH response that arrived in pieces was read as a
+    /// command (here `RSET`), while sent at once it was not.
+    #[test]
+    fn an_overlong_auth_response_is_skipped_whatever_the_reads() {
+        let response = format!("{}RSET\r\n", "x".repeat(COMMAND_LINE_LIMIT + 1));
+        let mut at_once = Client::new("127.0.0.1");
+        at_once.say("EHLO c");
+        assert!(at_once.say("AUTH LOGIN").starts_with("334 "));
+        assert_eq!(at_once.send(&response), ["500 5.5.2 Line too long"]);
+        assert_eq!(at_once.say("NOOP"), "250 2.0.0 Ok");
+
+        let mut in_pieces = Client::new("127.0.0.1");
+        in_pieces.say("EHLO c");
+        assert!(in_pieces.say("AUTH LOGIN").starts_with("334 "));
+        let (first, rest) = response.split_at(COMMAND_LINE_LIMIT + 1);
+        assert!(in_pieces.send(first).is_empty());
+        assert_eq!(in_pieces.send(rest), ["500 5.5.2 Line too long"]);
+        assert_eq!(in_pieces.say("NOOP"), "250 2.0.0 Ok");
     }
 
     #[test]
