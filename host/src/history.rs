@@ -8,7 +8,7 @@
 //! the queue: it is written after the spool recorded the outcome, and not
 //! fsynced.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -87,11 +87,17 @@ impl History {
             return;
         };
         if file.is_none() {
-            match OpenOptions::new()
+            // 0600, also for a file an older version made wider: the
+            // history names every sender and recipient.
+            let opened = crate::private::file_options()
                 .create(true)
                 .append(true)
                 .open(&self.path)
-            {
+                .and_then(|opened| {
+                    opened.set_permissions(crate::private::file_permissions())?;
+                    Ok(opened)
+                });
+            match opened {
                 Ok(opened) => *file = Some(opened),
                 Err(error) => {
                     tracing::warn!(path = %self.path.display(), "cannot write the history: {error}");

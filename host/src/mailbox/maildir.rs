@@ -1,8 +1,10 @@
 //! A Maildir (one folder per user with `tmp/`, `new/` and `cur/`), written
 //! the durable way: the message is written to `tmp/` and fsynced, renamed
 //! into `new/`, and `new/` is fsynced, before delivery counts as done.
+//! Mail is private, whatever the umask: folders 0700, files 0600, as
+//! Postfix and Dovecot make them.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,10 +41,17 @@ pub struct StoredMessage {
 
 impl Maildir {
     /// The Maildir at `root`, created with its three folders if missing.
+    /// Folders only the owner may enter (0700); one found wider (made by an
+    /// older version, or by hand) is narrowed, which also hides the files
+    /// already in it.
     pub fn open(root: &Path) -> Result<Maildir, MaildirError> {
-        for sub in ["tmp", "new", "cur"] {
-            let path = root.join(sub);
-            std::fs::create_dir_all(&path).map_err(|error| MaildirError { path, error })?;
+        for path in [
+            root.to_path_buf(),
+            root.join("tmp"),
+            root.join("new"),
+            root.join("cur"),
+        ] {
+            crate::private::folder(&path).map_err(|error| MaildirError { path, error })?;
         }
         Ok(Maildir {
             root: root.to_path_buf(),
@@ -70,11 +79,14 @@ impl Maildir {
             let path = path.to_path_buf();
             move |error| MaildirError { path, error }
         };
-        let mut file = OpenOptions::new()
+        let mut file = crate::private::file_options()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&temporary)
+            .map_err(io(&temporary))?;
+        // A file left in `tmp/` by a crash keeps its mode when reopened.
+        file.set_permissions(crate::private::file_permissions())
             .map_err(io(&temporary))?;
         file.write_all(message).map_err(io(&temporary))?;
         file.sync_all().map_err(io(&temporary))?;

@@ -54,6 +54,13 @@ pub enum ServerError {
     Policy(#[from] crate::policy::PolicyError),
     #[error(transparent)]
     Sip(#[from] mailcall_sip::SipError),
+    #[error("data folder {path}: {error}")]
+    DataDir {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {address}: {error}")]
     Listen {
         address: std::net::SocketAddr,
@@ -78,17 +85,43 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let data_dir = config.resolve(&config.server.data_dir);
+    // The data folder holds mail, the queue, the history and the TLS key:
+    // only the server's user may enter it (0700, also when found wider).
+    crate::private::folder(&data_dir).map_err(|error| ServerError::DataDir {
+        path: data_dir.clone(),
+        error,
+    })?;
+    // A configured certificate that does not load stops the start: the
+    // operator who configured TLS wants TLS, not a server that quietly
+    // sends passwords and mail in clear. The generated certificate is a
+    // convenience: if it cannot be made, the server still takes mail (and
+    // logs why), and clients see no STARTTLS.
+    let tls = match crate::tls::server_config(&config) {
+        Ok(tls) => {
+            tracing::info!(
+                certificate = %tls.certificate.path.display(),
+                fingerprint = %tls.certificate.fingerprint_hex(),
+                "TLS certificate (SHA-256 fingerprint, for clients that pin it)"
+            );
+            Some(tokio_rustls::TlsAcceptor::from(tls.config))
+        }
+        Err(error) if config.server.tls_certificate.is_some() => return Err(error.into()),
+        Err(error) => {
+            tracing::error!("TLS is off: {error}");
+            None
+        }
+    };
     let (spool, recovered) = Spool::open(&data_dir.join("queue"))?;
     let spool = Arc::new(spool);
     tracing::info!(messages = recovered.len(), dir = %data_dir.display(), "queue recovered");
 
     let pid_file = data_dir.join(PID_FILE);
-    std::fs::write(&pid_file, format!("{}\n", std::process::id())).map_err(|error| {
-        SpoolError::Io {
+    crate::private::write_file(&pid_file, format!("{}\n", std::process::id()).as_bytes()).map_err(
+        |error| ServerError::DataDir {
             path: pid_file,
             error,
-        }
-    })?;
+        },
+    )?;
     let (deliveries, received) = mpsc::unbounded_channel();
     let flushes = deliveries.clone();
     // S4: the rule chain, reloaded as its files change. A rule that does
@@ -104,15 +137,6 @@ pub async fn serve(
         Ok(watcher) => watcher.flatten(),
         Err(error) => {
             tracing::error!("rules will not be reloaded: {error}");
-            None
-        }
-    };
-    // A server without TLS still takes mail (and logs why), as Postfix
-    // does with a broken certificate; clients then see no STARTTLS.
-    let tls = match crate::tls::server_config(&config) {
-        Ok(tls) => Some(tokio_rustls::TlsAcceptor::from(tls)),
-        Err(error) => {
-            tracing::error!("TLS is off: {error}");
             None
         }
     };
