@@ -11,6 +11,7 @@
 //! - [`mailbox`]: step S3, local Maildir storage.
 //! - [`policy`]: step S4, the chain of WebAssembly rules that finds a number.
 //! - [`pop3`]: the POP3 server, for reading local mail.
+//! - [`private`]: files and folders only their owner may read.
 //! - [`queue`]: the durable spool (group-committed journal) under the queue.
 //! - [`server`]: `mailcall serve`, listeners and the delivery worker.
 //! - [`smtp`]: SMTP protocol pieces: the DATA reader, replies, the session,
@@ -26,6 +27,7 @@ pub mod history;
 pub mod mailbox;
 pub mod policy;
 pub mod pop3;
+pub mod private;
 pub mod queue;
 pub mod server;
 pub mod smtp;

@@ -184,14 +184,17 @@ fn a_message_travels_over_a_call_to_the_final_server() {
     let message = "From: taro@a.example\r\nTo: hanako@b.example\r\nSubject: by call\r\nMessage-ID: <call-1@a.example>\r\n\r\nPlease call 050-2222-0000 back.\r\n.leading dot\r\n";
     submit(&a_server, &["hanako@b.example"], message);
 
-    // At B, byte for byte, under the two trace headers (B's, then A's).
+    // At B, byte for byte, under the Return-Path of final delivery (A's
+    // envelope sender) and the two trace headers (B's, then A's).
     let files = wait_for_files(b_dir.path(), "hanako", 1);
     assert_eq!(files.len(), 1, "nothing arrived at B");
     let stored = std::fs::read_to_string(&files[0]).unwrap();
     assert!(stored.ends_with(message), "{stored}");
     let trace = &stored[..stored.len() - message.len()];
     assert!(
-        trace.starts_with("Received: from mx.a.example ([127.0.0.1])\r\n\tby mx.b.example"),
+        trace.starts_with(
+            "Return-Path: <taro@a.example>\r\nReceived: from mx.a.example ([127.0.0.1])\r\n\tby mx.b.example"
+        ),
         "{trace}"
     );
     assert_eq!(trace.matches("Received:").count(), 2, "{trace}");
@@ -541,7 +544,10 @@ print("\n".join(line.decode() for line in lines))
         port = b.pop3
     );
     let text = python(&script);
-    assert!(text.starts_with("Received: from mx.a.example"), "{text}");
+    assert!(
+        text.starts_with("Return-Path: <taro@a.example>\nReceived: from mx.a.example"),
+        "{text}"
+    );
     assert!(text.contains("Subject: through Kamailio"), "{text}");
     assert!(text.contains("Call me at 050-2222-0000."), "{text}");
 

@@ -199,3 +199,58 @@ fn check_config_accepts_the_example_and_names_the_line_of_an_error() {
     assert!(!output.status.success());
     assert!(stderr(&output).contains("line 5"), "{}", stderr(&output));
 }
+
+#[test]
+fn check_config_loads_the_tls_certificate_and_key_as_the_server_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = |name: &str| {
+        let made = rcgen::generate_simple_self_signed(vec!["mx.test".to_string()]).unwrap();
+        let certificate = dir.path().join(format!("{name}-certificate.pem"));
+        let key = dir.path().join(format!("{name}-key.pem"));
+        std::fs::write(&certificate, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        (certificate, key)
+    };
+    let (certificate, key) = pair("good");
+    let (_, other_key) = pair("other");
+    let check = |key: &std::path::Path| {
+        let file = dir.path().join("mailcall.toml");
+        std::fs::write(
+            &file,
+            format!("[server]\ntls_certificate = {certificate:?}\ntls_key = {key:?}\n"),
+        )
+        .unwrap();
+        mailcall(&["check-config", file.to_str().unwrap()])
+    };
+
+    let output = check(&key);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("SHA-256 ") && stdout(&output).contains("OK"),
+        "{}",
+        stdout(&output)
+    );
+
+    let missing = dir.path().join("missing.pem");
+    for (key, reason) in [
+        (missing.as_path(), "No such file"),
+        (certificate.as_path(), "no private key in the file"),
+        (
+            other_key.as_path(),
+            "the key does not match the certificate",
+        ),
+    ] {
+        let output = check(key);
+        assert!(
+            !output.status.success(),
+            "{}: {}",
+            key.display(),
+            stdout(&output)
+        );
+        assert!(
+            stderr(&output).contains(&format!("{}: {reason}", key.display())),
+            "{}",
+            stderr(&output)
+        );
+    }
+}

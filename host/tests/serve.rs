@@ -29,7 +29,9 @@ fn swaks_delivers_to_a_local_mailbox_with_a_received_header() {
     assert_eq!(files.len(), 1);
     let message = std::fs::read_to_string(&files[0]).unwrap();
     assert!(
-        message.starts_with("Received: from client.test ([127.0.0.1])\r\n\tby mx.test (mailcall)"),
+        message.starts_with(
+            "Return-Path: <sender@remote.test>\r\nReceived: from client.test ([127.0.0.1])\r\n\tby mx.test (mailcall)"
+        ),
         "{message}"
     );
     assert!(message.contains("Subject: hello from swaks"), "{message}");
@@ -76,6 +78,60 @@ fn converse(address: SocketAddr, script: &[u8]) -> Vec<String> {
         }
     }
     lines
+}
+
+#[test]
+fn final_delivery_adds_the_return_path_and_drops_the_senders_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let pop3_port = free_port();
+    let hash = hash_password("pw");
+    let server = start_with(
+        dir.path(),
+        free_port(),
+        pop3_port,
+        &format!("password_hash = {hash:?}\n"),
+    );
+    // A null sender (a bounce), with Return-Path headers of its own.
+    let replies = converse(
+        server.address,
+        b"EHLO client.test\r\nMAIL FROM:<>\r\nRCPT TO:<taro@local.test>\r\nDATA\r\n\
+          Return-Path: <forged@evil.test>\r\nSubject: bounce\r\nRETURN-PATH:\r\n <folded@evil.test>\r\n\r\n\
+          Return-Path: <in-the-body@remote.test>\r\n.\r\nQUIT\r\n",
+    );
+    assert!(
+        replies.iter().any(|l| l.contains("queued as")),
+        "{replies:?}"
+    );
+    let files = wait_for_files(dir.path(), "taro", 1);
+    assert_eq!(files.len(), 1);
+    let message = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        message.starts_with("Return-Path: <>\r\nReceived: from client.test"),
+        "{message}"
+    );
+    assert!(!message.contains("evil.test"), "{message}");
+    assert!(
+        message.ends_with("\r\n\r\nReturn-Path: <in-the-body@remote.test>\r\n"),
+        "{message}"
+    );
+
+    // A POP3 client (Python's poplib) reads it the same way.
+    let (ok, transcript) = swaks(&server, &["--to", "taro@local.test"]);
+    assert!(ok, "{transcript}");
+    assert_eq!(wait_for_files(dir.path(), "taro", 2).len(), 2);
+    let fetched = python(&format!(
+        "import poplib\n\
+         pop = poplib.POP3('127.0.0.1', {pop3_port})\n\
+         pop.user('taro'); pop.pass_('pw')\n\
+         for n in range(1, len(pop.list()[1]) + 1):\n    print(pop.retr(n)[1][0].decode())\n\
+         pop.quit()\n"
+    ));
+    let first_lines: Vec<&str> = fetched.lines().collect();
+    assert!(first_lines.contains(&"Return-Path: <>"), "{fetched}");
+    assert!(
+        first_lines.contains(&"Return-Path: <sender@remote.test>"),
+        "{fetched}"
+    );
 }
 
 #[test]
@@ -213,7 +269,7 @@ resp, uids, _ = p.uidl()
 assert len(set(u.split()[1] for u in uids)) == 2, uids
 resp, lines, octets = p.retr(1)
 assert b'Subject: first' in lines and b'.leading dot' in lines, lines
-assert lines[0].startswith(b'Received: from client.test'), lines[0]
+assert lines[0].startswith(b'Return-Path: <') and lines[1].startswith(b'Received: from client.test'), lines[:2]
 resp, top, _ = p.top(2, 1)
 assert b'Subject: second' in top and b'a' in top and b'c' not in top, top
 q = poplib.POP3('127.0.0.1', port, timeout=10)

@@ -4,7 +4,7 @@
 //! | step | here |
 //! |---|---|
 //! | S2 | [`Planner::plan`]: is the recipient in one of our local domains? |
-//! | S3 | yes: store it in the user's Maildir ([`Planner::deliver_local`]) |
+//! | S3 | yes: store it in the user's Maildir, with a [`return_path`] ([`Planner::deliver_local`]) |
 //! | S4 | no: does a rule find a number? ([`Planner::choose`], the policy engine) |
 //! | S5–S7 | yes: call it and send the message over the call ([`Planner::call`], a [`call::Caller`]) |
 //! | S8 | no number, or the call failed: normal SMTP relay ([`Planner::relay`]; servers from [`destination`]) |
@@ -17,6 +17,7 @@
 
 pub mod call;
 pub mod destination;
+pub mod return_path;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -192,6 +193,7 @@ impl Planner {
             queued: &queued,
             body: &body,
             message_id: message_id_of(&body),
+            stored: None,
             attempted: Attempted::default(),
         };
         let mut view = None;
@@ -571,7 +573,8 @@ impl Planner {
         Ok(Some(report))
     }
 
-    /// S3: into the user's Maildir, durably.
+    /// S3: into the user's Maildir, durably, with the `Return-Path:` of
+    /// final delivery. Mail received over a call ends here too.
     fn deliver_local(
         &self,
         delivery: &mut Delivery<'_>,
@@ -588,9 +591,13 @@ impl Planner {
             pending.index,
             crate::mailbox::maildir::host_name()
         );
+        let (reverse_path, body) = (&queued.envelope.mail_from, delivery.body);
+        let message = delivery
+            .stored
+            .get_or_insert_with(|| return_path::with_return_path(reverse_path, body));
         let stored = blocking(|| {
             Maildir::open(&self.mail_dir.join(mailbox))
-                .and_then(|maildir| maildir.deliver_as(&unique, delivery.body))
+                .and_then(|maildir| maildir.deliver_as(&unique, message))
         });
         let outcome = match stored {
             Ok(()) => {
@@ -639,6 +646,9 @@ struct Delivery<'a> {
     queued: &'a Queued,
     body: &'a [u8],
     message_id: Option<String>,
+    /// The message as local mailboxes store it (with `Return-Path:`),
+    /// made once for all its local recipients.
+    stored: Option<Vec<u8>>,
     attempted: Attempted,
 }
 

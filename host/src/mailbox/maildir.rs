@@ -4,6 +4,9 @@
 //! Writes go through [`Storage`] (files 0600, folders 0700), so crash tests
 //! can cut the power at each step.
 //!
+//! Mail is private, whatever the umask: folders 0700, files 0600, as
+//! Postfix and Dovecot make them.
+//!
 //! Other programs may write into the same Maildir (Dovecot writes LF-only
 //! files): sizes are counted as POP3 sends the message, with CRLF line ends.
 
@@ -49,12 +52,16 @@ pub struct StoredMessage {
 
 impl Maildir {
     /// The Maildir at `root`, created with its three folders if missing.
+    /// Folders only the owner may enter (0700); one found wider (made by an
+    /// older version, or by hand) is narrowed, which also hides the files
+    /// already in it.
     pub fn open(root: &Path) -> Result<Maildir, MaildirError> {
         Maildir::on(Disk::shared(), root)
     }
 
     /// The same on `storage`. A new Maildir's folders are made durable
-    /// before anything is delivered into them.
+    /// before anything is delivered into them; folders found wider (made by
+    /// an older version) are narrowed to 0700.
     pub fn on(storage: Arc<dyn Storage>, root: &Path) -> Result<Maildir, MaildirError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -63,11 +70,12 @@ impl Maildir {
         let complete = ["tmp", "new", "cur"]
             .iter()
             .all(|sub| storage.exists(&root.join(sub)));
+        storage.create_dir_all(root).map_err(io(root))?;
+        for sub in ["tmp", "new", "cur"] {
+            let path = root.join(sub);
+            storage.create_dir_all(&path).map_err(io(&path))?;
+        }
         if !complete {
-            for sub in ["tmp", "new", "cur"] {
-                let path = root.join(sub);
-                storage.create_dir_all(&path).map_err(io(&path))?;
-            }
             storage.sync_dir(root).map_err(io(root))?;
             if let Some(parent) = root.parent() {
                 storage.sync_dir(parent).map_err(io(parent))?;

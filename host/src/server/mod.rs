@@ -67,6 +67,13 @@ pub enum ServerError {
     Runtime(std::io::Error),
     #[error("cannot start the password verifiers: {0}")]
     Verifiers(std::io::Error),
+    #[error("data folder {path}: {error}")]
+    DataDir {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {address}: {error}")]
     Listen {
         address: std::net::SocketAddr,
@@ -93,6 +100,32 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let data_dir = config.resolve(&config.server.data_dir);
+    // The data folder holds mail, the queue, the history and the TLS key:
+    // only the server's user may enter it (0700, also when found wider).
+    crate::private::folder(&data_dir).map_err(|error| ServerError::DataDir {
+        path: data_dir.clone(),
+        error,
+    })?;
+    // A configured certificate that does not load stops the start: the
+    // operator who configured TLS wants TLS, not a server that quietly
+    // sends passwords and mail in clear. The generated certificate is a
+    // convenience: if it cannot be made, the server still takes mail (and
+    // logs why), and clients see no STARTTLS.
+    let tls = match crate::tls::server_config(&config) {
+        Ok(tls) => {
+            tracing::info!(
+                certificate = %tls.certificate.path.display(),
+                fingerprint = %tls.certificate.fingerprint_hex(),
+                "TLS certificate (SHA-256 fingerprint, for clients that pin it)"
+            );
+            Some(tokio_rustls::TlsAcceptor::from(tls.config))
+        }
+        Err(error) if config.server.tls_certificate.is_some() => return Err(error.into()),
+        Err(error) => {
+            tracing::error!("TLS is off: {error}");
+            None
+        }
+    };
     let options = SpoolOptions {
         segment_limit: u64::from(config.queue.segment_size_kib) * 1024,
     };
@@ -101,12 +134,12 @@ pub async fn serve(
     tracing::info!(messages = recovery.messages.len(), damaged = recovery.damage.len(), dir = %data_dir.display(), "queue recovered");
 
     let pid_file = data_dir.join(PID_FILE);
-    std::fs::write(&pid_file, format!("{}\n", std::process::id())).map_err(|error| {
-        ServerError::PidFile {
+    crate::private::write_file(&pid_file, format!("{}\n", std::process::id()).as_bytes()).map_err(
+        |error| ServerError::PidFile {
             path: pid_file,
             error,
-        }
-    })?;
+        },
+    )?;
     let (deliveries, received) = mpsc::unbounded_channel();
     let flushes = deliveries.clone();
     // S4: the rule chain, reloaded as its files change. A rule that does
@@ -122,15 +155,6 @@ pub async fn serve(
         Ok(watcher) => watcher.flatten(),
         Err(error) => {
             tracing::error!("rules will not be reloaded: {error}");
-            None
-        }
-    };
-    // A server without TLS still takes mail (and logs why), as Postfix
-    // does with a broken certificate; clients then see no STARTTLS.
-    let tls = match crate::tls::server_config(&config) {
-        Ok(tls) => Some(tokio_rustls::TlsAcceptor::from(tls)),
-        Err(error) => {
-            tracing::error!("TLS is off: {error}");
             None
         }
     };

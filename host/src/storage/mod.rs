@@ -94,12 +94,20 @@ impl AppendFile for DiskFile {
 }
 
 /// Creates `dir` (and parents) 0700, and narrows it to 0700 if it exists
-/// wider: mail folders must not be readable by other users.
+/// wider: mail folders must not be readable by other users. Each folder
+/// made here is made durable in its parent (a power cut must not take a
+/// new mailbox or the queue folder away with what was synced inside it).
 pub fn private_dir(dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
     DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
         .create(dir)?;
+    for made in missing.iter().rev() {
+        if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)?.sync_all()?;
+        }
+    }
     let metadata = std::fs::metadata(dir)?;
     if metadata.permissions().mode() & 0o077 != 0 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))?;
@@ -127,6 +135,10 @@ impl Storage for Disk {
             .append(true)
             .mode(FILE_MODE)
             .open(path)?;
+        // Narrowed if an older version made it wider.
+        if file.metadata()?.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+        }
         Ok(Arc::new(DiskFile(file)))
     }
 
