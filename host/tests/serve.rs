@@ -530,3 +530,26 @@ fn no_address_trick_relays_for_an_outside_client() {
     }
     assert!(replies.last().unwrap().starts_with("221"), "{replies:?}");
 }
+
+#[test]
+fn pop3_sessions_beyond_the_limit_are_refused_for_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let pop3_port = free_port();
+    let _server = start_full(dir.path(), free_port(), pop3_port, "max_sessions = 1", "");
+    let script = format!(
+        r#"
+import socket
+first = socket.create_connection(("127.0.0.1", {pop3_port}), timeout=10)
+print("first", first.makefile("rb").readline().decode().strip())
+second = socket.create_connection(("127.0.0.1", {pop3_port}), timeout=10)
+print("second", second.makefile("rb").readline().decode().strip())
+first.close()
+"#
+    );
+    let stdout = python(&script);
+    assert!(stdout.contains("first +OK"), "{stdout}");
+    assert!(
+        stdout.contains("second -ERR [SYS/TEMP] too many connections"),
+        "{stdout}"
+    );
+}

@@ -525,7 +525,7 @@ mod tests {
                         let content = self
                             .messages
                             .iter()
-                            .find(|(unique, _)| PathBuf::from(unique) == path)
+                            .find(|(unique, _)| path == std::path::Path::new(unique))
                             .map(|(_, content)| content.clone())
                             .ok_or_else(|| std::io::Error::other("gone"));
                         self.session.read(content)
