@@ -298,6 +298,21 @@ impl Dovecot {
             ),
         )
         .unwrap();
+        // mailcall keeps its data folder 0700: let `nobody` pass through
+        // the folders above the Maildir (traverse only), as an operator
+        // sharing a Maildir with Dovecot would.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let temp = std::env::temp_dir();
+            for folder in maildir.ancestors().skip(1) {
+                if !folder.starts_with(&temp) || folder == temp {
+                    break;
+                }
+                let mode = std::fs::metadata(folder).unwrap().permissions().mode();
+                std::fs::set_permissions(folder, std::fs::Permissions::from_mode(mode | 0o111))
+                    .unwrap();
+            }
+        }
         for path in [maildir, &dir.join("home")] {
             let status = Command::new("chown")
                 .args(["-R", "nobody:nogroup"])
