@@ -165,7 +165,7 @@ fn a_full_spool_disk_refuses_with_4xx_and_every_250_arrives_once_intact() {
     // so writes end short (ENOSPC in the middle of a record).
     let filler = Filler::fill(&data.join("filler"));
     for round in 0..8u64 {
-        filler.leave_free((round % 4 + 1) * 12 << 10);
+        filler.leave_free(((round % 4 + 1) * 12) << 10);
         for n in 0..6 {
             let size = 2000 + ((round * 6 + n) as usize * 7919) % 30000;
             send(format!("full{round}x{n}"), size);
