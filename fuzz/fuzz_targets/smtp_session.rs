@@ -14,10 +14,14 @@ use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
 use mailcall::smtp::reply::Reply;
-use mailcall::smtp::session::{Accepted, Session, SessionPolicy, Step};
+use mailcall::auth::Verdict;
+use mailcall::queue::spool::MessageId;
+use mailcall::smtp::session::{Accepted, CommitError, Session, SessionPolicy, Step};
 
 /// The password `AUTH` accepts, for any login.
 const PASSWORD: &str = "secret";
+/// The password for which the verifier is too busy to check.
+const BUSY: &str = "busy";
 
 fn policy(options: u8) -> SessionPolicy {
     SessionPolicy {
@@ -90,10 +94,13 @@ fn run(options: u8, conversation: &[u8], chunk: usize) -> Transcript {
             Step::Commit(mut message) => {
                 message.message = without_received(&message.message);
                 match (options >> 5) & 3 {
-                    1 => session.committed(Err("disk full".into()), &mut replies),
+                    1 => session.committed(
+                        Err(CommitError::Interrupted("disk full".into())),
+                        &mut replies,
+                    ),
                     2 => session
                         .committed_reply(Reply::new(554, "5.0.0", "delivery failed"), &mut replies),
-                    _ => session.committed(Ok("1A2B3C".into()), &mut replies),
+                    _ => session.committed(Ok(MessageId(0x1A2B3C)), &mut replies),
                 }
                 accepted.push(*message);
             }
@@ -102,8 +109,12 @@ fn run(options: u8, conversation: &[u8], chunk: usize) -> Transcript {
                 session.tls_started();
             }
             Step::Authenticate { login, password } => {
-                let user = (password == PASSWORD).then_some(login);
-                session.authenticated(user, &mut replies);
+                let verdict = match password.as_str() {
+                    PASSWORD => Verdict::Accepted(login),
+                    BUSY => Verdict::Unavailable,
+                    _ => Verdict::Refused,
+                };
+                session.authenticated(verdict, &mut replies);
             }
             Step::Close => {
                 assert!(matches!(session.step(&mut replies), Step::Close));

@@ -65,6 +65,10 @@ pub struct Config {
     /// The folder relative paths are resolved against (the file's folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file it was loaded from, if any: a running server rebuilds its
+    /// policy from it when it changes.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[server]`: what the mail server listens on, stores where, and accepts.
@@ -282,9 +286,11 @@ pub struct PolicySettings {
     /// Evaluations that may run at once; more wait for a free slot. Sizes
     /// the pooling allocator.
     pub max_concurrent_evaluations: u32,
-    /// Whether the rules folder and the table files are watched and
-    /// reloaded on change.
+    /// Whether the configuration file, the rules folder and the table
+    /// files are watched, and the policy rebuilt when they change.
     pub hot_reload: bool,
+    /// Policy generations kept in memory for `mailcall rules rollback`.
+    pub keep_generations: u32,
 }
 
 impl Default for PolicySettings {
@@ -298,6 +304,7 @@ impl Default for PolicySettings {
             body_limit_kib: 64,
             max_concurrent_evaluations: 16,
             hot_reload: true,
+            keep_generations: 5,
         }
     }
 }
@@ -421,7 +428,9 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        Config::parse(&text, path, base_dir)
+        let mut config = Config::parse(&text, path, base_dir)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses configuration text; `path` is only for messages.
@@ -462,6 +471,7 @@ impl Config {
             call: CallSettings::default(),
             sip: Some(mailcall_sip::SipSettings::default()),
             base_dir: PathBuf::from("."),
+            source: None,
         }
     }
 

@@ -85,6 +85,9 @@ pub struct Attempt {
     pub number: Option<String>,
     pub rule: Option<String>,
     pub rule_version: Option<String>,
+    /// The policy generation that decided (`7-3f2a9c1b0e4d`).
+    #[serde(default)]
+    pub policy: Option<String>,
     pub reason: Option<String>,
     pub call_id: Option<String>,
     /// The final SIP status of the call (200, 486, ...).
@@ -235,7 +238,7 @@ impl SyncedFirst for History {
 }
 
 /// The attempts as an aligned text table, one line each: recipient, path,
-/// number, rule, outcome, time, Call-ID and detail.
+/// number, rule, policy generation, outcome, time, Call-ID and detail.
 pub fn table(attempts: &[Attempt]) -> String {
     let header = [
         "queue id",
@@ -243,12 +246,13 @@ pub fn table(attempts: &[Attempt]) -> String {
         "path",
         "number",
         "rule",
+        "policy",
         "outcome",
         "ms",
         "call-id",
         "detail",
     ];
-    let rows: Vec<[String; 9]> = attempts
+    let rows: Vec<[String; 10]> = attempts
         .iter()
         .map(|a| {
             let path = match a.path {
@@ -262,6 +266,7 @@ pub fn table(attempts: &[Attempt]) -> String {
                 path.to_string(),
                 a.number.clone().unwrap_or_else(|| "-".into()),
                 a.rule.clone().unwrap_or_else(|| "-".into()),
+                a.policy.clone().unwrap_or_else(|| "-".into()),
                 a.outcome.to_string(),
                 a.elapsed_ms.to_string(),
                 a.call_id.clone().unwrap_or_else(|| "-".into()),

@@ -83,6 +83,7 @@ fn attempt(id: MessageId, index: usize, outcome: &Outcome) -> Attempt {
         number: None,
         rule: None,
         rule_version: None,
+        policy: None,
         reason: None,
         call_id: None,
         sip_status: None,

@@ -5,6 +5,7 @@ mod demo;
 mod hash_password;
 mod history;
 mod queue;
+mod reload;
 mod rules_new;
 mod rules_test;
 mod serve;
@@ -51,6 +52,10 @@ enum Command {
     /// Read a password on stdin and print its argon2 hash for
     /// `[users.NAME] password_hash`.
     HashPassword,
+    /// Ask the running server to rebuild its policy (rule chain, modules,
+    /// tables, numbering plan) from its configuration file; prints the new
+    /// generation, or why it was refused (exit 1; the old one stays).
+    Reload(reload::ReloadArgs),
     /// Check a configuration file and say what is wrong, with the line.
     CheckConfig {
         /// The configuration file (TOML).
@@ -65,6 +70,11 @@ enum RulesCommand {
     Test(rules_test::Args),
     /// Create a ready-to-build rule project (WIT, build script, test message).
     New(rules_new::Args),
+    /// Put an earlier policy generation back in force on the running server.
+    Rollback(reload::RollbackArgs),
+    /// The running server's policy: kept generations, and each rule of the
+    /// one in force with its module and counters.
+    Status(reload::StatusArgs),
 }
 
 impl Cli {
@@ -99,6 +109,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rules {
             command: RulesCommand::New(args),
         } => rules_new::run(args),
+        Command::Rules {
+            command: RulesCommand::Rollback(args),
+        } => reload::rollback(args),
+        Command::Rules {
+            command: RulesCommand::Status(args),
+        } => reload::status(args),
+        Command::Reload(args) => reload::reload(args),
         Command::CheckConfig { file } => check_config::run(&file),
         Command::Serve { config } => serve::run(config),
         Command::HashPassword => hash_password::run(),

@@ -37,7 +37,7 @@ use destination::{Destination, Router};
 
 /// Where one recipient's copy goes (S2).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub enum Target {
     /// S3: the local mailbox of this user.
     Local { mailbox: String },
     /// A local domain, but no such user (accepted earlier, since removed).
@@ -68,6 +68,7 @@ struct Trace {
     number: Option<String>,
     rule: Option<String>,
     rule_version: Option<String>,
+    policy: Option<String>,
     reason: Option<String>,
     call_id: Option<String>,
     sip_status: Option<u16>,
@@ -80,6 +81,7 @@ impl Trace {
             number: verdict.and_then(|v| v.number().map(str::to_string)),
             rule: verdict.and_then(|v| v.rule.clone()),
             rule_version: verdict.and_then(|v| v.version.clone()),
+            policy: verdict.and_then(|v| Some(v.generation.as_ref()?.to_string())),
             reason: verdict.map(|v| v.reason.clone()),
             ..Trace::default()
         }
@@ -146,19 +148,19 @@ impl Planner {
     }
 
     /// S2: local or remote.
-    pub fn plan(&self, recipient: &str) -> Route {
+    pub fn plan(&self, recipient: &str) -> Target {
         let Some((local, domain)) = recipient.rsplit_once('@') else {
-            return Route::NoSuchUser;
+            return Target::NoSuchUser;
         };
         let domain = domain.trim_end_matches('.').to_lowercase();
         if !self.local_domains.contains(&domain) {
-            return Route::Remote { domain };
+            return Target::Remote { domain };
         }
         match self.config.mailbox_of(local) {
-            Some(mailbox) => Route::Local {
+            Some(mailbox) => Target::Local {
                 mailbox: mailbox.to_string(),
             },
-            None => Route::NoSuchUser,
+            None => Target::NoSuchUser,
         }
     }
 
@@ -212,8 +214,10 @@ impl Planner {
             let route = self.plan(recipient);
             tracing::info!(step = "S2", %id, rcpt = %recipient, route = ?route, "planned");
             match route {
-                Route::Local { mailbox } => self.deliver_local(&mut delivery, &mailbox, pending)?,
-                Route::NoSuchUser => {
+                Target::Local { mailbox } => {
+                    self.deliver_local(&mut delivery, &mailbox, pending)?
+                }
+                Target::NoSuchUser => {
                     let outcome = Outcome::Failed {
                         detail: "5.1.1 no such local user".into(),
                         code: 550,
@@ -226,7 +230,7 @@ impl Planner {
                         outcome,
                     )?;
                 }
-                Route::Remote { domain } => {
+                Target::Remote { domain } => {
                     let verdict = self.choose(&queued, index, &body, &mut view);
                     let number = verdict
                         .as_ref()
@@ -538,6 +542,7 @@ impl Planner {
             number: trace.number,
             rule: trace.rule,
             rule_version: trace.rule_version,
+            policy: trace.policy,
             reason: trace.reason,
             call_id: trace.call_id,
             sip_status: trace.sip_status,

@@ -4,12 +4,16 @@
 //! It does four things and nothing else: **load** rule components (compiled
 //! off the hot path, cached by content hash), **limit** every call (memory
 //! cap, epoch deadline, a WASI context that grants nothing), **run** the
-//! chain, and **swap** a rule or table in atomically when its file changes.
+//! chain, and **swap** generations: the whole policy (chain, modules,
+//! limits, tables, numbering plan) is rebuilt and checked when a file it is
+//! made of changes, and put in force only when every part of it is good.
 //! A rule that traps, loops, runs out of memory or does not implement the
 //! world is logged with its name, counted, and treated as having no opinion.
 
 mod bindings;
 mod chain;
+mod counters;
+mod generation;
 mod message;
 mod reload;
 mod rule;
@@ -17,11 +21,11 @@ mod runtime;
 mod sandbox;
 mod tables;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
@@ -29,78 +33,82 @@ pub use bindings::mailcall::rule::types::{
     Decision, Dial, Envelope, Header, Mailbox, Message, NumberingPlan,
 };
 pub use chain::{Route, Verdict};
+pub use counters::RuleCounters;
+pub use generation::{BuildError, Generation, GenerationId, PolicySpec};
 pub use message::{message_view, NotAMessage};
 pub use reload::ReloadWatcher;
 pub use rule::RuleFailure;
 pub use runtime::{default_cache_dir, LoadError};
-pub use tables::{Table, TableError, TableSet, Tables};
+pub use tables::{Table, TableError, TableSet};
 
-use crate::config::{Config, Isolation, RuleSettings};
-use chain::{Chain, Link};
-use rule::{LoadedRule, RuleLimits};
+use crate::config::Config;
+use counters::Counters;
+use generation::OnBadRule;
 use runtime::{PoolSizes, Runtime};
-use sandbox::RuleContext;
 
 /// The engine could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("rule {rule}: {error}")]
-    Load { rule: String, error: LoadError },
+    #[error(transparent)]
+    Build(#[from] BuildError),
     #[error(transparent)]
     Engine(LoadError),
-    #[error(transparent)]
-    Table(#[from] TableError),
-    #[error("no rules to run: the configuration's [policy] chain is empty")]
-    NoRules,
 }
 
-/// Where one rule comes from and how it runs; kept to reload it.
-#[derive(Debug, Clone)]
-struct RuleSpec {
-    name: String,
-    file: PathBuf,
-    settings: RuleSettings,
-}
-
-/// What happened when a changed file was reloaded.
+/// What happened when a change was tried.
 #[derive(Debug, Clone)]
 pub struct ReloadReport {
     pub at: SystemTime,
+    /// The file whose change started it (or the command that asked).
     pub file: PathBuf,
-    /// The rule or table reloaded.
-    pub target: String,
-    /// `Ok(())` when the new version is in force; otherwise why the old
-    /// version stays in force.
-    pub outcome: Result<(), String>,
-}
-
-/// Counters of one rule, kept across reloads.
-#[derive(Debug, Default)]
-pub struct RuleCounters {
-    pub evaluations: AtomicU64,
-    pub dials: AtomicU64,
-    pub smtp: AtomicU64,
-    pub no_opinion: AtomicU64,
-    pub failures: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub memory_caps: AtomicU64,
+    /// The generation put in force, or why the one in force stays.
+    pub outcome: Result<GenerationId, BuildError>,
+    /// Settings that changed but need a restart, ignored until then.
+    pub needs_restart: Vec<String>,
+    /// From the change to the new generation in force.
+    pub took: Duration,
 }
 
 /// Reports kept for `recent_reloads`.
 const RELOAD_REPORTS_KEPT: usize = 32;
 
-/// The rule chain in force and everything it needs to run.
+/// Why a rollback was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RollbackError {
+    #[error("generation {0} is not kept (the kept ones: {1})")]
+    NotKept(u64, String),
+    #[error("no earlier generation is kept")]
+    NothingEarlier,
+}
+
+/// Where the policy comes from: the configuration file it is rebuilt from
+/// on change, if there is one.
+struct Source {
+    config_file: Option<PathBuf>,
+    /// The configuration text's sections that need a restart, as loaded.
+    fixed: toml::Table,
+    /// Every file the latest attempted generation is made of, to tell
+    /// which changes concern the policy.
+    files: Vec<PathBuf>,
+}
+
+/// The policy generation in force and everything it needs to run.
 pub struct PolicyEngine {
     runtime: Runtime,
-    chain: ArcSwap<Chain>,
-    specs: Vec<RuleSpec>,
-    tables: Tables,
-    plan: NumberingPlan,
-    memory_limit: usize,
-    deadline: Duration,
+    pool: PoolSizes,
+    active: ArcSwap<Generation>,
+    /// The latest generations, oldest first, the active one among them.
+    kept: Mutex<VecDeque<Arc<Generation>>>,
+    keep: usize,
+    next_number: AtomicU64,
+    /// Where the last generation number is kept across restarts.
+    number_file: Option<PathBuf>,
+    counters: Counters,
+    /// One build at a time: a reload waits for the one in progress.
+    building: Mutex<()>,
+    source: Mutex<Source>,
     body_limit: usize,
     slots: Slots,
-    counters: HashMap<String, Arc<RuleCounters>>,
     reloads: Mutex<Vec<ReloadReport>>,
     hot_reload: bool,
 }
@@ -109,14 +117,26 @@ impl PolicyEngine {
     /// The engine for the configuration's chain; every rule must load.
     /// For tools that check a configuration (`rules test`, `check-config`).
     pub fn from_config(config: &Config) -> Result<PolicyEngine, PolicyError> {
-        PolicyEngine::new(config, chain_files(config), OnBadRule::Fail)
+        PolicyEngine::new(config, PolicySpec::of(config), OnBadRule::Refuse, None)
     }
 
     /// The engine for the configuration's chain, for a server: a rule that
     /// fails to load is logged and stays in the chain as a failing rule (no
-    /// opinion) until a good module is written to its file.
+    /// opinion) until a good module is written to its file. Generation
+    /// numbers continue from the last one kept in `state_dir`.
+    pub fn for_server(config: &Config, state_dir: &Path) -> Result<PolicyEngine, PolicyError> {
+        let number_file = state_dir.join("policy-generation");
+        PolicyEngine::new(
+            config,
+            PolicySpec::of(config),
+            OnBadRule::KeepFailing,
+            Some(number_file),
+        )
+    }
+
+    /// As [`PolicyEngine::for_server`], without keeping generation numbers.
     pub fn from_config_skipping_bad_rules(config: &Config) -> Result<PolicyEngine, PolicyError> {
-        PolicyEngine::new(config, chain_files(config), OnBadRule::Skip)
+        PolicyEngine::new(config, PolicySpec::of(config), OnBadRule::KeepFailing, None)
     }
 
     /// The engine for the given module files, in order, instead of the
@@ -136,41 +156,35 @@ impl PolicyEngine {
                 (name, file.clone())
             })
             .collect();
-        PolicyEngine::new(config, rules, OnBadRule::Fail)
+        let mut engine = PolicyEngine::new(
+            config,
+            PolicySpec::with_rules(config, rules),
+            OnBadRule::Refuse,
+            None,
+        )?;
+        // Not the configuration's chain: a change to the file does not
+        // rebuild this one from it.
+        engine
+            .source
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .config_file = None;
+        Ok(engine)
     }
 
     fn new(
         config: &Config,
-        rules: Vec<(String, PathBuf)>,
+        spec: PolicySpec,
         on_bad_rule: OnBadRule,
+        number_file: Option<PathBuf>,
     ) -> Result<PolicyEngine, PolicyError> {
-        if rules.is_empty() {
-            return Err(PolicyError::NoRules);
-        }
         let policy = &config.policy;
-        let specs: Vec<RuleSpec> = rules
-            .into_iter()
-            .map(|(name, file)| RuleSpec {
-                settings: config.rule_settings(&name),
-                name,
-                file,
-            })
-            .collect();
-
-        let mib = |mib: u32| mib as usize * 1024 * 1024;
-        let memory_limit = mib(policy.memory_limit_mib);
-        let max_memory = specs
-            .iter()
-            .filter_map(|spec| spec.settings.memory_limit_mib.map(mib))
-            .fold(memory_limit, usize::max);
-        let warm: u32 = specs
-            .iter()
-            .filter(|spec| spec.settings.isolation == Isolation::Pooled)
-            .map(|spec| spec.settings.pool_size)
-            .sum();
         // Evaluations in flight, plus warm pools twice over (old and new
-        // versions overlap during a reload), plus slack.
-        let instances = policy.max_concurrent_evaluations + 2 * warm + 4;
+        // generations overlap during a reload), plus slack.
+        let pool = PoolSizes {
+            instances: policy.max_concurrent_evaluations + 2 * spec.warm_instances() + 4,
+            max_memory: spec.max_memory(),
+        };
         let cache_dir = Some(
             policy
                 .cache_dir
@@ -178,93 +192,42 @@ impl PolicyEngine {
                 .map(|dir| config.resolve(dir))
                 .unwrap_or_else(default_cache_dir),
         );
-        let runtime = Runtime::new(
-            PoolSizes {
-                instances,
-                max_memory,
-            },
-            cache_dir,
-        )
-        .map_err(PolicyError::Engine)?;
-
-        let tables = Tables::load(
-            config
-                .tables
-                .iter()
-                .map(|(name, table)| (name.clone(), config.resolve(&table.file)))
-                .collect::<BTreeMap<_, _>>(),
-        )?;
-        let plan = NumberingPlan {
-            country_code: config.numbering_plan.country_code.clone(),
-            trunk_prefix: config.numbering_plan.trunk_prefix.clone(),
-            prefixes: config.numbering_plan.prefixes.clone(),
-            digits: config.numbering_plan.digits,
-        };
-
-        let mut engine = PolicyEngine {
+        let runtime = Runtime::new(pool, cache_dir).map_err(PolicyError::Engine)?;
+        let first_number = number_file
+            .as_deref()
+            .and_then(|file| std::fs::read_to_string(file).ok())
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .map_or(1, |last| last + 1);
+        let counters = Counters::default();
+        let first = Generation::build(&runtime, spec, first_number, on_bad_rule, &counters)?;
+        tracing::info!(generation = %first.id, rules = ?first.chain.names(), "policy in force");
+        let first = Arc::new(first);
+        let engine = PolicyEngine {
             runtime,
-            chain: ArcSwap::from_pointee(Chain::default()),
-            counters: specs
-                .iter()
-                .map(|spec| (spec.name.clone(), Arc::default()))
-                .collect(),
-            specs,
-            tables,
-            plan,
-            memory_limit,
-            deadline: Duration::from_millis(policy.deadline_ms.into()),
+            pool,
+            active: ArcSwap::new(first.clone()),
+            kept: Mutex::new(VecDeque::from([first.clone()])),
+            keep: policy.keep_generations.max(1) as usize,
+            next_number: AtomicU64::new(first_number + 1),
+            number_file,
+            counters,
+            building: Mutex::new(()),
+            source: Mutex::new(Source {
+                config_file: config.source.clone(),
+                fixed: config
+                    .source
+                    .as_deref()
+                    .map(fixed_sections)
+                    .unwrap_or_default(),
+                files: policy_files(config.source.as_deref(), &first.spec),
+            }),
             body_limit: policy.body_limit_kib as usize * 1024,
             slots: Slots::new(policy.max_concurrent_evaluations as usize),
             reloads: Mutex::new(Vec::new()),
             hot_reload: policy.hot_reload,
         };
-        let mut chain = Chain::default();
-        for spec in &engine.specs {
-            match engine.load_rule(spec) {
-                Ok(rule) => {
-                    tracing::info!(rule = %spec.name, file = %spec.file.display(), digest = %&rule.digest[..12], "rule loaded");
-                    chain.links.push(Link::Ready(Arc::new(rule)));
-                }
-                Err(source) if on_bad_rule == OnBadRule::Skip => {
-                    tracing::error!(rule = %spec.name, "rule not loaded, skipped until its file is fixed: {source}");
-                    chain.links.push(Link::Unavailable {
-                        name: spec.name.clone(),
-                        reason: source.to_string(),
-                    });
-                }
-                Err(source) => {
-                    return Err(PolicyError::Load {
-                        rule: spec.name.clone(),
-                        error: source,
-                    })
-                }
-            }
-        }
-        engine.chain = ArcSwap::from_pointee(chain);
+        engine.remember_number(first_number);
         Ok(engine)
-    }
-
-    fn load_rule(&self, spec: &RuleSpec) -> Result<LoadedRule, LoadError> {
-        let (pre, digest) = self.runtime.load(&spec.file)?;
-        let settings = &spec.settings;
-        let context = RuleContext {
-            name: spec.name.as_str().into(),
-            plan: self.plan.clone(),
-            config: settings.config_values(),
-            memory_limit: settings
-                .memory_limit_mib
-                .map_or(self.memory_limit, |mib| mib as usize * 1024 * 1024),
-            peak_memory: Default::default(),
-        };
-        let limits = RuleLimits {
-            deadline: settings
-                .deadline_ms
-                .map_or(self.deadline, |ms| Duration::from_millis(ms.into())),
-            isolation: settings.isolation,
-            pool_size: settings.pool_size as usize,
-            max_calls_per_instance: settings.max_calls_per_instance,
-        };
-        Ok(LoadedRule::new(context, digest, pre, limits))
     }
 
     /// Parses a raw message into the view rules see, with the configured
@@ -273,110 +236,58 @@ impl PolicyEngine {
         message_view(raw, self.body_limit)
     }
 
-    /// Runs the chain for the one recipient in `envelope` (step S4).
+    /// Runs the active generation's chain for the one recipient in
+    /// `envelope` (step S4). The generation is taken once: a reload during
+    /// the evaluation does not change what it runs.
     pub fn evaluate(&self, envelope: &Envelope, message: &Message) -> Verdict {
         let _slot = self.slots.acquire();
-        let chain = self.chain.load_full();
-        let tables = self.tables.snapshot();
-        let mut failures = Vec::new();
-        for link in &chain.links {
-            let counters = &self.counters[link.name()];
-            counters.evaluations.fetch_add(1, Ordering::Relaxed);
-            let decided = |route: Route, reason: String, failures| Verdict {
-                route,
-                rule: Some(link.name().to_string()),
-                reason,
-                version: match link {
-                    Link::Ready(rule) => Some(rule.digest.clone()),
-                    Link::Unavailable { .. } => None,
-                },
-                failures,
-            };
-            let outcome = match link {
-                Link::Ready(rule) => rule.evaluate(&self.runtime, &tables, envelope, message),
-                Link::Unavailable { reason, .. } => Err(RuleFailure::Unavailable(reason.clone())),
-            };
-            match outcome {
-                Ok(Decision::Dial(dial)) => {
-                    counters.dials.fetch_add(1, Ordering::Relaxed);
-                    let verdict = decided(
-                        Route::Dial {
-                            number: dial.number,
-                        },
-                        dial.reason,
-                        failures,
-                    );
-                    trace_verdict(envelope, &verdict);
-                    return verdict;
-                }
-                Ok(Decision::UseSmtp(reason)) => {
-                    counters.smtp.fetch_add(1, Ordering::Relaxed);
-                    let verdict = decided(Route::Smtp, reason, failures);
-                    trace_verdict(envelope, &verdict);
-                    return verdict;
-                }
-                Ok(Decision::NoOpinion) => {
-                    counters.no_opinion.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(failure) => {
-                    counters.failures.fetch_add(1, Ordering::Relaxed);
-                    match failure {
-                        RuleFailure::Timeout(_) => {
-                            counters.timeouts.fetch_add(1, Ordering::Relaxed)
-                        }
-                        RuleFailure::MemoryCap(_) => {
-                            counters.memory_caps.fetch_add(1, Ordering::Relaxed)
-                        }
-                        _ => 0,
-                    };
-                    // A module that did not load was logged when it failed
-                    // to; do not repeat it for every recipient.
-                    if matches!(failure, RuleFailure::Unavailable(_)) {
-                        tracing::debug!(
-                            step = "S4",
-                            rule = link.name(),
-                            "rule not loaded, skipped"
-                        );
-                    } else {
-                        tracing::warn!(
-                            step = "S4",
-                            rule = link.name(),
-                            rcpt = %envelope.rcpt_to,
-                            "rule failed, treated as no opinion: {failure}"
-                        );
-                    }
-                    failures.push((link.name().to_string(), failure));
-                }
-            }
-        }
-        let verdict = Verdict {
-            route: Route::Smtp,
-            rule: None,
-            reason: "no rule found a number".into(),
-            version: None,
-            failures,
-        };
+        let generation = self.active.load_full();
+        let mut verdict =
+            generation
+                .chain
+                .evaluate(&self.runtime, &generation.tables, envelope, message);
+        verdict.generation = Some(generation.id.clone());
         trace_verdict(envelope, &verdict);
         verdict
     }
 
-    /// The counters of every rule, in chain order.
+    /// The generation in force.
+    pub fn active(&self) -> Arc<Generation> {
+        self.active.load_full()
+    }
+
+    /// The kept generations, oldest first (the active one among them).
+    pub fn generations(&self) -> Vec<Arc<Generation>> {
+        self.lock_kept().iter().cloned().collect()
+    }
+
+    fn lock_kept(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Generation>>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_source(&self) -> std::sync::MutexGuard<'_, Source> {
+        self.source.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The counters of every rule of the active generation, in chain order.
     pub fn counters(&self) -> Vec<(String, Arc<RuleCounters>)> {
-        self.specs
-            .iter()
-            .map(|spec| (spec.name.clone(), self.counters[&spec.name].clone()))
+        self.active()
+            .chain
+            .names()
+            .into_iter()
+            .map(|name| (name.to_string(), self.counters.of(name)))
             .collect()
     }
 
     /// The SHA-256 of the module in force for rule `name`.
     pub fn rule_digest(&self, name: &str) -> Option<String> {
-        Some(self.chain.load().rule(name)?.digest.clone())
+        Some(self.active().rule(name)?.digest.clone())
     }
 
     /// The largest linear memory an instance of rule `name` grew to, in
     /// bytes (initial memory included).
     pub fn rule_peak_memory(&self, name: &str) -> Option<usize> {
-        Some(self.chain.load().rule(name)?.peak_memory())
+        Some(self.active().rule(name)?.peak_memory())
     }
 
     /// The latest reload outcomes, oldest first.
@@ -384,99 +295,259 @@ impl PolicyEngine {
         self.reloads.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
-    /// Starts watching rule and table files, if the configuration allows
-    /// hot reload; the watch ends when the returned watcher is dropped.
+    /// Starts watching the configuration file, the rule modules and the
+    /// table files, if the configuration allows hot reload; the watch ends
+    /// when the returned watcher is dropped.
     pub fn watch(self: &Arc<Self>) -> Result<Option<ReloadWatcher>, notify::Error> {
         if !self.hot_reload {
             return Ok(None);
         }
+        ReloadWatcher::start(Arc::downgrade(self)).map(Some)
+    }
+
+    /// The folders holding the files the policy is made of (for the
+    /// watcher, which adds folders as the policy comes to use new ones).
+    pub fn watched_dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self
-            .specs
+            .lock_source()
+            .files
             .iter()
-            .map(|spec| spec.file.as_path())
-            .chain(self.tables.files())
             .map(|file| parent_dir(file).to_path_buf())
             .collect();
         dirs.sort();
         dirs.dedup();
-        ReloadWatcher::start(Arc::downgrade(self), &dirs).map(Some)
+        dirs
     }
 
-    /// Reloads whatever rule or table is stored in `path`. Called by the
-    /// watcher once the file has been quiet for a while.
+    /// A file changed: when the policy is made of it, the next generation
+    /// is built and, if every part of it is good, put in force. Called by
+    /// the watcher once the file has been quiet for a while.
     pub fn file_changed(&self, path: &Path) {
-        for spec in self
-            .specs
+        let concerned = self
+            .lock_source()
+            .files
             .iter()
-            .filter(|spec| tables::same_file(&spec.file, path))
-        {
-            let outcome = self.reload_rule(spec);
-            self.report(path, &spec.name, outcome);
-        }
-        for name in self.tables.names_for_file(path) {
-            let outcome = self.tables.reload(&name).map_err(|e| e.to_string());
-            match &outcome {
-                Ok(()) => tracing::info!(table = %name, file = %path.display(), "table reloaded"),
-                Err(error) => {
-                    tracing::error!(table = %name, "table not reloaded, the loaded version stays in force: {error}")
-                }
-            }
-            self.report(path, &name, outcome);
+            .any(|file| tables::same_file(file, path));
+        if concerned {
+            self.rebuild(path, None);
         }
     }
 
-    fn reload_rule(&self, spec: &RuleSpec) -> Result<(), String> {
-        if !spec.file.exists() {
-            let message = "file removed; the loaded version stays in force".to_string();
-            tracing::warn!(rule = %spec.name, file = %spec.file.display(), "{message}");
-            return Err(message);
-        }
-        match self.load_rule(spec) {
-            Ok(rule) => {
-                if self.rule_digest(&spec.name).as_deref() == Some(rule.digest.as_str()) {
-                    return Ok(());
-                }
-                tracing::info!(rule = %spec.name, digest = %&rule.digest[..12], "rule reloaded");
-                let link = Link::Ready(Arc::new(rule));
-                self.chain.rcu(|chain| chain.with_replaced(&link));
-                Ok(())
+    /// Rebuilds the policy now (`SIGHUP`, `mailcall reload`): from
+    /// `config_file` if given (it becomes the file watched), else from the
+    /// configuration file the engine was made from, else from the files of
+    /// the generation in force.
+    pub fn reload(&self, config_file: Option<&Path>) -> ReloadReport {
+        let source = config_file
+            .map(Path::to_path_buf)
+            .or_else(|| self.lock_source().config_file.clone())
+            .unwrap_or_else(|| PathBuf::from("(reload)"));
+        self.rebuild(&source, config_file)
+    }
+
+    fn rebuild(&self, changed: &Path, config_file: Option<&Path>) -> ReloadReport {
+        let started = Instant::now();
+        let _building = self.building.lock().unwrap_or_else(|p| p.into_inner());
+        let mut needs_restart = Vec::new();
+        let outcome = self
+            .next_spec(config_file, &mut needs_restart)
+            .and_then(|spec| self.build_and_activate(spec));
+        let report = ReloadReport {
+            at: SystemTime::now(),
+            file: changed.to_path_buf(),
+            outcome,
+            needs_restart,
+            took: started.elapsed(),
+        };
+        match &report.outcome {
+            Ok(id) => {
+                tracing::info!(generation = %id, file = %changed.display(), took_ms = report.took.as_millis() as u64, "policy reloaded")
             }
             Err(error) => {
-                tracing::error!(rule = %spec.name, "rule not reloaded, the loaded version stays in force: {error}");
-                Err(error.to_string())
+                tracing::error!(file = %changed.display(), "policy not reloaded, generation {} stays in force: {error}", self.active().id)
+            }
+        }
+        for section in &report.needs_restart {
+            tracing::warn!("{section} changed: needs a restart, ignored until then");
+        }
+        self.report(report.clone());
+        report
+    }
+
+    /// What the next generation is built from: the configuration file as
+    /// it is now, or the active generation's spec (files re-read).
+    fn next_spec(
+        &self,
+        config_file: Option<&Path>,
+        needs_restart: &mut Vec<String>,
+    ) -> Result<PolicySpec, BuildError> {
+        let file = config_file
+            .map(Path::to_path_buf)
+            .or_else(|| self.lock_source().config_file.clone());
+        let Some(file) = file else {
+            return Ok(self.active().spec.clone());
+        };
+        let config = Config::load(&file).map_err(|e| BuildError::Config(e.to_string()))?;
+        let spec = PolicySpec::of(&config);
+        let mut source = self.lock_source();
+        source.files = policy_files(Some(&file), &spec);
+        let fixed = fixed_sections(&file);
+        for (section, value) in &fixed {
+            if source.fixed.get(section) != Some(value) {
+                needs_restart.push(describe_section(section));
+            }
+        }
+        for section in source.fixed.keys() {
+            if !fixed.contains_key(section) {
+                needs_restart.push(describe_section(section));
+            }
+        }
+        source.config_file = Some(file);
+        drop(source);
+        if spec.max_memory() > self.pool.max_memory {
+            return Err(BuildError::NeedsRestart(format!(
+                "a rule's memory limit ({} MiB) is above what the engine was started with ({} MiB)",
+                spec.max_memory() >> 20,
+                self.pool.max_memory >> 20
+            )));
+        }
+        Ok(spec)
+    }
+
+    fn build_and_activate(&self, spec: PolicySpec) -> Result<GenerationId, BuildError> {
+        let mut generation =
+            Generation::build(&self.runtime, spec, 0, OnBadRule::Refuse, &self.counters)?;
+        let active = self.active();
+        if generation.id.digest == active.id.digest {
+            // Nothing that decides a route changed (a file touched, or
+            // written again as it was): the generation in force stays.
+            return Ok(active.id.clone());
+        }
+        let number = self.next_number.fetch_add(1, Ordering::SeqCst);
+        generation.id.number = number;
+        let id = generation.id.clone();
+        self.activate(Arc::new(generation));
+        self.remember_number(number);
+        Ok(id)
+    }
+
+    /// Puts `generation` in force; evaluations already running finish on
+    /// the one they started with.
+    fn activate(&self, generation: Arc<Generation>) {
+        let mut kept = self.lock_kept();
+        kept.retain(|g| g.id != generation.id);
+        kept.push_back(generation.clone());
+        while kept.len() > self.keep {
+            kept.pop_front();
+        }
+        self.active.store(generation);
+    }
+
+    /// Puts a kept generation back in force: `to` by number, or the one
+    /// before the active one.
+    pub fn rollback(&self, to: Option<u64>) -> Result<GenerationId, RollbackError> {
+        let _building = self.building.lock().unwrap_or_else(|p| p.into_inner());
+        let active = self.active();
+        let target = {
+            let kept = self.lock_kept();
+            match to {
+                Some(number) => kept
+                    .iter()
+                    .find(|g| g.id.number == number)
+                    .cloned()
+                    .ok_or_else(|| {
+                        let numbers: Vec<String> =
+                            kept.iter().map(|g| g.id.number.to_string()).collect();
+                        RollbackError::NotKept(number, numbers.join(", "))
+                    })?,
+                None => kept
+                    .iter()
+                    .rev()
+                    .skip_while(|g| g.id != active.id)
+                    .nth(1)
+                    .cloned()
+                    .ok_or(RollbackError::NothingEarlier)?,
+            }
+        };
+        let id = target.id.clone();
+        // The order of the kept ones stays: a second rollback goes further
+        // back, and the rolled-back generation can be reactivated by number.
+        self.active.store(target);
+        tracing::warn!(generation = %id, from = %active.id, "policy rolled back");
+        self.report(ReloadReport {
+            at: SystemTime::now(),
+            file: PathBuf::from("(rollback)"),
+            outcome: Ok(id.clone()),
+            needs_restart: Vec::new(),
+            took: Duration::ZERO,
+        });
+        Ok(id)
+    }
+
+    fn remember_number(&self, number: u64) {
+        if let Some(file) = &self.number_file {
+            if let Err(error) = crate::private::write_file(file, format!("{number}\n").as_bytes()) {
+                tracing::warn!(file = %file.display(), "cannot keep the policy generation number: {error}");
             }
         }
     }
 
-    fn report(&self, file: &Path, target: &str, outcome: Result<(), String>) {
+    fn report(&self, report: ReloadReport) {
         if let Ok(mut reports) = self.reloads.lock() {
             if reports.len() == RELOAD_REPORTS_KEPT {
                 reports.remove(0);
             }
-            reports.push(ReloadReport {
-                at: SystemTime::now(),
-                file: file.to_path_buf(),
-                target: target.to_string(),
-                outcome,
-            });
+            reports.push(report);
         }
     }
 }
 
-/// What to do when a rule's module does not load at start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OnBadRule {
-    Fail,
-    Skip,
+/// The files a policy is made of: its configuration file, its modules and
+/// its tables.
+fn policy_files(config_file: Option<&Path>, spec: &PolicySpec) -> Vec<PathBuf> {
+    config_file
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain(spec.rules.iter().map(|rule| rule.file.clone()))
+        .chain(spec.tables.values().cloned())
+        .collect()
 }
 
-fn chain_files(config: &Config) -> Vec<(String, PathBuf)> {
-    config
-        .policy
-        .chain
-        .iter()
-        .map(|name| (name.clone(), config.rule_file(name)))
-        .collect()
+/// The sections of the configuration file that a reload cannot change
+/// (listen addresses, folders, users, ...), as written, by name; the
+/// policy's own sections are left out, and the `[policy]` settings that
+/// size the engine are kept as `policy.NAME`.
+fn fixed_sections(file: &Path) -> toml::Table {
+    const POLICY_SECTIONS: [&str; 4] = ["policy", "rules", "tables", "numbering_plan"];
+    const ENGINE_SETTINGS: [&str; 4] = [
+        "max_concurrent_evaluations",
+        "cache_dir",
+        "body_limit_kib",
+        "hot_reload",
+    ];
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return toml::Table::new();
+    };
+    let Ok(mut table) = text.parse::<toml::Table>() else {
+        return toml::Table::new();
+    };
+    let policy = table.remove("policy");
+    table.retain(|name, _| !POLICY_SECTIONS.iter().any(|section| *section == name));
+    if let Some(toml::Value::Table(policy)) = policy {
+        for (name, value) in policy {
+            if ENGINE_SETTINGS.iter().any(|setting| *setting == name) {
+                table.insert(format!("policy.{name}"), value);
+            }
+        }
+    }
+    table
+}
+
+fn describe_section(name: &str) -> String {
+    match name.split_once('.') {
+        Some((section, setting)) => format!("[{section}] {setting}"),
+        None => format!("[{name}]"),
+    }
 }
 
 fn parent_dir(file: &Path) -> &Path {
@@ -491,6 +562,7 @@ fn trace_verdict(envelope: &Envelope, verdict: &Verdict) {
         rcpt = %envelope.rcpt_to,
         number = verdict.number().unwrap_or("-"),
         rule = verdict.rule.as_deref().unwrap_or("-"),
+        generation = %verdict.generation.as_ref().map_or("-".to_string(), ToString::to_string),
         "{}",
         verdict.reason
     );

@@ -1,5 +1,6 @@
-//! Hot reload: watch the rules folder and the table files, wait for a
-//! changed file to be quiet, then hand it to the engine to reload.
+//! Hot reload: watch the folders of the configuration file, the rule
+//! modules and the table files, wait for a changed file to be quiet, then
+//! hand it to the engine, which rebuilds the policy if it is made of it.
 //!
 //! Editors write a temporary file and rename it; `cp` writes in several
 //! steps; the host's own reads show up as access events. So the watcher
@@ -11,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Weak;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode};
@@ -24,33 +25,68 @@ pub const QUIET: Duration = Duration::from_millis(300);
 
 /// Watches files for the engine until dropped.
 pub struct ReloadWatcher {
-    _watcher: RecommendedWatcher,
+    _watcher: Arc<Mutex<Watched>>,
 }
 
-impl ReloadWatcher {
-    pub(super) fn start(
-        engine: Weak<PolicyEngine>,
-        dirs: &[PathBuf],
-    ) -> Result<ReloadWatcher, notify::Error> {
-        let (events, received) = mpsc::channel();
-        let mut watcher = notify::recommended_watcher(move |event| {
-            // The receiver only goes away when the watcher does.
-            let _ = events.send(event);
-        })?;
+/// The watcher and the folders it watches; the debounce thread adds the
+/// folders a new generation uses.
+struct Watched {
+    watcher: RecommendedWatcher,
+    dirs: Vec<PathBuf>,
+}
+
+impl Watched {
+    fn watch_new(&mut self, dirs: Vec<PathBuf>) {
         for dir in dirs {
-            watcher.watch(dir, RecursiveMode::NonRecursive)?;
+            if self.dirs.contains(&dir) {
+                continue;
+            }
+            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => self.dirs.push(dir),
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), "cannot watch for policy changes: {error}")
+                }
+            }
         }
-        std::thread::Builder::new()
-            .name("rule-reload".into())
-            .spawn(move || debounce(received, engine))
-            .map_err(|e| notify::Error::generic(&format!("cannot start the reload thread: {e}")))?;
-        Ok(ReloadWatcher { _watcher: watcher })
     }
 }
 
-/// Collects events per path and reloads each path once it is quiet. Ends
-/// when the watcher (the sender) or the engine goes away.
-fn debounce(events: mpsc::Receiver<notify::Result<notify::Event>>, engine: Weak<PolicyEngine>) {
+impl ReloadWatcher {
+    pub(super) fn start(engine: Weak<PolicyEngine>) -> Result<ReloadWatcher, notify::Error> {
+        let (events, received) = mpsc::channel();
+        let watcher = notify::recommended_watcher(move |event| {
+            // The receiver only goes away when the watcher does.
+            let _ = events.send(event);
+        })?;
+        let dirs = engine
+            .upgrade()
+            .map(|e| e.watched_dirs())
+            .unwrap_or_default();
+        let mut watched = Watched {
+            watcher,
+            dirs: Vec::new(),
+        };
+        for dir in &dirs {
+            watched.watcher.watch(dir, RecursiveMode::NonRecursive)?;
+            watched.dirs.push(dir.clone());
+        }
+        let watched = Arc::new(Mutex::new(watched));
+        let weak = Arc::downgrade(&watched);
+        std::thread::Builder::new()
+            .name("rule-reload".into())
+            .spawn(move || debounce(received, engine, weak))
+            .map_err(|e| notify::Error::generic(&format!("cannot start the reload thread: {e}")))?;
+        Ok(ReloadWatcher { _watcher: watched })
+    }
+}
+
+/// Collects events per path and hands each path to the engine once it is
+/// quiet. Ends when the watcher (the sender) or the engine goes away.
+fn debounce(
+    events: mpsc::Receiver<notify::Result<notify::Event>>,
+    engine: Weak<PolicyEngine>,
+    watched: Weak<Mutex<Watched>>,
+) {
     let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
     loop {
         let wait = pending
@@ -81,6 +117,13 @@ fn debounce(events: mpsc::Receiver<notify::Result<notify::Event>>, engine: Weak<
             };
             if is_candidate(&path) {
                 engine.file_changed(&path);
+                if let Some(watched) = watched.upgrade() {
+                    let dirs = engine.watched_dirs();
+                    watched
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .watch_new(dirs);
+                }
             }
         }
     }

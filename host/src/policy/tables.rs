@@ -8,15 +8,15 @@
 //! ```
 //!
 //! The host does not interpret keys or values: rules do. It keeps the file
-//! order and answers look-ups case-insensitively. A table is replaced as a
-//! whole when its file changes; a file that fails to parse leaves the old
-//! version in force.
+//! order and answers look-ups case-insensitively. A changed table file
+//! builds a new policy generation; a file that fails to parse leaves the
+//! generation in force as it is.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
 
 /// A table file that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -87,87 +87,55 @@ impl Table {
     }
 }
 
-/// One consistent version of every table, as one evaluation sees them.
+/// One consistent version of every table, as one evaluation sees them:
+/// part of a policy generation, replaced with it.
 #[derive(Debug, Default, Clone)]
 pub struct TableSet {
     tables: HashMap<String, Arc<Table>>,
+    /// SHA-256 (hex) of each table's file, for the generation's hash.
+    digests: BTreeMap<String, String>,
 }
 
 impl TableSet {
+    /// Loads every table; any failure is an error, so a policy is never
+    /// built on a half-read table.
+    pub fn load(files: &BTreeMap<String, PathBuf>) -> Result<TableSet, TableError> {
+        let mut set = TableSet::default();
+        for (name, path) in files {
+            let (table, digest) = read_table(name, path)?;
+            set.tables.insert(name.clone(), Arc::new(table));
+            set.digests.insert(name.clone(), digest);
+        }
+        Ok(set)
+    }
+
     /// The table called `name`.
     pub fn get(&self, name: &str) -> Option<&Table> {
         self.tables.get(name).map(Arc::as_ref)
     }
-}
 
-/// The tables in force, swapped as a whole when a file changes.
-#[derive(Debug)]
-pub struct Tables {
-    /// Table name to its file, from the configuration.
-    files: BTreeMap<String, PathBuf>,
-    current: ArcSwap<TableSet>,
-}
-
-impl Tables {
-    /// Loads every configured table; any failure is an error, so a server
-    /// never starts on a half-read configuration.
-    pub fn load(files: BTreeMap<String, PathBuf>) -> Result<Tables, TableError> {
-        let mut set = TableSet::default();
-        for (name, path) in &files {
-            set.tables
-                .insert(name.clone(), Arc::new(read_table(name, path)?));
-        }
-        Ok(Tables {
-            files,
-            current: ArcSwap::from_pointee(set),
-        })
-    }
-
-    /// The tables in force now.
-    pub fn snapshot(&self) -> Arc<TableSet> {
-        self.current.load_full()
-    }
-
-    /// The names of the tables stored in `path`.
-    pub fn names_for_file(&self, path: &Path) -> Vec<String> {
-        self.files
-            .iter()
-            .filter(|(_, file)| same_file(file, path))
-            .map(|(name, _)| name.clone())
-            .collect()
-    }
-
-    /// The files of every table, for the watcher.
-    pub fn files(&self) -> impl Iterator<Item = &Path> {
-        self.files.values().map(PathBuf::as_path)
-    }
-
-    /// Re-reads table `name`; on failure the old version stays in force.
-    pub fn reload(&self, name: &str) -> Result<(), TableError> {
-        let Some(path) = self.files.get(name) else {
-            return Ok(());
-        };
-        let table = Arc::new(read_table(name, path)?);
-        self.current.rcu(|current| {
-            let mut next = TableSet::clone(current);
-            next.tables.insert(name.to_string(), table.clone());
-            next
-        });
-        Ok(())
+    /// Each table's name and the SHA-256 of its file, by name.
+    pub fn digests(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.digests.iter().map(|(n, d)| (n.as_str(), d.as_str()))
     }
 }
 
-fn read_table(name: &str, path: &Path) -> Result<Table, TableError> {
+fn read_table(name: &str, path: &Path) -> Result<(Table, String), TableError> {
     let text = std::fs::read_to_string(path).map_err(|error| TableError::Read {
         name: name.to_string(),
         path: path.to_path_buf(),
         error,
     })?;
-    Table::parse(&text).map_err(|message| TableError::Parse {
+    let digest = Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let table = Table::parse(&text).map_err(|message| TableError::Parse {
         name: name.to_string(),
         path: path.to_path_buf(),
         message: message.trim_end().to_string(),
-    })
+    })?;
+    Ok((table, digest))
 }
 
 /// Paths compare by their file name within the same folder, whether or not
@@ -216,32 +184,28 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_reload_keeps_the_old_table() {
+    fn a_set_loads_every_table_or_none() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keywords.toml");
-        std::fs::write(&path, "KYOTOSITEN = \"050-1234-5678\"\n").unwrap();
-        let tables =
-            Tables::load(BTreeMap::from([("keywords".to_string(), path.clone())])).unwrap();
-
-        std::fs::write(&path, "KYOTOSITEN = \n").unwrap();
-        assert!(tables.reload("keywords").is_err());
-        let snapshot = tables.snapshot();
+        let good = dir.path().join("keywords.toml");
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&good, "KYOTOSITEN = \"050-1234-5678\"\n").unwrap();
+        std::fs::write(&bad, "KYOTOSITEN = \n").unwrap();
+        let files = BTreeMap::from([("keywords".to_string(), good.clone())]);
+        let set = TableSet::load(&files).unwrap();
         assert_eq!(
-            snapshot.get("keywords").unwrap().get("kyotositen"),
+            set.get("keywords").unwrap().get("kyotositen"),
             Some("050-1234-5678")
         );
+        let (_, digest) = set.digests().next().unwrap();
+        assert_eq!(digest.len(), 64);
 
-        std::fs::write(&path, "OSAKASITEN = \"050-2222-3333\"\n").unwrap();
-        tables.reload("keywords").unwrap();
-        assert_eq!(
-            tables.snapshot().get("keywords").unwrap().get("osakasiten"),
-            Some("050-2222-3333")
+        let mut both = files.clone();
+        both.insert("bad".to_string(), bad.clone());
+        let error = TableSet::load(&both).unwrap_err().to_string();
+        assert!(
+            error.contains("table bad") && error.contains("line 1"),
+            "{error}"
         );
-        // The old snapshot is unchanged: an evaluation sees one version.
-        assert_eq!(snapshot.get("keywords").unwrap().get("osakasiten"), None);
-        assert_eq!(
-            tables.names_for_file(&dir.path().join("./keywords.toml")),
-            ["keywords"]
-        );
+        assert!(same_file(&dir.path().join("./keywords.toml"), &good));
     }
 }

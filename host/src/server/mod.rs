@@ -8,6 +8,7 @@
 //! retries what was deferred.
 
 pub mod callee;
+pub mod control;
 pub mod listener;
 pub mod smtp;
 
@@ -142,14 +143,13 @@ pub async fn serve(
     )?;
     let (deliveries, received) = mpsc::unbounded_channel();
     let flushes = deliveries.clone();
-    // S4: the rule chain, reloaded as its files change. A rule that does
-    // not load is logged and skipped until its file is fixed.
+    // S4: the rule chain, rebuilt as one generation when the files it is
+    // made of change, on SIGHUP and on `mailcall reload`. A rule that does
+    // not load at start is logged and skipped until its file is fixed.
     let policy = if config.policy.chain.is_empty() {
         None
     } else {
-        Some(Arc::new(PolicyEngine::from_config_skipping_bad_rules(
-            &config,
-        )?))
+        Some(Arc::new(PolicyEngine::for_server(&config, &data_dir)?))
     };
     let _watcher = match policy.as_ref().map(PolicyEngine::watch).transpose() {
         Ok(watcher) => watcher.flatten(),
@@ -230,7 +230,7 @@ pub async fn serve(
         .map_err(ServerError::Runtime)?;
     let planner = {
         let _inside = delivery_runtime.enter();
-        Arc::new(Planner::new(spool, config.clone(), policy, caller))
+        Arc::new(Planner::new(spool, config.clone(), policy.clone(), caller))
     };
     let scheduler = delivery_runtime.spawn(schedule_deliveries(
         planner,
@@ -270,8 +270,25 @@ pub async fn serve(
             let _ = flushes.send(Work::Flush);
         }
     };
+    // SIGHUP rebuilds the policy from the configuration file, as it makes
+    // Postfix and Kamailio re-read theirs.
+    let hangups = {
+        let policy = policy.clone();
+        async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Some(policy), Ok(mut hangups)) = (policy, signal(SignalKind::hangup())) else {
+                return std::future::pending().await;
+            };
+            while hangups.recv().await.is_some() {
+                let policy = policy.clone();
+                let _ = tokio::task::spawn_blocking(move || policy.reload(None)).await;
+            }
+        }
+    };
     tokio::select! {
         () = flush_requests => {}
+        () = hangups => {}
+        () = control::listen(&data_dir, policy.clone()) => {}
         () = smtp::listen(smtp_listener, shared) => {}
         () = crate::pop3::listen(pop3_listener, pop3) => {}
         () = shutdown => tracing::info!("shutting down"),

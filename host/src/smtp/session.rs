@@ -157,7 +157,6 @@ pub struct Session {
     transaction: Option<Transaction>,
     mode: Mode,
     input: Vec<u8>,
-    requests: RequestReceiver,
     errors: u32,
     /// The user logged in with `AUTH`.
     authenticated: Option<String>,
@@ -173,7 +172,6 @@ impl Session {
             transaction: None,
             mode: Mode::Commands,
             input: Vec::new(),
-            requests: RequestReceiver::default(),
             errors: 0,
             authenticated: None,
             tls: false,
@@ -350,26 +348,31 @@ impl Session {
                 },
                 Mode::Commands => {
                     // Parse whole lines only, and none longer than the limit.
-                    match self.input.iter().position(|&b| b == b'\n') {
+                    let end = match self.input.iter().position(|&b| b == b'\n') {
                         Some(end) if end + 1 > COMMAND_LINE_LIMIT => {
                             self.input.drain(..=end);
                             self.reply(out, Reply::new(500, "5.5.2", "Line too long"));
                             continue;
                         }
-                        Some(_) => {}
+                        Some(end) => end,
                         None if self.input.len() > COMMAND_LINE_LIMIT => {
                             self.mode = Mode::SkipLine;
                             continue;
                         }
                         None => return Step::NeedInput,
-                    }
-                    let mut bytes = self.input.iter();
-                    let parsed = self.requests.ingest(&mut bytes).map(Request::into_owned);
-                    let consumed = self.input.len() - bytes.as_slice().len();
-                    self.input.drain(..consumed);
+                    };
+                    // The parser sees one line and nothing after it, so no
+                    // error in one command can reach into the next.
+                    let line: Vec<u8> = self.input.drain(..=end).collect();
+                    let parsed = RequestReceiver::default()
+                        .ingest(&mut line.iter())
+                        .map(Request::into_owned);
                     match parsed {
                         Ok(request) => self.command(request, out),
-                        Err(ParseError::NeedsMoreData { .. }) => return Step::NeedInput,
+                        Err(ParseError::NeedsMoreData { .. }) => {
+                            // A whole line that is not a whole command.
+                            self.reply(out, Reply::new(500, "5.5.2", "Syntax error"));
+                        }
                         Err(error) => {
                             let reply = parse_error_reply(error);
                             self.reply(out, reply);
@@ -892,6 +895,43 @@ mod tests {
     fn base64(text: &str) -> String {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(text)
+    }
+
+    /// Each command is its own line, whatever ends it and whatever is wrong
+    /// with it: the parser never takes the next command as part of a bad
+    /// one (the parser is handed one line at a time).
+    #[test]
+    fn a_command_never_reads_past_its_line() {
+        let bad_lines = [
+            "MAIL FROM:<a@sender.example> SIZE=abc\n",
+            "MAIL FROM:<\"unterminated\n",
+            "RCPT TO:\n",
+            "HELO\n",
+            "EHLO a\"b\n",
+            "AUTH\n",
+            "MAIL FROM:<a@sender.example> BODY=\r\n",
+            "VRFY \"x\r\n",
+            "\n",
+            "\r\n",
+        ];
+        for bad in bad_lines {
+            for end in ["\r\n", "\n"] {
+                let mut client = Client::new("127.0.0.1");
+                client.say("EHLO client.example");
+                let replies: Vec<String> = client
+                    .send(&format!("{bad}NOOP{end}NOOP{end}"))
+                    .into_iter()
+                    .filter(|line| line.as_bytes().get(3) == Some(&b' '))
+                    .collect();
+                assert_eq!(
+                    replies.len(),
+                    3,
+                    "{bad:?} then NOOP{end:?}: one reply per line: {replies:?}"
+                );
+                assert_eq!(replies[1], "250 2.0.0 Ok", "{bad:?}: {replies:?}");
+                assert_eq!(replies[2], "250 2.0.0 Ok", "{bad:?}: {replies:?}");
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,126 @@
+//! `mailcall reload`, `mailcall rules rollback` and `mailcall rules status`:
+//! ask the running server (over its control socket) to change or show the
+//! policy generation in force.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use mailcall::config::Config;
+use mailcall::server::control::{self, Answer, Request};
+
+#[derive(Debug, clap::Args)]
+pub struct ReloadArgs {
+    /// The configuration file: the server rebuilds its policy from it (and
+    /// watches it from then on). Default: the file it was started with.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    /// The generation number to put back in force (see `rules status`);
+    /// default: the one before the generation in force.
+    #[arg(long)]
+    to: Option<u64>,
+    /// The running server's configuration file (for its data folder).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The running server's configuration file (for its data folder).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+fn data_dir(config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let config = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::defaults(),
+    };
+    Ok(config.resolve(&config.server.data_dir))
+}
+
+/// Prints the outcome; an error (exit 1) when the server refused.
+fn report(answer: Answer, done: &str) -> anyhow::Result<()> {
+    for setting in &answer.needs_restart {
+        println!("{setting} changed: needs a restart, ignored until then");
+    }
+    let generation = answer.generation.as_deref().unwrap_or("-");
+    if answer.ok {
+        println!("{done}: generation {generation} in force");
+        Ok(())
+    } else {
+        bail!(
+            "refused, generation {generation} stays in force: {}",
+            answer.error.as_deref().unwrap_or("no reason given")
+        )
+    }
+}
+
+pub fn reload(args: ReloadArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(file) => Some(
+            std::fs::canonicalize(file)
+                .with_context(|| format!("cannot find {}", file.display()))?,
+        ),
+        None => None,
+    };
+    let answer = control::ask(
+        &data_dir(args.config.as_deref())?,
+        &Request::Reload { config },
+    )?;
+    report(answer, "reloaded")
+}
+
+pub fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
+    let answer = control::ask(
+        &data_dir(args.config.as_deref())?,
+        &Request::Rollback { to: args.to },
+    )?;
+    report(answer, "rolled back")
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let answer = control::ask(&data_dir(args.config.as_deref())?, &Request::Status)?;
+    let Some(status) = answer.status else {
+        return report(answer, "status");
+    };
+    println!("generations (oldest first):");
+    for (id, built_at, active) in &status.generations {
+        let mark = if *active { "  <- in force" } else { "" };
+        println!("  {id}  built at {built_at}{mark}");
+    }
+    println!(
+        "{:<20} {:<14} {:>11} {:>6} {:>6} {:>10} {:>8} {:>8} {:>11}",
+        "rule",
+        "module",
+        "evaluations",
+        "dials",
+        "smtp",
+        "no opinion",
+        "failures",
+        "timeouts",
+        "memory caps"
+    );
+    for rule in &status.rules {
+        let digest = rule
+            .digest
+            .as_deref()
+            .map_or("(not loaded)", |d| &d[..12.min(d.len())]);
+        println!(
+            "{:<20} {:<14} {:>11} {:>6} {:>6} {:>10} {:>8} {:>8} {:>11}",
+            rule.name,
+            digest,
+            rule.evaluations,
+            rule.dials,
+            rule.smtp,
+            rule.no_opinion,
+            rule.failures,
+            rule.timeouts,
+            rule.memory_caps
+        );
+    }
+    Ok(())
+}

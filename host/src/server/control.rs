@@ -1,0 +1,240 @@
+//! The control socket: how `mailcall reload`, `mailcall rules rollback` and
+//! `mailcall rules status` talk to the running server, as `postqueue` talks
+//! to Postfix and `kamcmd` to Kamailio. A Unix socket in the data folder
+//! (0700, so only the server's user reaches it); one JSON request line,
+//! one JSON answer line.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+use crate::policy::{PolicyEngine, ReloadReport};
+
+/// The socket's name in the data folder.
+pub const CONTROL_SOCKET: &str = "control.sock";
+
+/// A command for the running server.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Rebuild the policy, from `config` if given.
+    Reload { config: Option<PathBuf> },
+    /// Put a kept generation back in force (`None`: the one before).
+    Rollback { to: Option<u64> },
+    /// The policy in force, the kept generations and each rule's counters.
+    Status,
+}
+
+/// The server's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Answer {
+    /// False when the command was refused.
+    pub ok: bool,
+    /// The generation in force afterwards.
+    pub generation: Option<String>,
+    /// Why it was refused.
+    pub error: Option<String>,
+    /// Changed settings ignored until a restart.
+    #[serde(default)]
+    pub needs_restart: Vec<String>,
+    #[serde(default)]
+    pub status: Option<Status>,
+}
+
+/// `mailcall rules status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// The kept generations, oldest first: id, when it was built (Unix
+    /// seconds), whether it is in force.
+    pub generations: Vec<(String, u64, bool)>,
+    pub rules: Vec<RuleStatus>,
+}
+
+/// One rule of the active generation.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RuleStatus {
+    pub name: String,
+    pub digest: Option<String>,
+    pub evaluations: u64,
+    pub dials: u64,
+    pub smtp: u64,
+    pub no_opinion: u64,
+    pub failures: u64,
+    pub timeouts: u64,
+    pub memory_caps: u64,
+}
+
+/// Why the server could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no server answers on {path} (is it running with this data folder?): {error}")]
+    Connect {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("the server's answer could not be read: {0}")]
+    Answer(String),
+}
+
+/// Sends `request` to the server running on `data_dir` and waits for its
+/// answer (a reload may compile modules: allow it a minute).
+pub fn ask(data_dir: &Path, request: &Request) -> Result<Answer, ControlError> {
+    let path = data_dir.join(CONTROL_SOCKET);
+    let connect_error = |error| ControlError::Connect {
+        path: path.clone(),
+        error,
+    };
+    let mut stream = UnixStream::connect(&path).map_err(connect_error)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(connect_error)?;
+    let mut line = serde_json::to_vec(request).map_err(|e| ControlError::Answer(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(connect_error)?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(|e| ControlError::Answer(e.to_string()))?;
+    serde_json::from_str(&answer).map_err(|e| ControlError::Answer(format!("{e}: {answer:?}")))
+}
+
+/// Answers control requests until the task is dropped.
+pub async fn listen(data_dir: &Path, policy: Option<Arc<PolicyEngine>>) {
+    let path = data_dir.join(CONTROL_SOCKET);
+    // A socket left by a server that did not stop cleanly.
+    let _ = std::fs::remove_file(&path);
+    let listener = match tokio::net::UnixListener::bind(&path) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(socket = %path.display(), "no control socket, `mailcall reload` will not reach this server: {error}");
+            return std::future::pending().await;
+        }
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let policy = policy.clone();
+        tokio::spawn(async move {
+            let (reader, mut writer) = stream.into_split();
+            let mut line = String::new();
+            // One request line, bounded.
+            let mut reader =
+                tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(reader, 64 * 1024));
+            if reader.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let answer = match serde_json::from_str::<Request>(&line) {
+                Ok(request) => {
+                    match tokio::task::spawn_blocking(move || answer(policy.as_deref(), request))
+                        .await
+                    {
+                        Ok(answer) => answer,
+                        Err(error) => refused(format!("the request failed: {error}")),
+                    }
+                }
+                Err(error) => refused(format!("not a request: {error}")),
+            };
+            let mut bytes = serde_json::to_vec(&answer).unwrap_or_default();
+            bytes.push(b'\n');
+            let _ = writer.write_all(&bytes).await;
+        });
+    }
+}
+
+fn refused(error: String) -> Answer {
+    Answer {
+        ok: false,
+        generation: None,
+        error: Some(error),
+        needs_restart: Vec::new(),
+        status: None,
+    }
+}
+
+/// Carries out one request (blocking: a reload compiles modules).
+fn answer(policy: Option<&PolicyEngine>, request: Request) -> Answer {
+    let Some(policy) = policy else {
+        return refused("this server runs no rule chain ([policy] chain is empty)".into());
+    };
+    match request {
+        Request::Reload { config } => {
+            let ReloadReport {
+                outcome,
+                needs_restart,
+                ..
+            } = policy.reload(config.as_deref());
+            match outcome {
+                Ok(id) => Answer {
+                    ok: true,
+                    generation: Some(id.to_string()),
+                    error: None,
+                    needs_restart,
+                    status: None,
+                },
+                Err(error) => Answer {
+                    generation: Some(policy.active().id.to_string()),
+                    needs_restart,
+                    ..refused(error.to_string())
+                },
+            }
+        }
+        Request::Rollback { to } => match policy.rollback(to) {
+            Ok(id) => Answer {
+                ok: true,
+                generation: Some(id.to_string()),
+                error: None,
+                needs_restart: Vec::new(),
+                status: None,
+            },
+            Err(error) => Answer {
+                generation: Some(policy.active().id.to_string()),
+                ..refused(error.to_string())
+            },
+        },
+        Request::Status => {
+            let active = policy.active();
+            let generations = policy
+                .generations()
+                .iter()
+                .map(|g| {
+                    let at = g
+                        .built_at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    (g.id.to_string(), at, g.id == active.id)
+                })
+                .collect();
+            let digests = active.rules();
+            let rules = policy
+                .counters()
+                .into_iter()
+                .zip(digests)
+                .map(|((name, counters), (_, digest))| RuleStatus {
+                    name,
+                    digest,
+                    evaluations: counters.evaluations.load(Ordering::Relaxed),
+                    dials: counters.dials.load(Ordering::Relaxed),
+                    smtp: counters.smtp.load(Ordering::Relaxed),
+                    no_opinion: counters.no_opinion.load(Ordering::Relaxed),
+                    failures: counters.failures.load(Ordering::Relaxed),
+                    timeouts: counters.timeouts.load(Ordering::Relaxed),
+                    memory_caps: counters.memory_caps.load(Ordering::Relaxed),
+                })
+                .collect();
+            Answer {
+                ok: true,
+                generation: Some(active.id.to_string()),
+                error: None,
+                needs_restart: Vec::new(),
+                status: Some(Status { generations, rules }),
+            }
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Policy generations on a running server (`mailcall serve`, swaks as the
+//! client, smtp-sink as the next server): a rule added to the chain by
+//! editing the configuration decides the next message without a restart,
+//! `mailcall reload` does the same on demand, a bad change is refused with
+//! the file, rule and reason while mail goes on being decided by the
+//! generation in force, and `mailcall rules rollback` goes back.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::repo;
+use common::server::{free_port, history, sink, start_config, swaks, Server, Sink};
+
+/// Every recipient has a number in its address: `embedded-number` dials it,
+/// `address-table` has no entry for the domain.
+const DOMAIN: &str = "b.test";
+
+struct Bed {
+    dir: tempfile::TempDir,
+    port: u16,
+    pop3_port: u16,
+    sink: Sink,
+    server: Option<Server>,
+}
+
+impl Bed {
+    fn start(chain: &[&str], hot_reload: bool) -> Bed {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("addresses.toml"),
+            "\"muratec.co.jp\" = \"050-2222-3333\"\n",
+        )
+        .unwrap();
+        let sink = sink(&dir.path().join("sink"), &[]);
+        let mut bed = Bed {
+            port: free_port(),
+            pop3_port: free_port(),
+            dir,
+            sink,
+            server: None,
+        };
+        let config = bed.config(chain, hot_reload, "");
+        bed.server = Some(start_config(bed.dir.path(), bed.port, &config));
+        bed
+    }
+
+    fn config(&self, chain: &[&str], hot_reload: bool, extra: &str) -> String {
+        let chain: Vec<String> = chain.iter().map(|name| format!("{name:?}")).collect();
+        format!(
+            r#"[server]
+hostname = "mx.test"
+data_dir = "data"
+smtp_listen = "127.0.0.1:{port}"
+pop3_listen = "127.0.0.1:{pop3}"
+local_domains = ["localhost"]
+relay_networks = ["127.0.0.0/8"]
+
+[users.postmaster]
+
+[policy]
+rules_dir = {rules_dir:?}
+cache_dir = {cache_dir:?}
+hot_reload = {hot_reload}
+chain = [{chain}]
+
+[tables.addresses]
+file = "addresses.toml"
+
+[rules.address-table.config]
+table = "addresses"
+
+[routes]
+"{DOMAIN}" = "127.0.0.1:{sink}"
+{extra}
+"#,
+            port = self.port,
+            pop3 = self.pop3_port,
+            rules_dir = repo().join("build/rules"),
+            cache_dir = std::env::temp_dir().join("mailcall-test-cache"),
+            chain = chain.join(", "),
+            sink = self.sink.port,
+        )
+    }
+
+    fn config_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("mailcall.toml")
+    }
+
+    /// Replaces the configuration the way editors do (write, then rename),
+    /// so the watcher never sees half a file.
+    fn edit(&self, text: &str) {
+        let partial = self.dir.path().join(".mailcall.toml.partial");
+        std::fs::write(&partial, text).unwrap();
+        std::fs::rename(&partial, self.config_file()).unwrap();
+    }
+
+    /// Sends one message to `rcpt` and waits for its history line; returns
+    /// the rule and generation that decided it.
+    fn decide(&self, rcpt: &str) -> (Option<String>, String) {
+        let (ok, output) = swaks(
+            self.server.as_ref().unwrap(),
+            &["--to", rcpt, "--body", "policy test"],
+        );
+        assert!(ok, "{output}");
+        let started = Instant::now();
+        loop {
+            let attempt = history(self.dir.path())
+                .into_iter()
+                .find(|a| a["recipient"] == rcpt);
+            if let Some(attempt) = attempt {
+                let generation = attempt["policy"]
+                    .as_str()
+                    .expect("a generation")
+                    .to_string();
+                return (attempt["rule"].as_str().map(str::to_string), generation);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{rcpt} not decided"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn mailcall(&self, args: &[&str]) -> (bool, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_mailcall"))
+            .args(args)
+            .arg("--config")
+            .arg(self.config_file())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    }
+
+    /// The generation in force, from `mailcall rules status`.
+    fn active(&self) -> String {
+        let (ok, status) = self.mailcall(&["rules", "status"]);
+        assert!(ok, "{status}");
+        status
+            .lines()
+            .find(|line| line.ends_with("<- in force"))
+            .and_then(|line| line.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no generation in force: {status}"))
+            .to_string()
+    }
+
+    fn wait_for_generation_after(&self, old: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let active = self.active();
+            if active != old {
+                return active;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no new generation after {old}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn number(n: u32) -> String {
+    format!("050-1111-{n:04}@{DOMAIN}")
+}
+
+#[test]
+fn a_rule_added_to_the_configuration_decides_the_next_message() {
+    let bed = Bed::start(&["address-table"], true);
+    let (rule, first) = bed.decide(&number(1));
+    assert_eq!(rule, None, "address-table has no opinion on {DOMAIN}");
+
+    bed.edit(&bed.config(&["address-table", "embedded-number"], true, ""));
+    let second = bed.wait_for_generation_after(&first);
+    let (rule, generation) = bed.decide(&number(2));
+    assert_eq!(rule.as_deref(), Some("embedded-number"));
+    assert_eq!(generation, second, "history names the new generation");
+    let numbers = |id: &str| -> u64 { id.split('-').next().unwrap().parse().unwrap() };
+    assert!(numbers(&second) > numbers(&first), "{first} then {second}");
+
+    // `mailcall history` (the table) shows it too.
+    let (ok, table) = bed.mailcall(&["history"]);
+    assert!(ok && table.contains(&second), "{table}");
+}
+
+#[test]
+fn mailcall_reload_applies_a_change_or_says_why_not() {
+    let bed = Bed::start(&["address-table"], false);
+    let (_, first) = bed.decide(&number(1));
+
+    // Not watched: the edit alone changes nothing.
+    bed.edit(&bed.config(&["address-table", "embedded-number"], false, ""));
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(bed.active(), first);
+    let (ok, output) = bed.mailcall(&["reload"]);
+    assert!(ok, "{output}");
+    let second = bed.active();
+    assert_ne!(second, first);
+    assert!(
+        output.contains(&format!("generation {second} in force")),
+        "{output}"
+    );
+    assert_eq!(
+        bed.decide(&number(2)),
+        (Some("embedded-number".into()), second.clone())
+    );
+
+    // Bad changes are refused with what, where and why; mail goes on
+    // being decided by the generation in force.
+    let refusals: [(&str, String, &[&str]); 3] = [
+        (
+            "an unknown rule in the chain",
+            bed.config(&["embedded-number", "no-such-rule"], false, ""),
+            &["rule no-such-rule", "no-such-rule.wasm"],
+        ),
+        (
+            "a module for another world",
+            bed.config(
+                &["embedded-number", "junk"],
+                false,
+                &format!(
+                    "[rules.junk]\nfile = {:?}\n",
+                    bed.dir.path().join("junk.wasm")
+                ),
+            ),
+            &["rule junk", "not a WebAssembly component"],
+        ),
+        (
+            "a table that does not parse",
+            bed.config(&["embedded-number"], false, ""),
+            &["table addresses", "addresses.toml"],
+        ),
+    ];
+    std::fs::write(bed.dir.path().join("junk.wasm"), b"\0asm junk").unwrap();
+    for (n, (what, config, expected)) in refusals.into_iter().enumerate() {
+        if what.contains("table") {
+            std::fs::write(bed.dir.path().join("addresses.toml"), "\"a\" = \n").unwrap();
+        }
+        bed.edit(&config);
+        let (ok, output) = bed.mailcall(&["reload"]);
+        assert!(!ok, "{what}: accepted: {output}");
+        for part in expected {
+            assert!(output.contains(part), "{what}: {output}");
+        }
+        assert!(
+            output.contains(&format!("generation {second} stays in force")),
+            "{output}"
+        );
+        let decided = bed.decide(&number(10 + n as u32));
+        assert_eq!(
+            decided,
+            (Some("embedded-number".into()), second.clone()),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_restart_only_change_is_reported_and_a_rollback_goes_back() {
+    let bed = Bed::start(&["address-table"], false);
+    let first = bed.active();
+    let changed = bed
+        .config(&["embedded-number"], false, "")
+        .replace("[users.postmaster]", "[users.postmaster]\n[users.taro]");
+    bed.edit(&changed);
+    let (ok, output) = bed.mailcall(&["reload"]);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("[users] changed: needs a restart"),
+        "{output}"
+    );
+    let second = bed.active();
+    assert_eq!(bed.decide(&number(1)).1, second);
+
+    let (ok, output) = bed.mailcall(&["rules", "rollback"]);
+    assert!(ok, "{output}");
+    assert_eq!(bed.active(), first);
+    let (rule, generation) = bed.decide(&number(2));
+    assert_eq!((rule, generation), (None, first.clone()));
+
+    // Forward again by number; an unknown number is refused.
+    let number_of = |id: &str| id.split('-').next().unwrap().to_string();
+    let (ok, output) = bed.mailcall(&["rules", "rollback", "--to", &number_of(&second)]);
+    assert!(ok, "{output}");
+    assert_eq!(bed.active(), second);
+    let (ok, output) = bed.mailcall(&["rules", "rollback", "--to", "999"]);
+    assert!(!ok && output.contains("not kept"), "{output}");
+}
+
+#[test]
+fn sighup_rebuilds_the_policy() {
+    let bed = Bed::start(&["address-table"], false);
+    let first = bed.active();
+    bed.edit(&bed.config(&["embedded-number"], false, ""));
+    let pid = std::fs::read_to_string(bed.dir.path().join("data/mailcall.pid")).unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let second = bed.wait_for_generation_after(&first);
+    assert_eq!(
+        bed.decide(&number(1)),
+        (Some("embedded-number".into()), second)
+    );
+}
