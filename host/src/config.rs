@@ -358,6 +358,36 @@ pub enum Isolation {
     Pooled,
 }
 
+/// Whether a rule decides (`[rules.NAME] mode`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleMode {
+    /// It decides in its place in the chain. The default.
+    #[default]
+    Active,
+    /// It is evaluated for every recipient beside the chain and never
+    /// decides; where it would have decided otherwise, the difference is
+    /// recorded.
+    Shadow,
+    /// It decides for `canary` percent of the messages (by a hash of the
+    /// queue id) and is a shadow for the rest.
+    Canary,
+}
+
+/// What a failing rule leads to (`[rules.NAME] on_error`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRuleError {
+    /// As if it had no opinion: the chain goes on. The default.
+    #[default]
+    Skip,
+    /// The recipient is deferred (retried later), for rules that must not
+    /// be silently skipped.
+    Defer,
+    /// The rule's module of the previous generation decides instead.
+    Previous,
+}
+
 /// `[rules.NAME]`: settings of one rule.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -374,6 +404,17 @@ pub struct RuleSettings {
     pub memory_limit_mib: Option<u32>,
     /// Overrides `[policy] deadline_ms` for this rule.
     pub deadline_ms: Option<u32>,
+    /// Active, shadow, or canary.
+    pub mode: RuleMode,
+    /// With `mode = "canary"`: the percentage of messages it decides.
+    pub canary: u32,
+    /// What a failure of the rule leads to.
+    pub on_error: OnRuleError,
+    /// The circuit breaker: after `max_failures` failures within
+    /// `failure_window_secs`, the rule is switched off (or its previous
+    /// module used, with `on_error = "previous"`) until the next reload.
+    pub max_failures: u32,
+    pub failure_window_secs: u32,
     /// The rule's own values, read with the `config` import. Nested tables
     /// flatten to dotted keys (`sender."example.com"` is `sender.example.com`).
     pub config: toml::Table,
@@ -388,6 +429,11 @@ impl Default for RuleSettings {
             max_calls_per_instance: 1000,
             memory_limit_mib: None,
             deadline_ms: None,
+            mode: RuleMode::Active,
+            canary: 10,
+            on_error: OnRuleError::Skip,
+            max_failures: 20,
+            failure_window_secs: 60,
             config: toml::Table::new(),
         }
     }
@@ -565,6 +611,16 @@ impl Config {
             .chain(&server.synchronous_networks)
         {
             parse_network(network)?;
+        }
+        for (name, rule) in &self.rules {
+            if rule.canary > 100 {
+                return Err(format!("[rules.{name}] canary is a percentage: 0 to 100"));
+            }
+            if rule.max_failures == 0 || rule.failure_window_secs == 0 {
+                return Err(format!(
+                    "[rules.{name}] max_failures and failure_window_secs must be at least 1"
+                ));
+            }
         }
         if server.synchronous_timeout_secs == 0 {
             return Err("[server] synchronous_timeout_secs must be at least 1".into());

@@ -89,6 +89,10 @@ pub struct Attempt {
     #[serde(default)]
     pub policy: Option<String>,
     pub reason: Option<String>,
+    /// Shadow rules that would have routed this recipient otherwise: `rule:
+    /// its decision (chain: the route taken)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow_disagreements: Vec<String>,
     pub call_id: Option<String>,
     /// The final SIP status of the call (200, 486, ...).
     pub sip_status: Option<u16>,

@@ -823,7 +823,7 @@ s.quit()
         2,
         "both versions decided some deliveries: {seen:?}"
     );
-    let reloads = log_of(a_dir.path()).matches("rule reloaded").count();
+    let reloads = log_of(a_dir.path()).matches("policy reloaded").count();
     assert!(reloads >= 2, "{reloads} reloads");
 }
 

@@ -308,3 +308,91 @@ fn sighup_rebuilds_the_policy() {
         (Some("embedded-number".into()), second)
     );
 }
+
+/// Mail keeps flowing while the policy is reloaded 20 times, alternating
+/// between two chains with a bad change among them: every message is
+/// decided once, by a generation that was put in force, and as that
+/// generation's chain decides.
+#[test]
+fn alternating_reloads_under_load_lose_or_double_decide_nothing() {
+    use common::load::{send, Answer};
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let bed = Bed::start(&["address-table"], false);
+    let first = bed.active();
+    // Generation id to the rule its chain decides with.
+    let mut deciders: BTreeMap<String, Option<String>> = BTreeMap::from([(first, None)]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let address = bed.server.as_ref().unwrap().address;
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = Vec::new();
+            for n in 0..400u32 {
+                if stop.load(Ordering::Relaxed) && n >= 40 {
+                    break;
+                }
+                let rcpt = number(n);
+                let answer = send(address, "load@remote.test", &rcpt, "Subject: load\r\n\r\nx\r\n");
+                assert!(matches!(answer, Answer::Accepted), "{rcpt}: {answer:?}");
+                sent.push(rcpt);
+            }
+            sent
+        })
+    };
+    for round in 0..20 {
+        let (chain, decider): (&[&str], Option<&str>) = match round % 2 {
+            0 => (&["embedded-number"], Some("embedded-number")),
+            _ => (&["address-table"], None),
+        };
+        if round % 5 == 4 {
+            bed.edit(&bed.config(&["embedded-number", "no-such-rule"], false, ""));
+            let (ok, output) = bed.mailcall(&["reload"]);
+            assert!(!ok, "a bad chain was accepted: {output}");
+        }
+        bed.edit(&bed.config(chain, false, ""));
+        let (ok, output) = bed.mailcall(&["reload"]);
+        assert!(ok, "round {round}: {output}");
+        let id = bed.active();
+        deciders.insert(id, decider.map(str::to_string));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    assert!(sent.len() >= 40, "only {} messages sent", sent.len());
+
+    let started = Instant::now();
+    let attempts = loop {
+        let attempts = history(bed.dir.path());
+        if attempts.len() >= sent.len() || started.elapsed() > Duration::from_secs(60) {
+            break attempts;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut decided: BTreeMap<String, Vec<(Option<String>, String)>> = BTreeMap::new();
+    for attempt in &attempts {
+        decided
+            .entry(attempt["recipient"].as_str().unwrap().to_string())
+            .or_default()
+            .push((
+                attempt["rule"].as_str().map(str::to_string),
+                attempt["policy"].as_str().unwrap().to_string(),
+            ));
+    }
+    let mut generations_seen = std::collections::BTreeSet::new();
+    for rcpt in &sent {
+        let decisions = decided.get(rcpt).map(Vec::as_slice).unwrap_or_default();
+        let [(rule, generation)] = decisions else {
+            panic!("{rcpt}: decided {} times: {decisions:?}", decisions.len());
+        };
+        let expected = deciders
+            .get(generation)
+            .unwrap_or_else(|| panic!("{rcpt}: generation {generation} was never in force"));
+        assert_eq!(rule, expected, "{rcpt} under {generation}");
+        generations_seen.insert(generation.clone());
+    }
+    assert_eq!(attempts.len(), sent.len(), "attempts for unsent mail");
+    assert!(generations_seen.len() >= 3, "{generations_seen:?}");
+}

@@ -84,6 +84,7 @@ fn attempt(id: MessageId, index: usize, outcome: &Outcome) -> Attempt {
         rule: None,
         rule_version: None,
         policy: None,
+        shadow_disagreements: Vec::new(),
         reason: None,
         call_id: None,
         sip_status: None,

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::config::{Config, OnCallFailure, RelayTls};
 use crate::history::{Attempt, AttemptOutcome, DeliveryPath, History};
 use crate::mailbox::maildir::Maildir;
-use crate::policy::{self, PolicyEngine, Verdict};
+use crate::policy::{self, PolicyEngine, Route, Verdict};
 use crate::queue::bounce::{self, Action, Notice};
 use crate::queue::schedule::{NextAttempt, RetrySchedule};
 use crate::queue::spool::{Envelope, MessageId, Outcome, Queued, Spool, SpoolError};
@@ -70,6 +70,7 @@ struct Trace {
     rule_version: Option<String>,
     policy: Option<String>,
     reason: Option<String>,
+    shadow_disagreements: Vec<String>,
     call_id: Option<String>,
     sip_status: Option<u16>,
     peer: Option<String>,
@@ -83,6 +84,15 @@ impl Trace {
             rule_version: verdict.and_then(|v| v.version.clone()),
             policy: verdict.and_then(|v| Some(v.generation.as_ref()?.to_string())),
             reason: verdict.map(|v| v.reason.clone()),
+            shadow_disagreements: verdict
+                .map(|v| {
+                    v.shadows
+                        .iter()
+                        .filter(|s| s.disagrees)
+                        .map(|s| format!("{}: {} (chain: {})", s.rule, s.decision, v.route))
+                        .collect()
+                })
+                .unwrap_or_default(),
             ..Trace::default()
         }
     }
@@ -232,6 +242,15 @@ impl Planner {
                 }
                 Target::Remote { domain } => {
                     let verdict = self.choose(&queued, index, &body, &mut view);
+                    if verdict.as_ref().is_some_and(|v| v.route == Route::Defer) {
+                        // A rule that must not be skipped failed: later.
+                        let trace = Trace::of(verdict.as_ref());
+                        let reason = trace.reason.clone().unwrap_or_default();
+                        let outcome = self.defer(&reason, &queued, index);
+                        let pending = Pending { verdict, ..pending };
+                        self.finish(&mut delivery, pending, DeliveryPath::Relay, trace, outcome)?;
+                        continue;
+                    }
                     let number = verdict
                         .as_ref()
                         .and_then(Verdict::number)
@@ -281,7 +300,8 @@ impl Planner {
             helo: queued.envelope.helo.clone(),
         };
         let message = view.as_ref()?;
-        Some(blocking(|| policy.evaluate(&envelope, message)))
+        let queue_id = queued.id.to_string();
+        Some(blocking(|| policy.evaluate_queued(&queue_id, &envelope, message)))
     }
 
     /// Whether this attempt may be a call: there is a caller, and with
@@ -544,6 +564,7 @@ impl Planner {
             rule_version: trace.rule_version,
             policy: trace.policy,
             reason: trace.reason,
+            shadow_disagreements: trace.shadow_disagreements,
             call_id: trace.call_id,
             sip_status: trace.sip_status,
             peer: trace.peer,

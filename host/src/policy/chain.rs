@@ -1,8 +1,15 @@
 //! The rule chain (step S4): rules in configured order; the first that
 //! dials wins, one that asks for SMTP stops the chain, one with no opinion
-//! or one that fails passes to the next; if nothing dials, normal SMTP.
+//! or one that fails passes to the next (or defers the recipient, or asks
+//! its previous module, as its `on_error` says); if nothing dials, normal
+//! SMTP. Shadow rules (and canaries outside their share) run beside the
+//! chain and never decide: what they would have changed is recorded.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::mem::take;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -12,6 +19,7 @@ use super::generation::GenerationId;
 use super::rule::{LoadedRule, RuleFailure};
 use super::runtime::Runtime;
 use super::tables::TableSet;
+use crate::config::{OnRuleError, RuleMode, RuleSettings};
 
 /// The rules of one generation, in order.
 #[derive(Default)]
@@ -19,11 +27,54 @@ pub struct Chain {
     pub links: Vec<Link>,
 }
 
+/// How one link takes part, from its `[rules.NAME]` settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Role {
+    pub mode: RuleMode,
+    pub canary: u32,
+    pub on_error: OnRuleError,
+    pub max_failures: u32,
+    pub failure_window: Duration,
+}
+
+impl Role {
+    pub fn of(settings: &RuleSettings) -> Role {
+        Role {
+            mode: settings.mode,
+            canary: settings.canary,
+            on_error: settings.on_error,
+            max_failures: settings.max_failures,
+            failure_window: Duration::from_secs(settings.failure_window_secs.into()),
+        }
+    }
+
+    /// Whether the link decides for a message whose queue id falls in
+    /// `share` (0–99).
+    fn decides(&self, share: u32) -> bool {
+        match self.mode {
+            RuleMode::Active => true,
+            RuleMode::Shadow => false,
+            RuleMode::Canary => share < self.canary,
+        }
+    }
+}
+
+impl Default for Role {
+    fn default() -> Role {
+        Role::of(&RuleSettings::default())
+    }
+}
+
 /// One place in the chain.
 pub struct Link {
     name: String,
     rule: LinkRule,
+    /// The rule's module of an earlier generation, for `on_error =
+    /// "previous"` and for when the breaker is open.
+    fallback: Option<Arc<LoadedRule>>,
+    role: Role,
     counters: Arc<RuleCounters>,
+    breaker: Breaker,
 }
 
 enum LinkRule {
@@ -35,20 +86,73 @@ enum LinkRule {
     Unavailable(String),
 }
 
+/// Which module of a link runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Module {
+    Current,
+    Fallback,
+}
+
+/// Counts a link's recent failures; open (the rule switched off) once
+/// there were `max_failures` within the window, until the generation is
+/// replaced.
+#[derive(Default)]
+struct Breaker {
+    failures: Mutex<VecDeque<Instant>>,
+    open: AtomicBool,
+}
+
+impl Breaker {
+    fn is_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Records a failure; true when this one opened the breaker.
+    fn failed(&self, role: &Role) -> bool {
+        let now = Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.push_back(now);
+        while failures
+            .front()
+            .is_some_and(|first| now.duration_since(*first) > role.failure_window)
+        {
+            failures.pop_front();
+        }
+        failures.len() >= role.max_failures as usize && !self.open.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// What one link came to.
+enum Judged {
+    Decided(Decision, Option<String>),
+    Failed(RuleFailure),
+}
+
 impl Link {
-    pub fn ready(rule: Arc<LoadedRule>, counters: Arc<RuleCounters>) -> Link {
+    pub fn ready(
+        rule: Arc<LoadedRule>,
+        role: Role,
+        fallback: Option<Arc<LoadedRule>>,
+        counters: Arc<RuleCounters>,
+    ) -> Link {
         Link {
             name: rule.name().to_string(),
             rule: LinkRule::Ready(rule),
+            fallback,
+            role,
             counters,
+            breaker: Breaker::default(),
         }
     }
 
-    pub fn unavailable(name: &str, reason: String, counters: Arc<RuleCounters>) -> Link {
+    pub fn unavailable(name: &str, reason: String, role: Role, counters: Arc<RuleCounters>) -> Link {
         Link {
             name: name.to_string(),
             rule: LinkRule::Unavailable(reason),
+            fallback: None,
+            role,
             counters,
+            breaker: Breaker::default(),
         }
     }
 
@@ -64,19 +168,108 @@ impl Link {
         }
     }
 
-    /// Runs the rule for one recipient.
+    /// The rule's loaded module, for this generation or its fallback.
+    pub fn module(&self) -> Option<&Arc<LoadedRule>> {
+        match &self.rule {
+            LinkRule::Ready(rule) => Some(rule),
+            LinkRule::Unavailable(_) => self.fallback.as_ref(),
+        }
+    }
+
+    /// Runs one of the link's modules for one recipient.
     fn run(
         &self,
+        module: Module,
         runtime: &Runtime,
         tables: &Arc<TableSet>,
         envelope: &Envelope,
         message: &Message,
     ) -> Result<Decision, RuleFailure> {
-        match &self.rule {
-            LinkRule::Ready(rule) => rule.evaluate(runtime, tables, envelope, message),
-            LinkRule::Unavailable(reason) => Err(RuleFailure::Unavailable(reason.clone())),
-        }
+        let rule = match (module, &self.rule) {
+            (Module::Current, LinkRule::Ready(rule)) => rule,
+            (Module::Current, LinkRule::Unavailable(reason)) => {
+                return Err(RuleFailure::Unavailable(reason.clone()))
+            }
+            (Module::Fallback, _) => match &self.fallback {
+                Some(rule) => rule,
+                None => return Err(RuleFailure::Unavailable("no previous module".into())),
+            },
+        };
+        rule.evaluate(runtime, tables, envelope, message)
     }
+
+    /// The earlier module it falls back to, if any.
+    pub fn fallback(&self) -> Option<&Arc<LoadedRule>> {
+        self.fallback.as_ref()
+    }
+
+    fn fallback_digest(&self) -> Option<String> {
+        self.fallback.as_ref().map(|rule| rule.digest.clone())
+    }
+
+    /// Runs the link with its failure policy and breaker: the decision and
+    /// the module version that made it, or the failure.
+    fn judge(
+        &self,
+        envelope: &Envelope,
+        run: &impl Fn(&Link, Module) -> Result<Decision, RuleFailure>,
+    ) -> Judged {
+        let previous = self.role.on_error == OnRuleError::Previous && self.fallback.is_some();
+        if self.breaker.is_open() {
+            if previous {
+                RuleCounters::add(&self.counters.fallbacks);
+                return match run(self, Module::Fallback) {
+                    Ok(decision) => Judged::Decided(decision, self.fallback_digest()),
+                    Err(failure) => Judged::Failed(failure),
+                };
+            }
+            return Judged::Failed(RuleFailure::SwitchedOff(self.role.max_failures));
+        }
+        let failure = match run(self, Module::Current) {
+            Ok(decision) => return Judged::Decided(decision, self.digest().map(str::to_string)),
+            Err(failure) => failure,
+        };
+        RuleCounters::add(&self.counters.failures);
+        match failure {
+            RuleFailure::Timeout(_) => RuleCounters::add(&self.counters.timeouts),
+            RuleFailure::MemoryCap(_) => RuleCounters::add(&self.counters.memory_caps),
+            _ => {}
+        }
+        // A module that did not load was logged when it failed to; do not
+        // repeat it for every recipient.
+        if !matches!(failure, RuleFailure::Unavailable(_)) {
+            tracing::warn!(step = "S4", rule = %self.name, rcpt = %envelope.rcpt_to, "rule failed: {failure}");
+        }
+        if self.breaker.failed(&self.role) {
+            RuleCounters::add(&self.counters.breaker_trips);
+            tracing::error!(
+                step = "S4",
+                rule = %self.name,
+                "{} failures within {:?}: rule switched off until the next reload{}",
+                self.role.max_failures,
+                self.role.failure_window,
+                if previous { ", its previous module decides" } else { "" }
+            );
+        }
+        if previous {
+            RuleCounters::add(&self.counters.fallbacks);
+            if let Ok(decision) = run(self, Module::Fallback) {
+                return Judged::Decided(decision, self.fallback_digest());
+            }
+        }
+        Judged::Failed(failure)
+    }
+}
+
+/// Where a message falls among canary shares (0–99), from its queue id
+/// (FNV-1a): every recipient of one message gets the same treatment.
+pub fn canary_share(queue_id: &str) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in queue_id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % 100) as u32
 }
 
 impl Chain {
@@ -88,20 +281,27 @@ impl Chain {
         })
     }
 
+    /// The link called `name`.
+    pub fn link(&self, name: &str) -> Option<&Link> {
+        self.links.iter().find(|link| link.name == name)
+    }
+
     pub fn names(&self) -> Vec<&str> {
         self.links.iter().map(Link::name).collect()
     }
 
-    /// Runs the chain for the one recipient in `envelope`.
+    /// Runs the chain for the one recipient in `envelope` of the message
+    /// queued as `queue_id`.
     pub fn evaluate(
         &self,
         runtime: &Runtime,
         tables: &Arc<TableSet>,
+        queue_id: &str,
         envelope: &Envelope,
         message: &Message,
     ) -> Verdict {
-        self.evaluate_with(envelope, |link| {
-            link.run(runtime, tables, envelope, message)
+        self.evaluate_with(envelope, canary_share(queue_id), |link, module| {
+            link.run(module, runtime, tables, envelope, message)
         })
     }
 
@@ -109,65 +309,132 @@ impl Chain {
     fn evaluate_with(
         &self,
         envelope: &Envelope,
-        run: impl Fn(&Link) -> Result<Decision, RuleFailure>,
+        share: u32,
+        run: impl Fn(&Link, Module) -> Result<Decision, RuleFailure>,
     ) -> Verdict {
         let mut failures = Vec::new();
-        for link in &self.links {
-            let counters = &link.counters;
-            RuleCounters::add(&counters.evaluations);
-            let decided = |route: Route, reason: String, failures| Verdict {
+        let mut verdict = None;
+        // Where the deciding link is, for the shadows' "would have".
+        let mut decided_at = self.links.len();
+        for (position, link) in self.links.iter().enumerate() {
+            if !link.role.decides(share) {
+                continue;
+            }
+            RuleCounters::add(&link.counters.evaluations);
+            let decided = |route: Route, reason: String, version, failures| Verdict {
                 route,
                 rule: Some(link.name.clone()),
                 reason,
-                version: link.digest().map(str::to_string),
+                version,
                 generation: None,
                 failures,
+                shadows: Vec::new(),
             };
-            match run(link) {
-                Ok(Decision::Dial(dial)) => {
-                    RuleCounters::add(&counters.dials);
+            match link.judge(envelope, &run) {
+                Judged::Decided(Decision::Dial(dial), version) => {
+                    RuleCounters::add(&link.counters.dials);
                     let route = Route::Dial {
                         number: dial.number,
                     };
-                    return decided(route, dial.reason, failures);
+                    verdict = Some(decided(route, dial.reason, version, take(&mut failures)));
                 }
-                Ok(Decision::UseSmtp(reason)) => {
-                    RuleCounters::add(&counters.smtp);
-                    return decided(Route::Smtp, reason, failures);
+                Judged::Decided(Decision::UseSmtp(reason), version) => {
+                    RuleCounters::add(&link.counters.smtp);
+                    verdict = Some(decided(Route::Smtp, reason, version, take(&mut failures)));
                 }
-                Ok(Decision::NoOpinion) => RuleCounters::add(&counters.no_opinion),
-                Err(failure) => {
-                    RuleCounters::add(&counters.failures);
-                    match failure {
-                        RuleFailure::Timeout(_) => RuleCounters::add(&counters.timeouts),
-                        RuleFailure::MemoryCap(_) => RuleCounters::add(&counters.memory_caps),
-                        _ => {}
-                    }
-                    // A module that did not load was logged when it failed
-                    // to; do not repeat it for every recipient.
-                    if matches!(failure, RuleFailure::Unavailable(_)) {
-                        tracing::debug!(step = "S4", rule = %link.name, "rule not loaded, skipped");
-                    } else {
-                        tracing::warn!(
-                            step = "S4",
-                            rule = %link.name,
-                            rcpt = %envelope.rcpt_to,
-                            "rule failed, treated as no opinion: {failure}"
-                        );
-                    }
+                Judged::Decided(Decision::NoOpinion, _) => {
+                    RuleCounters::add(&link.counters.no_opinion);
+                    continue;
+                }
+                Judged::Failed(failure) if link.role.on_error == OnRuleError::Defer
+                    && !matches!(failure, RuleFailure::SwitchedOff(_)) =>
+                {
+                    RuleCounters::add(&link.counters.deferrals);
+                    let reason = format!("4.3.0 rule {} failed: {failure}", link.name);
                     failures.push((link.name.clone(), failure));
+                    verdict = Some(decided(Route::Defer, reason, None, take(&mut failures)));
+                }
+                Judged::Failed(failure) => {
+                    failures.push((link.name.clone(), failure));
+                    continue;
                 }
             }
+            decided_at = position;
+            break;
         }
-        Verdict {
+        let mut verdict = verdict.unwrap_or(Verdict {
             route: Route::Smtp,
             rule: None,
             reason: "no rule found a number".into(),
             version: None,
             generation: None,
             failures,
+            shadows: Vec::new(),
+        });
+        for (position, link) in self.links.iter().enumerate() {
+            if !link.role.decides(share) {
+                let shadow = link.shadow(envelope, &run, position < decided_at, &verdict.route);
+                verdict.shadows.push(shadow);
+            }
+        }
+        verdict
+    }
+}
+
+impl Link {
+    /// Runs a link as a shadow: what it decides, and whether it would have
+    /// changed the route had it been active in its place (before the link
+    /// that decided, or in a chain that fell through: `in_reach`).
+    fn shadow(
+        &self,
+        envelope: &Envelope,
+        run: &impl Fn(&Link, Module) -> Result<Decision, RuleFailure>,
+        in_reach: bool,
+        route: &Route,
+    ) -> ShadowDecision {
+        RuleCounters::add(&self.counters.shadow_evaluations);
+        let (decision, would) = match run(self, Module::Current) {
+            Ok(Decision::Dial(dial)) => (
+                format!("dial {} ({})", dial.number, dial.reason),
+                Some(Route::Dial {
+                    number: dial.number,
+                }),
+            ),
+            Ok(Decision::UseSmtp(reason)) => (format!("smtp ({reason})"), Some(Route::Smtp)),
+            Ok(Decision::NoOpinion) => ("no opinion".to_string(), None),
+            Err(failure) => {
+                RuleCounters::add(&self.counters.failures);
+                (format!("failed: {failure}"), None)
+            }
+        };
+        let disagrees = in_reach && would.as_ref().is_some_and(|would| would != route);
+        if disagrees {
+            RuleCounters::add(&self.counters.shadow_disagreements);
+            tracing::info!(
+                step = "S4",
+                rule = %self.name,
+                rcpt = %envelope.rcpt_to,
+                shadow = %decision,
+                chain = %route,
+                "shadow rule disagrees"
+            );
+        }
+        ShadowDecision {
+            rule: self.name.clone(),
+            decision,
+            disagrees,
         }
     }
+}
+
+/// What a shadow rule decided for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowDecision {
+    pub rule: String,
+    /// `dial NUMBER (reason)`, `smtp (reason)`, `no opinion`, `failed: …`.
+    pub decision: String,
+    /// It would have changed the route.
+    pub disagrees: bool,
 }
 
 /// How to deliver to one recipient.
@@ -178,6 +445,18 @@ pub enum Route {
     Dial { number: String },
     /// Normal SMTP relay (S8).
     Smtp,
+    /// Not now: a rule that must not be skipped failed; retried later.
+    Defer,
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Route::Dial { number } => write!(f, "dial {number}"),
+            Route::Smtp => f.write_str("smtp"),
+            Route::Defer => f.write_str("defer"),
+        }
+    }
 }
 
 /// The chain's answer for one recipient, with who decided and why.
@@ -195,6 +474,8 @@ pub struct Verdict {
     pub generation: Option<GenerationId>,
     /// Rules that failed on the way and were treated as having no opinion.
     pub failures: Vec<(String, RuleFailure)>,
+    /// What the shadow rules (and canaries outside their share) decided.
+    pub shadows: Vec<ShadowDecision>,
 }
 
 impl Verdict {
@@ -202,26 +483,38 @@ impl Verdict {
     pub fn number(&self) -> Option<&str> {
         match &self.route {
             Route::Dial { number } => Some(number),
-            Route::Smtp => None,
+            Route::Smtp | Route::Defer => None,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::super::bindings::mailcall::rule::types::Dial;
     use super::*;
 
-    /// A chain of links named `names`; what each one decides is up to the
-    /// test's `run`.
-    fn chain(names: &[&str]) -> Chain {
+    /// A chain of links named `names`, each with its role; what each one
+    /// decides is up to the test's `run`.
+    fn chain(links: &[(&str, Role)]) -> Chain {
         Chain {
-            links: names
+            links: links
                 .iter()
-                .map(|name| Link::unavailable(name, "fake".into(), Arc::default()))
+                .map(|(name, role)| Link::unavailable(name, "fake".into(), *role, Arc::default()))
                 .collect(),
+        }
+    }
+
+    fn active(names: &[&'static str]) -> Chain {
+        chain(&names.iter().map(|n| (*n, Role::default())).collect::<Vec<_>>())
+    }
+
+    fn role(mode: RuleMode, on_error: OnRuleError) -> Role {
+        Role {
+            mode,
+            on_error,
+            ..Role::default()
         }
     }
 
@@ -241,10 +534,14 @@ mod tests {
         }))
     }
 
+    fn counter(chain: &Chain, index: usize, pick: fn(&RuleCounters) -> &AtomicU64) -> u64 {
+        pick(&chain.links[index].counters).load(Ordering::Relaxed)
+    }
+
     #[test]
     fn the_first_rule_with_an_opinion_decides() {
-        let chain = chain(&["quiet", "broken", "caller", "never"]);
-        let verdict = chain.evaluate_with(&envelope(), |link| match link.name() {
+        let chain = active(&["quiet", "broken", "caller", "never"]);
+        let verdict = chain.evaluate_with(&envelope(), 0, |link, _| match link.name() {
             "quiet" => Ok(Decision::NoOpinion),
             "broken" => Err(RuleFailure::Trap("unreachable".into())),
             "caller" => dial("0501234"),
@@ -255,37 +552,130 @@ mod tests {
         assert_eq!(verdict.reason, "found 0501234");
         assert_eq!(
             verdict.failures,
-            [(
-                "broken".to_string(),
-                RuleFailure::Trap("unreachable".into())
-            )]
+            [("broken".to_string(), RuleFailure::Trap("unreachable".into()))]
         );
-        let counters = &chain.links[1].counters;
-        assert_eq!(counters.failures.load(Ordering::Relaxed), 1);
-        assert_eq!(
-            chain.links[3].counters.evaluations.load(Ordering::Relaxed),
-            0
-        );
+        assert_eq!(counter(&chain, 1, |c| &c.failures), 1);
+        assert_eq!(counter(&chain, 3, |c| &c.evaluations), 0);
     }
 
     #[test]
     fn smtp_stops_the_chain_and_nothing_falls_through_to_smtp() {
-        let chain = chain(&["stopper", "caller"]);
-        let verdict = chain.evaluate_with(&envelope(), |link| match link.name() {
+        let chain = active(&["stopper", "caller"]);
+        let verdict = chain.evaluate_with(&envelope(), 0, |link, _| match link.name() {
             "stopper" => Ok(Decision::UseSmtp("internal domain".into())),
             _ => dial("0501234"),
         });
-        assert_eq!(
-            (verdict.route, verdict.rule.as_deref()),
-            (Route::Smtp, Some("stopper"))
-        );
+        assert_eq!((verdict.route, verdict.rule.as_deref()), (Route::Smtp, Some("stopper")));
 
-        let verdict = chain.evaluate_with(&envelope(), |_| Ok(Decision::NoOpinion));
+        let verdict = chain.evaluate_with(&envelope(), 0, |_, _| Ok(Decision::NoOpinion));
         assert_eq!((verdict.route, verdict.rule), (Route::Smtp, None));
         assert_eq!(verdict.reason, "no rule found a number");
+        assert_eq!(counter(&chain, 1, |c| &c.no_opinion), 1);
+    }
+
+    #[test]
+    fn a_shadow_never_decides_and_its_disagreements_are_recorded() {
+        let shadow = role(RuleMode::Shadow, OnRuleError::Skip);
+        let chain = chain(&[("new", shadow), ("old", Role::default()), ("late", shadow)]);
+        // `new` would have dialled before `old` decided: a disagreement;
+        // `late` comes after the decider: it could not have changed it.
+        let verdict = chain.evaluate_with(&envelope(), 0, |link, _| match link.name() {
+            "new" => dial("0509999"),
+            "old" => Ok(Decision::UseSmtp("not ours".into())),
+            _ => dial("0508888"),
+        });
+        assert_eq!((verdict.route.clone(), verdict.rule.as_deref()), (Route::Smtp, Some("old")));
         assert_eq!(
-            chain.links[1].counters.no_opinion.load(Ordering::Relaxed),
-            1
+            verdict.shadows,
+            [
+                ShadowDecision {
+                    rule: "new".into(),
+                    decision: "dial 0509999 (found 0509999)".into(),
+                    disagrees: true,
+                },
+                ShadowDecision {
+                    rule: "late".into(),
+                    decision: "dial 0508888 (found 0508888)".into(),
+                    disagrees: false,
+                },
+            ]
         );
+        assert_eq!(counter(&chain, 0, |c| &c.shadow_disagreements), 1);
+        assert_eq!(counter(&chain, 0, |c| &c.evaluations), 0, "never evaluated as active");
+
+        // Agreeing, or without an opinion, is no disagreement.
+        let verdict = chain.evaluate_with(&envelope(), 0, |link, _| match link.name() {
+            "new" => Ok(Decision::UseSmtp("same".into())),
+            "old" => Ok(Decision::UseSmtp("not ours".into())),
+            _ => Ok(Decision::NoOpinion),
+        });
+        assert!(verdict.shadows.iter().all(|s| !s.disagrees), "{:?}", verdict.shadows);
+        assert_eq!(counter(&chain, 0, |c| &c.shadow_evaluations), 2);
+    }
+
+    #[test]
+    fn a_canary_decides_for_its_share_and_shadows_the_rest() {
+        let canary = Role {
+            canary: 30,
+            ..role(RuleMode::Canary, OnRuleError::Skip)
+        };
+        let chain = chain(&[("canary", canary), ("old", Role::default())]);
+        let run = |link: &Link, _| match link.name() {
+            "canary" => dial("0501111"),
+            _ => dial("0502222"),
+        };
+        let inside = chain.evaluate_with(&envelope(), 29, run);
+        assert_eq!(inside.number(), Some("0501111"));
+        assert!(inside.shadows.is_empty());
+        let outside = chain.evaluate_with(&envelope(), 30, run);
+        assert_eq!(outside.number(), Some("0502222"));
+        assert!(outside.shadows[0].disagrees);
+        // The share is the queue id's, the same for every recipient.
+        assert_eq!(canary_share("18A2F3C4D5E6"), canary_share("18A2F3C4D5E6"));
+        let shares: Vec<u32> = (0..1000).map(|n| canary_share(&format!("{n:X}"))).collect();
+        let under = shares.iter().filter(|&&s| s < 50).count();
+        assert!((400..=600).contains(&under), "{under} of 1000 under 50");
+    }
+
+    #[test]
+    fn a_rule_that_must_not_be_skipped_defers_the_recipient() {
+        let chain = chain(&[
+            ("strict", role(RuleMode::Active, OnRuleError::Defer)),
+            ("next", Role::default()),
+        ]);
+        let verdict = chain.evaluate_with(&envelope(), 0, |link, _| match link.name() {
+            "strict" => Err(RuleFailure::Timeout(Duration::from_millis(10))),
+            _ => dial("0501234"),
+        });
+        assert_eq!(verdict.route, Route::Defer);
+        assert_eq!(verdict.rule.as_deref(), Some("strict"));
+        assert!(verdict.reason.starts_with("4.3.0 rule strict failed: deadline"), "{}", verdict.reason);
+        assert_eq!(counter(&chain, 0, |c| &c.deferrals), 1);
+        assert_eq!(counter(&chain, 1, |c| &c.evaluations), 0);
+    }
+
+    #[test]
+    fn the_breaker_switches_a_failing_rule_off_until_the_next_generation() {
+        let flaky = Role {
+            max_failures: 3,
+            ..Role::default()
+        };
+        let chain = chain(&[("flaky", flaky), ("next", Role::default())]);
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let run = |link: &Link, _| match link.name() {
+            "flaky" => {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Err(RuleFailure::Trap("boom".into()))
+            }
+            _ => dial("0501234"),
+        };
+        for _ in 0..10 {
+            assert_eq!(chain.evaluate_with(&envelope(), 0, run).number(), Some("0501234"));
+        }
+        assert_eq!(calls.load(Ordering::Relaxed), 3, "not run once switched off");
+        assert_eq!(counter(&chain, 0, |c| &c.breaker_trips), 1);
+        assert_eq!(counter(&chain, 0, |c| &c.failures), 3);
+        let verdict = chain.evaluate_with(&envelope(), 0, run);
+        assert_eq!(verdict.failures, [("flaky".to_string(), RuleFailure::SwitchedOff(3))]);
     }
 }

@@ -15,6 +15,17 @@ pub struct RuleCounters {
     pub failures: AtomicU64,
     pub timeouts: AtomicU64,
     pub memory_caps: AtomicU64,
+    /// Evaluations as a shadow, and those where it would have decided
+    /// otherwise than the chain did.
+    pub shadow_evaluations: AtomicU64,
+    pub shadow_disagreements: AtomicU64,
+    /// Recipients deferred because the rule failed (`on_error = "defer"`).
+    pub deferrals: AtomicU64,
+    /// Decisions made by the previous generation's module instead
+    /// (`on_error = "previous"`).
+    pub fallbacks: AtomicU64,
+    /// Times its circuit breaker switched it off.
+    pub breaker_trips: AtomicU64,
 }
 
 impl RuleCounters {

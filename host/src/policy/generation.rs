@@ -14,13 +14,13 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::bindings::mailcall::rule::types::NumberingPlan;
-use super::chain::{Chain, Link};
+use super::chain::{Chain, Link, Role};
 use super::counters::Counters;
 use super::rule::{LoadedRule, RuleLimits};
 use super::runtime::Runtime;
 use super::sandbox::RuleContext;
 use super::tables::{TableError, TableSet};
-use crate::config::{Config, Isolation, RuleSettings};
+use crate::config::{Config, Isolation, OnRuleError, RuleSettings};
 
 /// Where one rule comes from and how it runs.
 #[derive(Debug, Clone)]
@@ -211,6 +211,7 @@ impl Generation {
         number: u64,
         on_bad_rule: OnBadRule,
         counters: &Counters,
+        previous: Option<&Generation>,
     ) -> Result<Generation, BuildError> {
         if spec.rules.is_empty() {
             return Err(BuildError::NoRules);
@@ -227,18 +228,23 @@ impl Generation {
         ));
         let mut chain = Chain::default();
         for rule in &spec.rules {
+            let role = Role::of(&rule.settings);
             let link = match load_rule(runtime, &spec, rule) {
                 Ok(loaded) => {
                     hash.update(format!(
                         "rule {} {} {:?}\n",
                         rule.name, loaded.digest, rule.settings
                     ));
-                    Link::ready(Arc::new(loaded), counters.of(&rule.name))
+                    let fallback = match role.on_error {
+                        OnRuleError::Previous => fallback_for(previous, &rule.name, &loaded.digest),
+                        _ => None,
+                    };
+                    Link::ready(Arc::new(loaded), role, fallback, counters.of(&rule.name))
                 }
                 Err(reason) if on_bad_rule == OnBadRule::KeepFailing => {
                     tracing::error!(rule = %rule.name, "rule not loaded, failing until its file is fixed: {reason}");
                     hash.update(format!("rule {} unavailable\n", rule.name));
-                    Link::unavailable(&rule.name, reason, counters.of(&rule.name))
+                    Link::unavailable(&rule.name, reason, role, counters.of(&rule.name))
                 }
                 Err(reason) => {
                     return Err(BuildError::Rule {
@@ -273,6 +279,21 @@ impl Generation {
             .iter()
             .map(|link| (link.name().to_string(), link.digest().map(str::to_string)))
             .collect()
+    }
+}
+
+/// The module `on_error = "previous"` falls back to: the rule's module in
+/// the previous generation when it differs from the new one, else the one
+/// that generation fell back to.
+fn fallback_for(
+    previous: Option<&Generation>,
+    name: &str,
+    digest: &str,
+) -> Option<Arc<LoadedRule>> {
+    let link = previous?.chain.link(name)?;
+    match link.digest() {
+        Some(own) if own != digest => link.module().cloned(),
+        _ => link.fallback().cloned(),
     }
 }
 

@@ -32,7 +32,7 @@ use arc_swap::ArcSwap;
 pub use bindings::mailcall::rule::types::{
     Decision, Dial, Envelope, Header, Mailbox, Message, NumberingPlan,
 };
-pub use chain::{Route, Verdict};
+pub use chain::{canary_share, Route, ShadowDecision, Verdict};
 pub use counters::RuleCounters;
 pub use generation::{BuildError, Generation, GenerationId, PolicySpec};
 pub use message::{message_view, NotAMessage};
@@ -199,7 +199,8 @@ impl PolicyEngine {
             .and_then(|text| text.trim().parse::<u64>().ok())
             .map_or(1, |last| last + 1);
         let counters = Counters::default();
-        let first = Generation::build(&runtime, spec, first_number, on_bad_rule, &counters)?;
+        let first =
+            Generation::build(&runtime, spec, first_number, on_bad_rule, &counters, None)?;
         tracing::info!(generation = %first.id, rules = ?first.chain.names(), "policy in force");
         let first = Arc::new(first);
         let engine = PolicyEngine {
@@ -240,12 +241,26 @@ impl PolicyEngine {
     /// `envelope` (step S4). The generation is taken once: a reload during
     /// the evaluation does not change what it runs.
     pub fn evaluate(&self, envelope: &Envelope, message: &Message) -> Verdict {
+        self.evaluate_queued("", envelope, message)
+    }
+
+    /// As [`PolicyEngine::evaluate`], for a recipient of the message queued
+    /// as `queue_id` (which chooses the canaries' share).
+    pub fn evaluate_queued(
+        &self,
+        queue_id: &str,
+        envelope: &Envelope,
+        message: &Message,
+    ) -> Verdict {
         let _slot = self.slots.acquire();
         let generation = self.active.load_full();
-        let mut verdict =
-            generation
-                .chain
-                .evaluate(&self.runtime, &generation.tables, envelope, message);
+        let mut verdict = generation.chain.evaluate(
+            &self.runtime,
+            &generation.tables,
+            queue_id,
+            envelope,
+            message,
+        );
         verdict.generation = Some(generation.id.clone());
         trace_verdict(envelope, &verdict);
         verdict
@@ -415,9 +430,15 @@ impl PolicyEngine {
     }
 
     fn build_and_activate(&self, spec: PolicySpec) -> Result<GenerationId, BuildError> {
-        let mut generation =
-            Generation::build(&self.runtime, spec, 0, OnBadRule::Refuse, &self.counters)?;
         let active = self.active();
+        let mut generation = Generation::build(
+            &self.runtime,
+            spec,
+            0,
+            OnBadRule::Refuse,
+            &self.counters,
+            Some(&active),
+        )?;
         if generation.id.digest == active.id.digest {
             // Nothing that decides a route changed (a file touched, or
             // written again as it was): the generation in force stays.

@@ -33,6 +33,8 @@ pub enum RuleFailure {
     InvalidDecision(String),
     #[error("not loaded: {0}")]
     Unavailable(String),
+    #[error("switched off after {0} failures; back at the next reload")]
+    SwitchedOff(u32),
 }
 
 /// The limits and reuse policy of one rule.
