@@ -291,6 +291,11 @@ pub struct PolicySettings {
     pub hot_reload: bool,
     /// Policy generations kept in memory for `mailcall rules rollback`.
     pub keep_generations: u32,
+    /// The decision log's size in the data folder, in MiB (0: none).
+    pub decision_log_mib: u32,
+    /// Mask addresses and numbers in the decision log (its records then
+    /// cannot be replayed).
+    pub decision_log_redact: bool,
 }
 
 impl Default for PolicySettings {
@@ -305,6 +310,8 @@ impl Default for PolicySettings {
             max_concurrent_evaluations: 16,
             hot_reload: true,
             keep_generations: 5,
+            decision_log_mib: 64,
+            decision_log_redact: false,
         }
     }
 }

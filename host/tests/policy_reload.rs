@@ -335,7 +335,12 @@ fn alternating_reloads_under_load_lose_or_double_decide_nothing() {
                     break;
                 }
                 let rcpt = number(n);
-                let answer = send(address, "load@remote.test", &rcpt, "Subject: load\r\n\r\nx\r\n");
+                let answer = send(
+                    address,
+                    "load@remote.test",
+                    &rcpt,
+                    "Subject: load\r\n\r\nx\r\n",
+                );
                 assert!(matches!(answer, Answer::Accepted), "{rcpt}: {answer:?}");
                 sent.push(rcpt);
             }
@@ -395,4 +400,41 @@ fn alternating_reloads_under_load_lose_or_double_decide_nothing() {
     }
     assert_eq!(attempts.len(), sent.len(), "attempts for unsent mail");
     assert!(generations_seen.len() >= 3, "{generations_seen:?}");
+}
+
+/// A shadow rule on a running server: the route stays the chain's, the
+/// history says what the shadow would have done, `rules status` counts it.
+#[test]
+fn a_shadow_disagreement_is_in_the_history_and_the_status() {
+    let bed = Bed::start(&["address-table"], false);
+    bed.edit(&bed.config(
+        &["embedded-number", "address-table"],
+        false,
+        "[rules.embedded-number]\nmode = \"shadow\"\n",
+    ));
+    let (ok, output) = bed.mailcall(&["reload"]);
+    assert!(ok, "{output}");
+    let rcpt = number(7);
+    let (rule, _) = bed.decide(&rcpt);
+    assert_eq!(rule, None, "the shadow did not decide");
+    let attempt = history(bed.dir.path())
+        .into_iter()
+        .find(|a| a["recipient"] == rcpt.as_str())
+        .unwrap();
+    assert_eq!(attempt["path"], "relay");
+    let disagreements = attempt["shadow_disagreements"].as_array().unwrap();
+    assert_eq!(disagreements.len(), 1, "{attempt}");
+    assert!(
+        disagreements[0]
+            .as_str()
+            .unwrap()
+            .starts_with("embedded-number: dial 05011110007"),
+        "{attempt}"
+    );
+    let (ok, status) = bed.mailcall(&["rules", "status"]);
+    assert!(ok, "{status}");
+    assert!(
+        status.contains("as a shadow: evaluations 1  disagreements 1"),
+        "{status}"
+    );
 }

@@ -6,6 +6,7 @@ mod hash_password;
 mod history;
 mod queue;
 mod reload;
+mod rules_decisions;
 mod rules_new;
 mod rules_test;
 mod serve;
@@ -70,6 +71,13 @@ enum RulesCommand {
     Test(rules_test::Args),
     /// Create a ready-to-build rule project (WIT, build script, test message).
     New(rules_new::Args),
+    /// How each recipient of a message was decided, step by step: every
+    /// rule's decision, reason, time and the look-ups it made (from the
+    /// decision log).
+    Explain(rules_decisions::ExplainArgs),
+    /// Run a candidate module against the recorded decisions and count how
+    /// many it would decide the same, differently, or fail on.
+    Replay(rules_decisions::ReplayArgs),
     /// Put an earlier policy generation back in force on the running server.
     Rollback(reload::RollbackArgs),
     /// The running server's policy: kept generations, and each rule of the
@@ -112,6 +120,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rules {
             command: RulesCommand::Rollback(args),
         } => reload::rollback(args),
+        Command::Rules {
+            command: RulesCommand::Explain(args),
+        } => rules_decisions::explain(args),
+        Command::Rules {
+            command: RulesCommand::Replay(args),
+        } => rules_decisions::replay(args),
         Command::Rules {
             command: RulesCommand::Status(args),
         } => reload::status(args),

@@ -92,34 +92,23 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
         let mark = if *active { "  <- in force" } else { "" };
         println!("  {id}  built at {built_at}{mark}");
     }
-    println!(
-        "{:<20} {:<14} {:>11} {:>6} {:>6} {:>10} {:>8} {:>8} {:>11}",
-        "rule",
-        "module",
-        "evaluations",
-        "dials",
-        "smtp",
-        "no opinion",
-        "failures",
-        "timeouts",
-        "memory caps"
-    );
     for rule in &status.rules {
         let digest = rule
             .digest
             .as_deref()
             .map_or("(not loaded)", |d| &d[..12.min(d.len())]);
+        println!("rule {}  module {digest}", rule.name);
         println!(
-            "{:<20} {:<14} {:>11} {:>6} {:>6} {:>10} {:>8} {:>8} {:>11}",
-            rule.name,
-            digest,
-            rule.evaluations,
-            rule.dials,
-            rule.smtp,
-            rule.no_opinion,
-            rule.failures,
-            rule.timeouts,
-            rule.memory_caps
+            "  evaluations {}  dials {}  smtp {}  no opinion {}",
+            rule.evaluations, rule.dials, rule.smtp, rule.no_opinion
+        );
+        println!(
+            "  failures {} (deadline {}, memory cap {})  deferrals {}  fallbacks {}  breaker trips {}",
+            rule.failures, rule.timeouts, rule.memory_caps, rule.deferrals, rule.fallbacks, rule.breaker_trips
+        );
+        println!(
+            "  as a shadow: evaluations {}  disagreements {}",
+            rule.shadow_evaluations, rule.shadow_disagreements
         );
     }
     Ok(())

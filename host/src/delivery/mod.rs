@@ -301,7 +301,9 @@ impl Planner {
         };
         let message = view.as_ref()?;
         let queue_id = queued.id.to_string();
-        Some(blocking(|| policy.evaluate_queued(&queue_id, &envelope, message)))
+        Some(blocking(|| {
+            policy.evaluate_queued(&queue_id, &envelope, message)
+        }))
     }
 
     /// Whether this attempt may be a call: there is a caller, and with

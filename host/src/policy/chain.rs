@@ -11,13 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::bindings::mailcall::rule::types::{Decision, Envelope, Message};
 use super::counters::RuleCounters;
 use super::generation::GenerationId;
 use super::rule::{LoadedRule, RuleFailure};
 use super::runtime::Runtime;
+use super::sandbox::ImportCall;
 use super::tables::TableSet;
 use crate::config::{OnRuleError, RuleMode, RuleSettings};
 
@@ -145,7 +146,12 @@ impl Link {
         }
     }
 
-    pub fn unavailable(name: &str, reason: String, role: Role, counters: Arc<RuleCounters>) -> Link {
+    pub fn unavailable(
+        name: &str,
+        reason: String,
+        role: Role,
+        counters: Arc<RuleCounters>,
+    ) -> Link {
         Link {
             name: name.to_string(),
             rule: LinkRule::Unavailable(reason),
@@ -184,6 +190,7 @@ impl Link {
         tables: &Arc<TableSet>,
         envelope: &Envelope,
         message: &Message,
+        imports: &mut Vec<ImportCall>,
     ) -> Result<Decision, RuleFailure> {
         let rule = match (module, &self.rule) {
             (Module::Current, LinkRule::Ready(rule)) => rule,
@@ -195,7 +202,32 @@ impl Link {
                 None => return Err(RuleFailure::Unavailable("no previous module".into())),
             },
         };
-        rule.evaluate(runtime, tables, envelope, message)
+        rule.evaluate(runtime, tables, envelope, message, imports)
+    }
+
+    /// Runs one module through `run`, recording the step.
+    fn step(
+        &self,
+        module: Module,
+        role: StepRole,
+        run: &impl Fn(&Link, Module, &mut Vec<ImportCall>) -> Result<Decision, RuleFailure>,
+        steps: &mut Vec<Step>,
+    ) -> Result<Decision, RuleFailure> {
+        let started = Instant::now();
+        let mut imports = Vec::new();
+        let outcome = run(self, module, &mut imports);
+        steps.push(Step {
+            rule: self.name.clone(),
+            module: match module {
+                Module::Current => self.digest().map(str::to_string),
+                Module::Fallback => self.fallback_digest(),
+            },
+            role,
+            decision: StepDecision::of(&outcome),
+            took_us: started.elapsed().as_micros() as u64,
+            imports,
+        });
+        outcome
     }
 
     /// The earlier module it falls back to, if any.
@@ -212,20 +244,30 @@ impl Link {
     fn judge(
         &self,
         envelope: &Envelope,
-        run: &impl Fn(&Link, Module) -> Result<Decision, RuleFailure>,
+        run: &impl Fn(&Link, Module, &mut Vec<ImportCall>) -> Result<Decision, RuleFailure>,
+        steps: &mut Vec<Step>,
     ) -> Judged {
         let previous = self.role.on_error == OnRuleError::Previous && self.fallback.is_some();
         if self.breaker.is_open() {
             if previous {
                 RuleCounters::add(&self.counters.fallbacks);
-                return match run(self, Module::Fallback) {
+                return match self.step(Module::Fallback, StepRole::Fallback, run, steps) {
                     Ok(decision) => Judged::Decided(decision, self.fallback_digest()),
                     Err(failure) => Judged::Failed(failure),
                 };
             }
-            return Judged::Failed(RuleFailure::SwitchedOff(self.role.max_failures));
+            let failure = RuleFailure::SwitchedOff(self.role.max_failures);
+            steps.push(Step {
+                rule: self.name.clone(),
+                module: self.digest().map(str::to_string),
+                role: StepRole::Active,
+                decision: StepDecision::of(&Err(failure.clone())),
+                took_us: 0,
+                imports: Vec::new(),
+            });
+            return Judged::Failed(failure);
         }
-        let failure = match run(self, Module::Current) {
+        let failure = match self.step(Module::Current, StepRole::Active, run, steps) {
             Ok(decision) => return Judged::Decided(decision, self.digest().map(str::to_string)),
             Err(failure) => failure,
         };
@@ -253,7 +295,7 @@ impl Link {
         }
         if previous {
             RuleCounters::add(&self.counters.fallbacks);
-            if let Ok(decision) = run(self, Module::Fallback) {
+            if let Ok(decision) = self.step(Module::Fallback, StepRole::Fallback, run, steps) {
                 return Judged::Decided(decision, self.fallback_digest());
             }
         }
@@ -286,6 +328,18 @@ impl Chain {
         self.links.iter().find(|link| link.name == name)
     }
 
+    /// Switches rules the breaker switched off back on (a reload).
+    pub fn close_breakers(&self) {
+        for link in &self.links {
+            link.breaker.open.store(false, Ordering::Relaxed);
+            link.breaker
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
+    }
+
     pub fn names(&self) -> Vec<&str> {
         self.links.iter().map(Link::name).collect()
     }
@@ -300,8 +354,8 @@ impl Chain {
         envelope: &Envelope,
         message: &Message,
     ) -> Verdict {
-        self.evaluate_with(envelope, canary_share(queue_id), |link, module| {
-            link.run(module, runtime, tables, envelope, message)
+        self.evaluate_with(envelope, canary_share(queue_id), |link, module, imports| {
+            link.run(module, runtime, tables, envelope, message, imports)
         })
     }
 
@@ -310,9 +364,10 @@ impl Chain {
         &self,
         envelope: &Envelope,
         share: u32,
-        run: impl Fn(&Link, Module) -> Result<Decision, RuleFailure>,
+        run: impl Fn(&Link, Module, &mut Vec<ImportCall>) -> Result<Decision, RuleFailure>,
     ) -> Verdict {
         let mut failures = Vec::new();
+        let mut steps = Vec::new();
         let mut verdict = None;
         // Where the deciding link is, for the shadows' "would have".
         let mut decided_at = self.links.len();
@@ -329,8 +384,9 @@ impl Chain {
                 generation: None,
                 failures,
                 shadows: Vec::new(),
+                steps: Vec::new(),
             };
-            match link.judge(envelope, &run) {
+            match link.judge(envelope, &run, &mut steps) {
                 Judged::Decided(Decision::Dial(dial), version) => {
                     RuleCounters::add(&link.counters.dials);
                     let route = Route::Dial {
@@ -346,8 +402,9 @@ impl Chain {
                     RuleCounters::add(&link.counters.no_opinion);
                     continue;
                 }
-                Judged::Failed(failure) if link.role.on_error == OnRuleError::Defer
-                    && !matches!(failure, RuleFailure::SwitchedOff(_)) =>
+                Judged::Failed(failure)
+                    if link.role.on_error == OnRuleError::Defer
+                        && !matches!(failure, RuleFailure::SwitchedOff(_)) =>
                 {
                     RuleCounters::add(&link.counters.deferrals);
                     let reason = format!("4.3.0 rule {} failed: {failure}", link.name);
@@ -370,13 +427,16 @@ impl Chain {
             generation: None,
             failures,
             shadows: Vec::new(),
+            steps: Vec::new(),
         });
         for (position, link) in self.links.iter().enumerate() {
             if !link.role.decides(share) {
-                let shadow = link.shadow(envelope, &run, position < decided_at, &verdict.route);
+                let in_reach = position < decided_at;
+                let shadow = link.shadow(envelope, &run, in_reach, &verdict.route, &mut steps);
                 verdict.shadows.push(shadow);
             }
         }
+        verdict.steps = steps;
         verdict
     }
 }
@@ -388,12 +448,13 @@ impl Link {
     fn shadow(
         &self,
         envelope: &Envelope,
-        run: &impl Fn(&Link, Module) -> Result<Decision, RuleFailure>,
+        run: &impl Fn(&Link, Module, &mut Vec<ImportCall>) -> Result<Decision, RuleFailure>,
         in_reach: bool,
         route: &Route,
+        steps: &mut Vec<Step>,
     ) -> ShadowDecision {
         RuleCounters::add(&self.counters.shadow_evaluations);
-        let (decision, would) = match run(self, Module::Current) {
+        let (decision, would) = match self.step(Module::Current, StepRole::Shadow, run, steps) {
             Ok(Decision::Dial(dial)) => (
                 format!("dial {} ({})", dial.number, dial.reason),
                 Some(Route::Dial {
@@ -476,6 +537,81 @@ pub struct Verdict {
     pub failures: Vec<(String, RuleFailure)>,
     /// What the shadow rules (and canaries outside their share) decided.
     pub shadows: Vec<ShadowDecision>,
+    /// Every rule run, in order, for the decision record.
+    pub steps: Vec<Step>,
+}
+
+/// One rule run during an evaluation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub rule: String,
+    /// The SHA-256 of the module that ran.
+    pub module: Option<String>,
+    pub role: StepRole,
+    pub decision: StepDecision,
+    pub took_us: u64,
+    /// The host imports it called.
+    pub imports: Vec<ImportCall>,
+}
+
+/// How a rule took part in an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepRole {
+    Active,
+    Shadow,
+    /// The previous generation's module, after the rule failed.
+    Fallback,
+}
+
+/// What one rule run came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum StepDecision {
+    Dial { number: String, reason: String },
+    Smtp { reason: String },
+    NoOpinion,
+    Failed { failure: String },
+}
+
+impl StepDecision {
+    pub fn of(outcome: &Result<Decision, RuleFailure>) -> StepDecision {
+        match outcome {
+            Ok(Decision::Dial(dial)) => StepDecision::Dial {
+                number: dial.number.clone(),
+                reason: dial.reason.clone(),
+            },
+            Ok(Decision::UseSmtp(reason)) => StepDecision::Smtp {
+                reason: reason.clone(),
+            },
+            Ok(Decision::NoOpinion) => StepDecision::NoOpinion,
+            Err(failure) => StepDecision::Failed {
+                failure: failure.to_string(),
+            },
+        }
+    }
+
+    /// The same route, whatever the reasons given.
+    pub fn same_as(&self, other: &StepDecision) -> bool {
+        match (self, other) {
+            (StepDecision::Dial { number: a, .. }, StepDecision::Dial { number: b, .. }) => a == b,
+            (StepDecision::Smtp { .. }, StepDecision::Smtp { .. })
+            | (StepDecision::NoOpinion, StepDecision::NoOpinion)
+            | (StepDecision::Failed { .. }, StepDecision::Failed { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for StepDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepDecision::Dial { number, reason } => write!(f, "dial {number} ({reason})"),
+            StepDecision::Smtp { reason } => write!(f, "smtp ({reason})"),
+            StepDecision::NoOpinion => f.write_str("no opinion"),
+            StepDecision::Failed { failure } => write!(f, "failed: {failure}"),
+        }
+    }
 }
 
 impl Verdict {
@@ -507,7 +643,12 @@ mod tests {
     }
 
     fn active(names: &[&'static str]) -> Chain {
-        chain(&names.iter().map(|n| (*n, Role::default())).collect::<Vec<_>>())
+        chain(
+            &names
+                .iter()
+                .map(|n| (*n, Role::default()))
+                .collect::<Vec<_>>(),
+        )
     }
 
     fn role(mode: RuleMode, on_error: OnRuleError) -> Role {
@@ -541,7 +682,7 @@ mod tests {
     #[test]
     fn the_first_rule_with_an_opinion_decides() {
         let chain = active(&["quiet", "broken", "caller", "never"]);
-        let verdict = chain.evaluate_with(&envelope(), 0, |link, _| match link.name() {
+        let verdict = chain.evaluate_with(&envelope(), 0, |link, _, _| match link.name() {
             "quiet" => Ok(Decision::NoOpinion),
             "broken" => Err(RuleFailure::Trap("unreachable".into())),
             "caller" => dial("0501234"),
@@ -552,7 +693,10 @@ mod tests {
         assert_eq!(verdict.reason, "found 0501234");
         assert_eq!(
             verdict.failures,
-            [("broken".to_string(), RuleFailure::Trap("unreachable".into()))]
+            [(
+                "broken".to_string(),
+                RuleFailure::Trap("unreachable".into())
+            )]
         );
         assert_eq!(counter(&chain, 1, |c| &c.failures), 1);
         assert_eq!(counter(&chain, 3, |c| &c.evaluations), 0);
@@ -561,13 +705,16 @@ mod tests {
     #[test]
     fn smtp_stops_the_chain_and_nothing_falls_through_to_smtp() {
         let chain = active(&["stopper", "caller"]);
-        let verdict = chain.evaluate_with(&envelope(), 0, |link, _| match link.name() {
+        let verdict = chain.evaluate_with(&envelope(), 0, |link, _, _| match link.name() {
             "stopper" => Ok(Decision::UseSmtp("internal domain".into())),
             _ => dial("0501234"),
         });
-        assert_eq!((verdict.route, verdict.rule.as_deref()), (Route::Smtp, Some("stopper")));
+        assert_eq!(
+            (verdict.route, verdict.rule.as_deref()),
+            (Route::Smtp, Some("stopper"))
+        );
 
-        let verdict = chain.evaluate_with(&envelope(), 0, |_, _| Ok(Decision::NoOpinion));
+        let verdict = chain.evaluate_with(&envelope(), 0, |_, _, _| Ok(Decision::NoOpinion));
         assert_eq!((verdict.route, verdict.rule), (Route::Smtp, None));
         assert_eq!(verdict.reason, "no rule found a number");
         assert_eq!(counter(&chain, 1, |c| &c.no_opinion), 1);
@@ -579,12 +726,15 @@ mod tests {
         let chain = chain(&[("new", shadow), ("old", Role::default()), ("late", shadow)]);
         // `new` would have dialled before `old` decided: a disagreement;
         // `late` comes after the decider: it could not have changed it.
-        let verdict = chain.evaluate_with(&envelope(), 0, |link, _| match link.name() {
+        let verdict = chain.evaluate_with(&envelope(), 0, |link, _, _| match link.name() {
             "new" => dial("0509999"),
             "old" => Ok(Decision::UseSmtp("not ours".into())),
             _ => dial("0508888"),
         });
-        assert_eq!((verdict.route.clone(), verdict.rule.as_deref()), (Route::Smtp, Some("old")));
+        assert_eq!(
+            (verdict.route.clone(), verdict.rule.as_deref()),
+            (Route::Smtp, Some("old"))
+        );
         assert_eq!(
             verdict.shadows,
             [
@@ -601,15 +751,23 @@ mod tests {
             ]
         );
         assert_eq!(counter(&chain, 0, |c| &c.shadow_disagreements), 1);
-        assert_eq!(counter(&chain, 0, |c| &c.evaluations), 0, "never evaluated as active");
+        assert_eq!(
+            counter(&chain, 0, |c| &c.evaluations),
+            0,
+            "never evaluated as active"
+        );
 
         // Agreeing, or without an opinion, is no disagreement.
-        let verdict = chain.evaluate_with(&envelope(), 0, |link, _| match link.name() {
+        let verdict = chain.evaluate_with(&envelope(), 0, |link, _, _| match link.name() {
             "new" => Ok(Decision::UseSmtp("same".into())),
             "old" => Ok(Decision::UseSmtp("not ours".into())),
             _ => Ok(Decision::NoOpinion),
         });
-        assert!(verdict.shadows.iter().all(|s| !s.disagrees), "{:?}", verdict.shadows);
+        assert!(
+            verdict.shadows.iter().all(|s| !s.disagrees),
+            "{:?}",
+            verdict.shadows
+        );
         assert_eq!(counter(&chain, 0, |c| &c.shadow_evaluations), 2);
     }
 
@@ -620,7 +778,7 @@ mod tests {
             ..role(RuleMode::Canary, OnRuleError::Skip)
         };
         let chain = chain(&[("canary", canary), ("old", Role::default())]);
-        let run = |link: &Link, _| match link.name() {
+        let run = |link: &Link, _, _: &mut Vec<ImportCall>| match link.name() {
             "canary" => dial("0501111"),
             _ => dial("0502222"),
         };
@@ -643,13 +801,19 @@ mod tests {
             ("strict", role(RuleMode::Active, OnRuleError::Defer)),
             ("next", Role::default()),
         ]);
-        let verdict = chain.evaluate_with(&envelope(), 0, |link, _| match link.name() {
+        let verdict = chain.evaluate_with(&envelope(), 0, |link, _, _| match link.name() {
             "strict" => Err(RuleFailure::Timeout(Duration::from_millis(10))),
             _ => dial("0501234"),
         });
         assert_eq!(verdict.route, Route::Defer);
         assert_eq!(verdict.rule.as_deref(), Some("strict"));
-        assert!(verdict.reason.starts_with("4.3.0 rule strict failed: deadline"), "{}", verdict.reason);
+        assert!(
+            verdict
+                .reason
+                .starts_with("4.3.0 rule strict failed: deadline"),
+            "{}",
+            verdict.reason
+        );
         assert_eq!(counter(&chain, 0, |c| &c.deferrals), 1);
         assert_eq!(counter(&chain, 1, |c| &c.evaluations), 0);
     }
@@ -662,7 +826,7 @@ mod tests {
         };
         let chain = chain(&[("flaky", flaky), ("next", Role::default())]);
         let calls = std::sync::atomic::AtomicU32::new(0);
-        let run = |link: &Link, _| match link.name() {
+        let run = |link: &Link, _, _: &mut Vec<ImportCall>| match link.name() {
             "flaky" => {
                 calls.fetch_add(1, Ordering::Relaxed);
                 Err(RuleFailure::Trap("boom".into()))
@@ -670,12 +834,22 @@ mod tests {
             _ => dial("0501234"),
         };
         for _ in 0..10 {
-            assert_eq!(chain.evaluate_with(&envelope(), 0, run).number(), Some("0501234"));
+            assert_eq!(
+                chain.evaluate_with(&envelope(), 0, run).number(),
+                Some("0501234")
+            );
         }
-        assert_eq!(calls.load(Ordering::Relaxed), 3, "not run once switched off");
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            3,
+            "not run once switched off"
+        );
         assert_eq!(counter(&chain, 0, |c| &c.breaker_trips), 1);
         assert_eq!(counter(&chain, 0, |c| &c.failures), 3);
         let verdict = chain.evaluate_with(&envelope(), 0, run);
-        assert_eq!(verdict.failures, [("flaky".to_string(), RuleFailure::SwitchedOff(3))]);
+        assert_eq!(
+            verdict.failures,
+            [("flaky".to_string(), RuleFailure::SwitchedOff(3))]
+        );
     }
 }

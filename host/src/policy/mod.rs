@@ -13,6 +13,7 @@
 mod bindings;
 mod chain;
 mod counters;
+pub mod decisions;
 mod generation;
 mod message;
 mod reload;
@@ -32,17 +33,19 @@ use arc_swap::ArcSwap;
 pub use bindings::mailcall::rule::types::{
     Decision, Dial, Envelope, Header, Mailbox, Message, NumberingPlan,
 };
-pub use chain::{canary_share, Route, ShadowDecision, Verdict};
+pub use chain::{canary_share, Route, ShadowDecision, Step, StepDecision, StepRole, Verdict};
 pub use counters::RuleCounters;
 pub use generation::{BuildError, Generation, GenerationId, PolicySpec};
 pub use message::{message_view, NotAMessage};
 pub use reload::ReloadWatcher;
 pub use rule::RuleFailure;
 pub use runtime::{default_cache_dir, LoadError};
+pub use sandbox::ImportCall;
 pub use tables::{Table, TableError, TableSet};
 
 use crate::config::Config;
 use counters::Counters;
+use decisions::DecisionLog;
 use generation::OnBadRule;
 use runtime::{PoolSizes, Runtime};
 
@@ -111,6 +114,8 @@ pub struct PolicyEngine {
     slots: Slots,
     reloads: Mutex<Vec<ReloadReport>>,
     hot_reload: bool,
+    /// Where each evaluation of a queued message is recorded (servers).
+    decisions: Option<DecisionLog>,
 }
 
 impl PolicyEngine {
@@ -126,12 +131,24 @@ impl PolicyEngine {
     /// numbers continue from the last one kept in `state_dir`.
     pub fn for_server(config: &Config, state_dir: &Path) -> Result<PolicyEngine, PolicyError> {
         let number_file = state_dir.join("policy-generation");
-        PolicyEngine::new(
+        let mut engine = PolicyEngine::new(
             config,
             PolicySpec::of(config),
             OnBadRule::KeepFailing,
             Some(number_file),
-        )
+        )?;
+        let policy = &config.policy;
+        if policy.decision_log_mib > 0 {
+            let dir = state_dir.join("decisions");
+            let limit = u64::from(policy.decision_log_mib) << 20;
+            match DecisionLog::open(&dir, limit, policy.decision_log_redact) {
+                Ok(log) => engine.decisions = Some(log),
+                Err(error) => {
+                    tracing::error!(dir = %dir.display(), "no decision log: {error}")
+                }
+            }
+        }
+        Ok(engine)
     }
 
     /// As [`PolicyEngine::for_server`], without keeping generation numbers.
@@ -156,6 +173,15 @@ impl PolicyEngine {
                 (name, file.clone())
             })
             .collect();
+        PolicyEngine::with_named_rules(config, rules)
+    }
+
+    /// The engine for the given rules (name and module file), in order,
+    /// each with that name's settings from the configuration.
+    pub fn with_named_rules(
+        config: &Config,
+        rules: Vec<(String, PathBuf)>,
+    ) -> Result<PolicyEngine, PolicyError> {
         let mut engine = PolicyEngine::new(
             config,
             PolicySpec::with_rules(config, rules),
@@ -199,8 +225,7 @@ impl PolicyEngine {
             .and_then(|text| text.trim().parse::<u64>().ok())
             .map_or(1, |last| last + 1);
         let counters = Counters::default();
-        let first =
-            Generation::build(&runtime, spec, first_number, on_bad_rule, &counters, None)?;
+        let first = Generation::build(&runtime, spec, first_number, on_bad_rule, &counters, None)?;
         tracing::info!(generation = %first.id, rules = ?first.chain.names(), "policy in force");
         let first = Arc::new(first);
         let engine = PolicyEngine {
@@ -226,6 +251,7 @@ impl PolicyEngine {
             slots: Slots::new(policy.max_concurrent_evaluations as usize),
             reloads: Mutex::new(Vec::new()),
             hot_reload: policy.hot_reload,
+            decisions: None,
         };
         engine.remember_number(first_number);
         Ok(engine)
@@ -263,6 +289,12 @@ impl PolicyEngine {
         );
         verdict.generation = Some(generation.id.clone());
         trace_verdict(envelope, &verdict);
+        if let Some(log) = self.decisions.as_ref().filter(|_| !queue_id.is_empty()) {
+            let at_ms = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            log.record(queue_id, envelope, message, &verdict, at_ms);
+        }
         verdict
     }
 
@@ -441,7 +473,9 @@ impl PolicyEngine {
         )?;
         if generation.id.digest == active.id.digest {
             // Nothing that decides a route changed (a file touched, or
-            // written again as it was): the generation in force stays.
+            // written again as it was): the generation in force stays, its
+            // rules' circuit breakers closed again.
+            active.chain.close_breakers();
             return Ok(active.id.clone());
         }
         let number = self.next_number.fetch_add(1, Ordering::SeqCst);
@@ -540,11 +574,13 @@ fn policy_files(config_file: Option<&Path>, spec: &PolicySpec) -> Vec<PathBuf> {
 /// size the engine are kept as `policy.NAME`.
 fn fixed_sections(file: &Path) -> toml::Table {
     const POLICY_SECTIONS: [&str; 4] = ["policy", "rules", "tables", "numbering_plan"];
-    const ENGINE_SETTINGS: [&str; 4] = [
+    const ENGINE_SETTINGS: [&str; 6] = [
         "max_concurrent_evaluations",
         "cache_dir",
         "body_limit_kib",
         "hot_reload",
+        "decision_log_mib",
+        "decision_log_redact",
     ];
     let Ok(text) = std::fs::read_to_string(file) else {
         return toml::Table::new();

@@ -10,7 +10,7 @@ use wasmtime::{Store, Trap};
 use super::bindings::mailcall::rule::types::{Decision, Envelope, Message};
 use super::bindings::{Rule, RulePre};
 use super::runtime::{Runtime, EPOCH_TICK};
-use super::sandbox::{RuleContext, RuleState};
+use super::sandbox::{ImportCall, RuleContext, RuleState};
 use super::tables::TableSet;
 use crate::config::Isolation;
 
@@ -90,13 +90,15 @@ impl LoadedRule {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Runs the rule for one recipient.
+    /// Runs the rule for one recipient; the host imports it called go to
+    /// `imports`.
     pub fn evaluate(
         &self,
         runtime: &Runtime,
         tables: &Arc<TableSet>,
         envelope: &Envelope,
         message: &Message,
+        imports: &mut Vec<ImportCall>,
     ) -> Result<Decision, RuleFailure> {
         let mut instance = match self.take_warm() {
             Some(mut instance) => {
@@ -111,6 +113,7 @@ impl LoadedRule {
         let outcome = instance
             .bindings
             .call_resolve(&mut instance.store, envelope, message);
+        imports.extend(instance.store.data_mut().take_imports());
         match outcome {
             Ok(decision) => {
                 instance.calls += 1;

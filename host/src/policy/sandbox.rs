@@ -60,7 +60,24 @@ pub struct RuleState {
     log_lines: u32,
     /// Set when the memory cap refused a growth, to name the failure.
     memory_refused: Arc<AtomicBool>,
+    /// The host imports called during this evaluation, for its decision
+    /// record.
+    imports: Vec<ImportCall>,
 }
+
+/// One host import a rule called, with its arguments and result.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportCall {
+    /// `tables.get`, `tables.entries`, `config.get`, `numbering.plan`.
+    pub import: String,
+    pub args: Vec<String>,
+    /// The result as text (`none`, a value, or `N entries`).
+    pub result: String,
+}
+
+/// Imports recorded per evaluation; a rule calling more (in a loop) has the
+/// rest counted, not kept.
+const IMPORTS_KEPT: usize = 64;
 
 impl RuleState {
     pub fn new(context: Arc<RuleContext>, tables: Arc<TableSet>) -> RuleState {
@@ -81,6 +98,7 @@ impl RuleState {
             stderr,
             log_lines: 0,
             memory_refused: Arc::new(AtomicBool::new(false)),
+            imports: Vec::new(),
         }
     }
 
@@ -89,6 +107,22 @@ impl RuleState {
         self.tables = tables;
         self.log_lines = 0;
         self.memory_refused.store(false, Ordering::Relaxed);
+        self.imports.clear();
+    }
+
+    /// The imports called since the evaluation began.
+    pub fn take_imports(&mut self) -> Vec<ImportCall> {
+        std::mem::take(&mut self.imports)
+    }
+
+    fn called(&mut self, import: &str, args: &[&str], result: String) {
+        if self.imports.len() < IMPORTS_KEPT {
+            self.imports.push(ImportCall {
+                import: import.to_string(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                result,
+            });
+        }
     }
 
     /// What the rule wrote to standard error, for a failure report.
@@ -165,33 +199,58 @@ impl types::Host for RuleState {}
 
 impl tables::Host for RuleState {
     fn get(&mut self, table: String, key: String) -> Option<String> {
-        self.tables.get(&table)?.get(&key).map(str::to_string)
+        let value = self
+            .tables
+            .get(&table)
+            .and_then(|t| t.get(&key))
+            .map(str::to_string);
+        let shown = value.clone().unwrap_or_else(|| "none".into());
+        self.called("tables.get", &[&table, &key], shown);
+        value
     }
 
-    fn entries(&mut self, table: String) -> Vec<TableEntry> {
-        let Some(table) = self.tables.get(&table) else {
-            return Vec::new();
+    fn entries(&mut self, name: String) -> Vec<TableEntry> {
+        let entries: Vec<TableEntry> = match self.tables.get(&name) {
+            Some(table) => table
+                .entries()
+                .iter()
+                .map(|(key, value)| TableEntry {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            None => Vec::new(),
         };
-        table
-            .entries()
-            .iter()
-            .map(|(key, value)| TableEntry {
-                key: key.clone(),
-                value: value.clone(),
-            })
-            .collect()
+        self.called(
+            "tables.entries",
+            &[&name],
+            format!("{} entries", entries.len()),
+        );
+        entries
     }
 }
 
 impl numbering::Host for RuleState {
     fn plan(&mut self) -> NumberingPlan {
-        self.context.plan.clone()
+        let plan = self.context.plan.clone();
+        let shown = format!(
+            "+{} trunk {} prefixes {} digits {}",
+            plan.country_code,
+            plan.trunk_prefix,
+            plan.prefixes.join(","),
+            plan.digits
+        );
+        self.called("numbering.plan", &[], shown);
+        plan
     }
 }
 
 impl config::Host for RuleState {
     fn get(&mut self, key: String) -> Option<String> {
-        self.context.config.get(&key).cloned()
+        let value = self.context.config.get(&key).cloned();
+        let shown = value.clone().unwrap_or_else(|| "none".into());
+        self.called("config.get", &[&key], shown);
+        value
     }
 }
 

@@ -68,6 +68,11 @@ pub struct RuleStatus {
     pub failures: u64,
     pub timeouts: u64,
     pub memory_caps: u64,
+    pub shadow_evaluations: u64,
+    pub shadow_disagreements: u64,
+    pub deferrals: u64,
+    pub fallbacks: u64,
+    pub breaker_trips: u64,
 }
 
 /// Why the server could not be asked.
@@ -226,6 +231,11 @@ fn answer(policy: Option<&PolicyEngine>, request: Request) -> Answer {
                     failures: counters.failures.load(Ordering::Relaxed),
                     timeouts: counters.timeouts.load(Ordering::Relaxed),
                     memory_caps: counters.memory_caps.load(Ordering::Relaxed),
+                    shadow_evaluations: counters.shadow_evaluations.load(Ordering::Relaxed),
+                    shadow_disagreements: counters.shadow_disagreements.load(Ordering::Relaxed),
+                    deferrals: counters.deferrals.load(Ordering::Relaxed),
+                    fallbacks: counters.fallbacks.load(Ordering::Relaxed),
+                    breaker_trips: counters.breaker_trips.load(Ordering::Relaxed),
                 })
                 .collect();
             Answer {
