@@ -422,6 +422,8 @@ pub struct RuleSettings {
     /// module used, with `on_error = "previous"`) until the next reload.
     pub max_failures: u32,
     pub failure_window_secs: u32,
+    /// A case list the rule must pass for a generation to be put in force.
+    pub fixtures: Option<PathBuf>,
     /// The rule's own values, read with the `config` import. Nested tables
     /// flatten to dotted keys (`sender."example.com"` is `sender.example.com`).
     pub config: toml::Table,
@@ -441,6 +443,7 @@ impl Default for RuleSettings {
             on_error: OnRuleError::Skip,
             max_failures: 20,
             failure_window_secs: 60,
+            fixtures: None,
             config: toml::Table::new(),
         }
     }

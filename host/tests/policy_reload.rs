@@ -211,7 +211,13 @@ fn mailcall_reload_applies_a_change_or_says_why_not() {
 
     // Bad changes are refused with what, where and why; mail goes on
     // being decided by the generation in force.
-    let refusals: [(&str, String, &[&str]); 3] = [
+    std::fs::write(
+        bed.dir.path().join("fixtures.toml"),
+        "[[case]]\nname = \"a number in the address\"\nrcpt = \"050-1111-2222@b.test\"\n\
+         message = \"Subject: x\\n\\nx\\n\"\nnumber = \"05099999999\"\n",
+    )
+    .unwrap();
+    let refusals: [(&str, String, &[&str]); 4] = [
         (
             "an unknown rule in the chain",
             bed.config(&["embedded-number", "no-such-rule"], false, ""),
@@ -228,6 +234,19 @@ fn mailcall_reload_applies_a_change_or_says_why_not() {
                 ),
             ),
             &["rule junk", "not a WebAssembly component"],
+        ),
+        (
+            "a rule that fails its fixtures",
+            bed.config(
+                &["embedded-number"],
+                false,
+                "[rules.embedded-number]\nfixtures = \"fixtures.toml\"\n",
+            ),
+            &[
+                "rule embedded-number",
+                "fixture \"a number in the address\" fails",
+                "expected 05099999999, got 05011112222",
+            ],
         ),
         (
             "a table that does not parse",

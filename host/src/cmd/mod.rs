@@ -6,6 +6,7 @@ mod hash_password;
 mod history;
 mod queue;
 mod reload;
+mod rules_check;
 mod rules_decisions;
 mod rules_new;
 mod rules_test;
@@ -71,6 +72,10 @@ enum RulesCommand {
     Test(rules_test::Args),
     /// Create a ready-to-build rule project (WIT, build script, test message).
     New(rules_new::Args),
+    /// Run a case list (messages, recipients, expected decisions) against
+    /// the chain: pass or fail per case with the difference, and each
+    /// rule's instruction count; exit 1 on any failure.
+    Check(rules_check::Args),
     /// How each recipient of a message was decided, step by step: every
     /// rule's decision, reason, time and the look-ups it made (from the
     /// decision log).
@@ -123,6 +128,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rules {
             command: RulesCommand::Explain(args),
         } => rules_decisions::explain(args),
+        Command::Rules {
+            command: RulesCommand::Check(args),
+        } => rules_check::run(args),
         Command::Rules {
             command: RulesCommand::Replay(args),
         } => rules_decisions::replay(args),

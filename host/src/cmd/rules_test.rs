@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use mailcall::config::Config;
-use mailcall::policy::{Envelope, PolicyEngine, RuleFailure};
+use mailcall::policy::{Envelope, PolicyEngine, Route, RuleFailure, Verdict};
 use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
@@ -54,11 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             bail!("rule module {} does not exist", rule.display());
         }
     }
-    let engine = if args.rules.is_empty() {
-        PolicyEngine::from_config(&config)?
-    } else {
-        PolicyEngine::with_rule_files(&config, &args.rules)?
-    };
+    let engine = PolicyEngine::metered(&config, named_rules(&args.rules))?;
     let message = engine
         .view(&raw)
         .with_context(|| format!("cannot parse {}", args.message.display()))?;
@@ -80,12 +76,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
              (JavaScript and Python runtimes need about 200 ms and 64 MiB)"
         );
     }
+    print_costs(&verdict);
     let output = Output {
         rcpt: &envelope.rcpt_to,
-        decision: if verdict.number().is_some() {
-            "dial"
-        } else {
-            "smtp"
+        decision: match verdict.route {
+            Route::Dial { .. } => "dial",
+            Route::Smtp => "smtp",
+            Route::Defer => "defer",
         },
         number: verdict.number(),
         rule: verdict.rule.as_deref(),
@@ -93,4 +90,37 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     println!("{}", serde_json::to_string(&output)?);
     Ok(())
+}
+
+/// `--rule FILE.wasm` arguments as rules named after their files (`None`:
+/// the configured chain).
+pub fn named_rules(files: &[PathBuf]) -> Option<Vec<(String, PathBuf)>> {
+    if files.is_empty() {
+        return None;
+    }
+    Some(
+        files
+            .iter()
+            .map(|file| {
+                let name = file
+                    .file_stem()
+                    .map(|stem| stem.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| file.display().to_string());
+                (name, file.clone())
+            })
+            .collect(),
+    )
+}
+
+/// Each rule's cost, on stderr (stdout is the one JSON line).
+pub fn print_costs(verdict: &Verdict) {
+    for step in &verdict.steps {
+        if let Some(instructions) = step.instructions {
+            eprintln!(
+                "cost: rule {} ran {instructions} instructions in {:.2} ms",
+                step.rule,
+                step.took_us as f64 / 1000.0
+            );
+        }
+    }
 }

@@ -18,7 +18,7 @@ use super::counters::RuleCounters;
 use super::generation::GenerationId;
 use super::rule::{LoadedRule, RuleFailure};
 use super::runtime::Runtime;
-use super::sandbox::ImportCall;
+use super::sandbox::{EvaluationTrace, ImportCall};
 use super::tables::TableSet;
 use crate::config::{OnRuleError, RuleMode, RuleSettings};
 
@@ -190,7 +190,7 @@ impl Link {
         tables: &Arc<TableSet>,
         envelope: &Envelope,
         message: &Message,
-        imports: &mut Vec<ImportCall>,
+        trace: &mut EvaluationTrace,
     ) -> Result<Decision, RuleFailure> {
         let rule = match (module, &self.rule) {
             (Module::Current, LinkRule::Ready(rule)) => rule,
@@ -202,7 +202,7 @@ impl Link {
                 None => return Err(RuleFailure::Unavailable("no previous module".into())),
             },
         };
-        rule.evaluate(runtime, tables, envelope, message, imports)
+        rule.evaluate(runtime, tables, envelope, message, trace)
     }
 
     /// Runs one module through `run`, recording the step.
@@ -210,12 +210,12 @@ impl Link {
         &self,
         module: Module,
         role: StepRole,
-        run: &impl Fn(&Link, Module, &mut Vec<ImportCall>) -> Result<Decision, RuleFailure>,
+        run: &impl Fn(&Link, Module, &mut EvaluationTrace) -> Result<Decision, RuleFailure>,
         steps: &mut Vec<Step>,
     ) -> Result<Decision, RuleFailure> {
         let started = Instant::now();
-        let mut imports = Vec::new();
-        let outcome = run(self, module, &mut imports);
+        let mut trace = EvaluationTrace::default();
+        let outcome = run(self, module, &mut trace);
         steps.push(Step {
             rule: self.name.clone(),
             module: match module {
@@ -225,7 +225,8 @@ impl Link {
             role,
             decision: StepDecision::of(&outcome),
             took_us: started.elapsed().as_micros() as u64,
-            imports,
+            instructions: trace.instructions,
+            imports: trace.imports,
         });
         outcome
     }
@@ -244,7 +245,7 @@ impl Link {
     fn judge(
         &self,
         envelope: &Envelope,
-        run: &impl Fn(&Link, Module, &mut Vec<ImportCall>) -> Result<Decision, RuleFailure>,
+        run: &impl Fn(&Link, Module, &mut EvaluationTrace) -> Result<Decision, RuleFailure>,
         steps: &mut Vec<Step>,
     ) -> Judged {
         let previous = self.role.on_error == OnRuleError::Previous && self.fallback.is_some();
@@ -263,6 +264,7 @@ impl Link {
                 role: StepRole::Active,
                 decision: StepDecision::of(&Err(failure.clone())),
                 took_us: 0,
+                instructions: None,
                 imports: Vec::new(),
             });
             return Judged::Failed(failure);
@@ -354,8 +356,8 @@ impl Chain {
         envelope: &Envelope,
         message: &Message,
     ) -> Verdict {
-        self.evaluate_with(envelope, canary_share(queue_id), |link, module, imports| {
-            link.run(module, runtime, tables, envelope, message, imports)
+        self.evaluate_with(envelope, canary_share(queue_id), |link, module, trace| {
+            link.run(module, runtime, tables, envelope, message, trace)
         })
     }
 
@@ -364,7 +366,7 @@ impl Chain {
         &self,
         envelope: &Envelope,
         share: u32,
-        run: impl Fn(&Link, Module, &mut Vec<ImportCall>) -> Result<Decision, RuleFailure>,
+        run: impl Fn(&Link, Module, &mut EvaluationTrace) -> Result<Decision, RuleFailure>,
     ) -> Verdict {
         let mut failures = Vec::new();
         let mut steps = Vec::new();
@@ -448,7 +450,7 @@ impl Link {
     fn shadow(
         &self,
         envelope: &Envelope,
-        run: &impl Fn(&Link, Module, &mut Vec<ImportCall>) -> Result<Decision, RuleFailure>,
+        run: &impl Fn(&Link, Module, &mut EvaluationTrace) -> Result<Decision, RuleFailure>,
         in_reach: bool,
         route: &Route,
         steps: &mut Vec<Step>,
@@ -550,6 +552,9 @@ pub struct Step {
     pub role: StepRole,
     pub decision: StepDecision,
     pub took_us: u64,
+    /// Instructions executed, on a metering engine (the tools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<u64>,
     /// The host imports it called.
     pub imports: Vec<ImportCall>,
 }
@@ -778,7 +783,7 @@ mod tests {
             ..role(RuleMode::Canary, OnRuleError::Skip)
         };
         let chain = chain(&[("canary", canary), ("old", Role::default())]);
-        let run = |link: &Link, _, _: &mut Vec<ImportCall>| match link.name() {
+        let run = |link: &Link, _, _: &mut EvaluationTrace| match link.name() {
             "canary" => dial("0501111"),
             _ => dial("0502222"),
         };
@@ -826,7 +831,7 @@ mod tests {
         };
         let chain = chain(&[("flaky", flaky), ("next", Role::default())]);
         let calls = std::sync::atomic::AtomicU32::new(0);
-        let run = |link: &Link, _, _: &mut Vec<ImportCall>| match link.name() {
+        let run = |link: &Link, _, _: &mut EvaluationTrace| match link.name() {
             "flaky" => {
                 calls.fetch_add(1, Ordering::Relaxed);
                 Err(RuleFailure::Trap("boom".into()))

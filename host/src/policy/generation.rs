@@ -16,6 +16,8 @@ use sha2::{Digest, Sha256};
 use super::bindings::mailcall::rule::types::NumberingPlan;
 use super::chain::{Chain, Link, Role};
 use super::counters::Counters;
+use super::fixtures;
+use super::message::message_view;
 use super::rule::{LoadedRule, RuleLimits};
 use super::runtime::Runtime;
 use super::sandbox::RuleContext;
@@ -28,6 +30,8 @@ pub struct RuleSpec {
     pub name: String,
     pub file: PathBuf,
     pub settings: RuleSettings,
+    /// Its fixtures (`[rules.NAME] fixtures`), resolved.
+    pub fixtures: Option<PathBuf>,
 }
 
 /// A policy as the configuration states it: what a generation is built
@@ -41,6 +45,8 @@ pub struct PolicySpec {
     /// `[policy]` limits every rule gets unless its own settings say more.
     pub memory_limit: usize,
     pub deadline: Duration,
+    /// How much of the body rules see, in bytes (fixtures are run so).
+    pub body_limit: usize,
 }
 
 impl PolicySpec {
@@ -62,10 +68,14 @@ impl PolicySpec {
         PolicySpec {
             rules: rules
                 .into_iter()
-                .map(|(name, file)| RuleSpec {
-                    settings: config.rule_settings(&name),
-                    name,
-                    file,
+                .map(|(name, file)| {
+                    let settings = config.rule_settings(&name);
+                    RuleSpec {
+                        fixtures: settings.fixtures.as_ref().map(|f| config.resolve(f)),
+                        settings,
+                        name,
+                        file,
+                    }
                 })
                 .collect(),
             tables: config
@@ -81,6 +91,7 @@ impl PolicySpec {
             },
             memory_limit: mib(policy.memory_limit_mib),
             deadline: Duration::from_millis(policy.deadline_ms.into()),
+            body_limit: policy.body_limit_kib as usize * 1024,
         }
     }
 
@@ -256,13 +267,20 @@ impl Generation {
             };
             chain.links.push(link);
         }
+        let tables = Arc::new(tables);
+        for rule in &spec.rules {
+            if let (Some(fixtures), Some(link)) = (&rule.fixtures, chain.link(&rule.name)) {
+                hash.update(format!("fixtures {}\n", rule.name));
+                check_fixtures(runtime, &spec, &tables, rule, fixtures, link)?;
+            }
+        }
         let digest = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Ok(Generation {
             id: GenerationId { number, digest },
             spec,
             built_at: SystemTime::now(),
             chain,
-            tables: Arc::new(tables),
+            tables,
         })
     }
 
@@ -280,6 +298,52 @@ impl Generation {
             .map(|link| (link.name().to_string(), link.digest().map(str::to_string)))
             .collect()
     }
+}
+
+/// Runs a rule's fixtures against the rule alone: any failing case refuses
+/// the generation, naming the case and the difference.
+fn check_fixtures(
+    runtime: &Runtime,
+    spec: &PolicySpec,
+    tables: &Arc<TableSet>,
+    rule: &RuleSpec,
+    fixtures: &std::path::Path,
+    link: &Link,
+) -> Result<(), BuildError> {
+    let refuse = |reason: String| BuildError::Rule {
+        rule: rule.name.clone(),
+        file: fixtures.to_path_buf(),
+        reason,
+    };
+    let Some(module) = link.module() else {
+        return Ok(());
+    };
+    let cases = fixtures::load(fixtures).map_err(refuse)?;
+    let base = fixtures.parent().unwrap_or(std::path::Path::new("."));
+    // A chain of the rule alone, with counters of its own.
+    let alone = Chain {
+        links: vec![Link::ready(
+            module.clone(),
+            Role::default(),
+            None,
+            Default::default(),
+        )],
+    };
+    for case in &cases {
+        let raw = case.message(base).map_err(refuse)?;
+        let view = message_view(&raw, spec.body_limit)
+            .map_err(|e| refuse(format!("case {:?}: {e}", case.name)))?;
+        let verdict = alone.evaluate(runtime, tables, "", &case.envelope(), &view);
+        let differences = case.differences(&verdict);
+        if !differences.is_empty() {
+            return Err(refuse(format!(
+                "fixture {:?} fails: {}",
+                case.name,
+                differences.join("; ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The module `on_error = "previous"` falls back to: the rule's module in

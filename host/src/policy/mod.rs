@@ -14,6 +14,7 @@ mod bindings;
 mod chain;
 mod counters;
 pub mod decisions;
+pub mod fixtures;
 mod generation;
 mod message;
 mod reload;
@@ -122,7 +123,28 @@ impl PolicyEngine {
     /// The engine for the configuration's chain; every rule must load.
     /// For tools that check a configuration (`rules test`, `check-config`).
     pub fn from_config(config: &Config) -> Result<PolicyEngine, PolicyError> {
-        PolicyEngine::new(config, PolicySpec::of(config), OnBadRule::Refuse, None)
+        PolicyEngine::new(
+            config,
+            PolicySpec::of(config),
+            OnBadRule::Refuse,
+            None,
+            false,
+        )
+    }
+
+    /// The engine for `rules test` and `rules check`: the configured chain,
+    /// or `rules` (name and module file) instead, every rule required to
+    /// load, on an engine that counts each rule's instructions. (The
+    /// server's engine never does: fuel changes the compiled code.)
+    pub fn metered(
+        config: &Config,
+        rules: Option<Vec<(String, PathBuf)>>,
+    ) -> Result<PolicyEngine, PolicyError> {
+        let spec = match rules {
+            Some(rules) => PolicySpec::with_rules(config, rules),
+            None => PolicySpec::of(config),
+        };
+        PolicyEngine::new(config, spec, OnBadRule::Refuse, None, true)
     }
 
     /// The engine for the configuration's chain, for a server: a rule that
@@ -136,6 +158,7 @@ impl PolicyEngine {
             PolicySpec::of(config),
             OnBadRule::KeepFailing,
             Some(number_file),
+            false,
         )?;
         let policy = &config.policy;
         if policy.decision_log_mib > 0 {
@@ -153,7 +176,13 @@ impl PolicyEngine {
 
     /// As [`PolicyEngine::for_server`], without keeping generation numbers.
     pub fn from_config_skipping_bad_rules(config: &Config) -> Result<PolicyEngine, PolicyError> {
-        PolicyEngine::new(config, PolicySpec::of(config), OnBadRule::KeepFailing, None)
+        PolicyEngine::new(
+            config,
+            PolicySpec::of(config),
+            OnBadRule::KeepFailing,
+            None,
+            false,
+        )
     }
 
     /// The engine for the given module files, in order, instead of the
@@ -187,6 +216,7 @@ impl PolicyEngine {
             PolicySpec::with_rules(config, rules),
             OnBadRule::Refuse,
             None,
+            false,
         )?;
         // Not the configuration's chain: a change to the file does not
         // rebuild this one from it.
@@ -203,6 +233,7 @@ impl PolicyEngine {
         spec: PolicySpec,
         on_bad_rule: OnBadRule,
         number_file: Option<PathBuf>,
+        metered: bool,
     ) -> Result<PolicyEngine, PolicyError> {
         let policy = &config.policy;
         // Evaluations in flight, plus warm pools twice over (old and new
@@ -218,7 +249,7 @@ impl PolicyEngine {
                 .map(|dir| config.resolve(dir))
                 .unwrap_or_else(default_cache_dir),
         );
-        let runtime = Runtime::new(pool, cache_dir).map_err(PolicyError::Engine)?;
+        let runtime = Runtime::new(pool, cache_dir, metered).map_err(PolicyError::Engine)?;
         let first_number = number_file
             .as_deref()
             .and_then(|file| std::fs::read_to_string(file).ok())
@@ -564,6 +595,7 @@ fn policy_files(config_file: Option<&Path>, spec: &PolicySpec) -> Vec<PathBuf> {
         .map(Path::to_path_buf)
         .into_iter()
         .chain(spec.rules.iter().map(|rule| rule.file.clone()))
+        .chain(spec.rules.iter().filter_map(|rule| rule.fixtures.clone()))
         .chain(spec.tables.values().cloned())
         .collect()
 }

@@ -10,7 +10,7 @@ use wasmtime::{Store, Trap};
 use super::bindings::mailcall::rule::types::{Decision, Envelope, Message};
 use super::bindings::{Rule, RulePre};
 use super::runtime::{Runtime, EPOCH_TICK};
-use super::sandbox::{ImportCall, RuleContext, RuleState};
+use super::sandbox::{EvaluationTrace, RuleContext, RuleState};
 use super::tables::TableSet;
 use crate::config::Isolation;
 
@@ -90,15 +90,15 @@ impl LoadedRule {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Runs the rule for one recipient; the host imports it called go to
-    /// `imports`.
+    /// Runs the rule for one recipient; the host imports it called (and,
+    /// on a metering engine, its instruction count) go to `trace`.
     pub fn evaluate(
         &self,
         runtime: &Runtime,
         tables: &Arc<TableSet>,
         envelope: &Envelope,
         message: &Message,
-        imports: &mut Vec<ImportCall>,
+        trace: &mut EvaluationTrace,
     ) -> Result<Decision, RuleFailure> {
         let mut instance = match self.take_warm() {
             Some(mut instance) => {
@@ -110,10 +110,20 @@ impl LoadedRule {
             // instantiation and the call together.
             None => self.instantiate(runtime, tables)?,
         };
+        if runtime.metered() {
+            // Fuel is only a counter here, of the call alone (not the
+            // instantiation): enough never to run out.
+            let _ = instance.store.set_fuel(u64::MAX);
+        }
         let outcome = instance
             .bindings
             .call_resolve(&mut instance.store, envelope, message);
-        imports.extend(instance.store.data_mut().take_imports());
+        trace
+            .imports
+            .extend(instance.store.data_mut().take_imports());
+        if runtime.metered() {
+            trace.instructions = instance.store.get_fuel().ok().map(|left| u64::MAX - left);
+        }
         match outcome {
             Ok(decision) => {
                 instance.calls += 1;
@@ -134,6 +144,9 @@ impl LoadedRule {
         let mut store = Store::new(runtime.engine(), state);
         store.limiter(|state| state);
         store.set_epoch_deadline(self.deadline_ticks());
+        if runtime.metered() {
+            let _ = store.set_fuel(u64::MAX);
+        }
         match self.pre.instantiate(&mut store) {
             Ok(bindings) => Ok(WarmInstance {
                 store,

@@ -51,10 +51,17 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     /// Tells the epoch thread to stop when the runtime goes away.
     stop_ticking: Arc<AtomicBool>,
+    /// Instructions are counted (fuel): for the tools only, since fuel
+    /// changes the compiled code and slows it.
+    metered: bool,
 }
 
 impl Runtime {
-    pub fn new(pool: PoolSizes, cache_dir: Option<PathBuf>) -> Result<Runtime, LoadError> {
+    pub fn new(
+        pool: PoolSizes,
+        cache_dir: Option<PathBuf>,
+        metered: bool,
+    ) -> Result<Runtime, LoadError> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
             .total_component_instances(pool.instances)
@@ -75,6 +82,7 @@ impl Runtime {
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
+            .consume_fuel(metered)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))
             .max_wasm_stack(1 << 20);
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
@@ -106,7 +114,12 @@ impl Runtime {
             linker,
             cache_dir,
             stop_ticking,
+            metered,
         })
+    }
+
+    pub fn metered(&self) -> bool {
+        self.metered
     }
 
     pub fn engine(&self) -> &Engine {

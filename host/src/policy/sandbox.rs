@@ -75,6 +75,15 @@ pub struct ImportCall {
     pub result: String,
 }
 
+/// What an evaluation left besides its decision, for its record.
+#[derive(Debug, Default)]
+pub struct EvaluationTrace {
+    pub imports: Vec<ImportCall>,
+    /// WebAssembly instructions executed (fuel), when the engine meters
+    /// them (`rules test`, `rules check`; never the server's engine).
+    pub instructions: Option<u64>,
+}
+
 /// Imports recorded per evaluation; a rule calling more (in a loop) has the
 /// rest counted, not kept.
 const IMPORTS_KEPT: usize = 64;
