@@ -13,6 +13,7 @@
 #![no_main]
 
 use std::path::Path;
+use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use mailcall::queue::spool::{scan, Envelope, Outcome, Record, Spool, SpoolOptions};
@@ -36,7 +37,7 @@ fn envelope(recipients: usize) -> Envelope {
 }
 
 /// Writes `bytes` as the spool's only segment, durably.
-fn disk_with_segment(bytes: &[u8]) -> std::sync::Arc<SimStorage> {
+fn disk_with_segment(bytes: &[u8]) -> Arc<SimStorage> {
     let disk = SimStorage::new(0);
     disk.create_dir_all(Path::new("/spool")).expect("a folder");
     let file = disk.create_new(Path::new(SEGMENT)).expect("a segment");
@@ -71,7 +72,7 @@ fn raw_segment(bytes: &[u8]) {
 
     let disk = disk_with_segment(bytes);
     let Ok((spool, recovery)) =
-        Spool::open_on(disk.clone(), Path::new("/spool"), SpoolOptions::default())
+        Spool::open_on(Arc::new(disk.clone()), Path::new("/spool"), SpoolOptions::default())
     else {
         return;
     };
@@ -89,7 +90,7 @@ fn raw_segment(bytes: &[u8]) {
 
 fn damaged_spool(damage: &[u8]) {
     let disk = SimStorage::new(1);
-    let (spool, _) = Spool::open_on(disk.clone(), Path::new("/spool"), SpoolOptions::default())
+    let (spool, _) = Spool::open_on(Arc::new(disk.clone()), Path::new("/spool"), SpoolOptions::default())
         .expect("a new spool");
     let mut bodies = Vec::new();
     for n in 0..4u8 {
@@ -107,14 +108,15 @@ fn damaged_spool(damage: &[u8]) {
     let mut segment = disk.read(Path::new(SEGMENT)).expect("the segment");
     for pair in damage.chunks_exact(3) {
         let at = usize::from(u16::from_le_bytes([pair[0], pair[1]]));
-        if let Some(byte) = segment.get_mut(at % segment.len().max(1)) {
+        let at = at % segment.len().max(1);
+        if let Some(byte) = segment.get_mut(at) {
             *byte ^= pair[2];
         }
     }
     let intact = scan(&segment).damage.is_empty() && scan(&segment).torn_tail.is_none();
     let disk = disk_with_segment(&segment);
     let (spool, recovery) =
-        Spool::open_on(disk.clone(), Path::new("/spool"), SpoolOptions::default())
+        Spool::open_on(Arc::new(disk.clone()), Path::new("/spool"), SpoolOptions::default())
             .expect("the damaged spool opens");
     for queued in &recovery.messages {
         let body = spool.body(queued.id).expect("a recovered body");

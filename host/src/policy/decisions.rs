@@ -6,15 +6,18 @@
 //! `[policy] decision_log_mib`. `mailcall rules explain` reads it back and
 //! `mailcall rules replay` feeds its inputs to a candidate module.
 //!
-//! It is a diagnostic record, not a durable one: lines are written, not
-//! synced (the history is the communication record that survives a crash).
+//! It is a diagnostic record, not a durable one: lines are written by a
+//! thread of their own, not synced, and dropped (counted, logged) when the
+//! writer falls behind (the history is the communication record that
+//! survives a crash).
 //! With `decision_log_redact = true` addresses and numbers are masked and
 //! the input is left out, so those records cannot be replayed.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,29 +55,60 @@ pub struct RecordedInput {
 const CURRENT: &str = "current.jsonl";
 const PREVIOUS: &str = "previous.jsonl";
 
-/// The log a server writes.
+/// Records waiting for the writer; more are dropped (and counted), so a
+/// slow disk never holds up an evaluation.
+const BACKLOG: usize = 4096;
+
+/// The log a server writes. Records are serialized and written by a thread
+/// of their own: an evaluation only hands its record over.
 pub struct DecisionLog {
+    records: Option<mpsc::SyncSender<DecisionRecord>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    redact: bool,
+    dropped: AtomicU64,
+}
+
+/// The writer thread's side.
+struct Writer {
     dir: PathBuf,
     /// Bytes `current.jsonl` may reach before it is rotated.
     rotate_at: u64,
-    redact: bool,
-    file: Mutex<Option<(File, u64)>>,
+    file: Option<(File, u64)>,
 }
 
 impl DecisionLog {
     /// The log in `dir` (made 0700), kept within `limit` bytes.
     pub fn open(dir: &Path, limit: u64, redact: bool) -> std::io::Result<DecisionLog> {
         crate::private::folder(dir)?;
-        Ok(DecisionLog {
+        let (records, received) = mpsc::sync_channel::<DecisionRecord>(BACKLOG);
+        let mut writer = Writer {
             dir: dir.to_path_buf(),
             rotate_at: (limit / 2).max(4096),
+            file: None,
+        };
+        let writer = std::thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || {
+                for record in received {
+                    let Ok(mut line) = serde_json::to_vec(&record) else {
+                        continue;
+                    };
+                    line.push(b'\n');
+                    if let Err(error) = writer.append(&line) {
+                        tracing::warn!(dir = %writer.dir.display(), "decision not recorded: {error}");
+                    }
+                }
+            })?;
+        Ok(DecisionLog {
+            records: Some(records),
+            writer: Some(writer),
             redact,
-            file: Mutex::new(None),
+            dropped: AtomicU64::new(0),
         })
     }
 
-    /// Records one evaluation; a failure to write is logged, never passed
-    /// on (the delivery does not depend on it).
+    /// Records one evaluation; a full backlog or a failure to write is
+    /// logged, never passed on (the delivery does not depend on it).
     pub fn record(
         &self,
         queue_id: &str,
@@ -96,7 +130,7 @@ impl DecisionLog {
             reason: verdict.reason.clone(),
             steps: verdict.steps.clone(),
             redacted: false,
-            input: Some(RecordedInput {
+            input: (!self.redact).then(|| RecordedInput {
                 envelope: envelope.clone(),
                 message: message.clone(),
             }),
@@ -104,34 +138,44 @@ impl DecisionLog {
         if self.redact {
             redact(&mut record);
         }
-        let Ok(mut line) = serde_json::to_vec(&record) else {
+        let Some(records) = &self.records else {
             return;
         };
-        line.push(b'\n');
-        if let Err(error) = self.append(&line) {
-            tracing::warn!(dir = %self.dir.display(), "decision not recorded: {error}");
+        if records.try_send(record).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(dropped, "decision log backlog full: records dropped");
+            }
         }
     }
+}
 
-    fn append(&self, line: &[u8]) -> std::io::Result<()> {
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+impl Drop for DecisionLog {
+    /// Writes what is waiting before the log goes.
+    fn drop(&mut self) {
+        self.records = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Writer {
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
         let current = self.dir.join(CURRENT);
-        if file
-            .as_ref()
-            .is_some_and(|(_, size)| *size >= self.rotate_at)
-        {
-            *file = None;
+        if self.file.as_ref().is_some_and(|(_, size)| *size >= self.rotate_at) {
+            self.file = None;
             std::fs::rename(&current, self.dir.join(PREVIOUS))?;
         }
-        if file.is_none() {
+        if self.file.is_none() {
             let opened = crate::private::file_options()
                 .append(true)
                 .create(true)
                 .open(&current)?;
             let size = opened.metadata()?.len();
-            *file = Some((opened, size));
+            self.file = Some((opened, size));
         }
-        let (opened, size) = file.as_mut().expect("opened above");
+        let (opened, size) = self.file.as_mut().expect("opened above");
         opened.write_all(line)?;
         *size += line.len() as u64;
         Ok(())

@@ -162,8 +162,11 @@ impl Pop3Session {
         if self.errors < self.policy.max_errors {
             return response;
         }
+        // One response line per command, even the last (found by
+        // fuzzing: a second -ERR line was sent after the first).
         let mut bytes = response.bytes;
-        bytes.extend_from_slice(b"-ERR too many errors, closing\r\n");
+        bytes.truncate(bytes.len().saturating_sub(2));
+        bytes.extend_from_slice(b" (too many errors, closing)\r\n");
         Response {
             bytes,
             after: After::Close,
@@ -619,9 +622,9 @@ mod tests {
             assert!(!client.closed);
             client.say("BOGUS");
         }
-        assert!(client
-            .say("BOGUS")
-            .ends_with("-ERR too many errors, closing\r\n"));
+        let last = client.say("BOGUS");
+        assert!(last.ends_with(" (too many errors, closing)\r\n"), "{last:?}");
+        assert_eq!(last.matches("\r\n").count(), 1, "one line: {last:?}");
         assert!(client.closed);
     }
 
