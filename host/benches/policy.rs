@@ -35,8 +35,19 @@ fn config_text(dir: &Path, chain: &[&str], tag: u32) -> String {
         dir.join("cache"),
         chain.join(", "),
     );
-    for rule in ["embedded-number", "address-table", "keyword-table", "keyword-table-js", "keyword-table-py", "custom"] {
-        let table = if rule == "address-table" { "addresses" } else { "keywords" };
+    for rule in [
+        "embedded-number",
+        "address-table",
+        "keyword-table",
+        "keyword-table-js",
+        "keyword-table-py",
+        "custom",
+    ] {
+        let table = if rule == "address-table" {
+            "addresses"
+        } else {
+            "keywords"
+        };
         text.push_str(&format!(
             "[rules.{rule}]\nisolation = \"pooled\"\npool_size = 1\nmax_calls_per_instance = 1000000\nmemory_limit_mib = 64\ndeadline_ms = 2000\n\
              [rules.{rule}.config]\ntable = {table:?}\ntag = \"{tag}\"\n"
@@ -99,9 +110,10 @@ fn bench(c: &mut Criterion) {
     group.bench_function("evaluate/3 rules warm, no decision log", |b| {
         b.iter(|| black_box(quiet.evaluate_queued("18A2F3C4D5E6F708", &envelope, &view)))
     });
-    group.bench_function("evaluate/3 rules warm, server engine, no decision log", |b| {
-        b.iter(|| black_box(server.evaluate_queued("18A2F3C4D5E6F708", &envelope, &view)))
-    });
+    group.bench_function(
+        "evaluate/3 rules warm, server engine, no decision log",
+        |b| b.iter(|| black_box(server.evaluate_queued("18A2F3C4D5E6F708", &envelope, &view))),
+    );
     group.bench_function("evaluate/3 rules warm, decision log", |b| {
         b.iter(|| black_box(recording.evaluate_queued("18A2F3C4D5E6F708", &envelope, &view)))
     });

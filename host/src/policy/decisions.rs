@@ -163,7 +163,11 @@ impl Drop for DecisionLog {
 impl Writer {
     fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
         let current = self.dir.join(CURRENT);
-        if self.file.as_ref().is_some_and(|(_, size)| *size >= self.rotate_at) {
+        if self
+            .file
+            .as_ref()
+            .is_some_and(|(_, size)| *size >= self.rotate_at)
+        {
             self.file = None;
             std::fs::rename(&current, self.dir.join(PREVIOUS))?;
         }

@@ -621,10 +621,10 @@ fn fixed_sections(file: &Path) -> toml::Table {
         return toml::Table::new();
     };
     let policy = table.remove("policy");
-    table.retain(|name, _| !POLICY_SECTIONS.iter().any(|section| *section == name));
+    table.retain(|name, _| !POLICY_SECTIONS.contains(&name));
     if let Some(toml::Value::Table(policy)) = policy {
         for (name, value) in policy {
-            if ENGINE_SETTINGS.iter().any(|setting| *setting == name) {
+            if ENGINE_SETTINGS.contains(&String::as_str(&name)) {
                 table.insert(format!("policy.{name}"), value);
             }
         }

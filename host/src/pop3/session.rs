@@ -623,7 +623,10 @@ mod tests {
             client.say("BOGUS");
         }
         let last = client.say("BOGUS");
-        assert!(last.ends_with(" (too many errors, closing)\r\n"), "{last:?}");
+        assert!(
+            last.ends_with(" (too many errors, closing)\r\n"),
+            "{last:?}"
+        );
         assert_eq!(last.matches("\r\n").count(), 1, "one line: {last:?}");
         assert!(client.closed);
     }
