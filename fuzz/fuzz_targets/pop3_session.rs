@@ -129,7 +129,10 @@ fn answer(
 /// with the dot line.
 fn check(bytes: &[u8]) {
     let text = String::from_utf8_lossy(bytes);
-    assert!(bytes.starts_with(b"+OK") || bytes.starts_with(b"-ERR"), "{text:?}");
+    assert!(
+        bytes.starts_with(b"+OK") || bytes.starts_with(b"-ERR"),
+        "{text:?}"
+    );
     assert!(bytes.ends_with(b"\r\n"), "{text:?}");
     let first_line = bytes.iter().position(|&b| b == b'\n').map_or(0, |e| e + 1);
     if first_line < bytes.len() {
@@ -163,7 +166,9 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(lines);
     for line in text.split('\n') {
         let line = line.trim_end_matches('\r');
-        let whole = line.get(..4).is_some_and(|c| c.eq_ignore_ascii_case("RETR"));
+        let whole = line
+            .get(..4)
+            .is_some_and(|c| c.eq_ignore_ascii_case("RETR"));
         let response = session.command(line);
         if answer(&mut session, &mut mailbox, response, whole) {
             return;

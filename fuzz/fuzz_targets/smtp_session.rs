@@ -13,9 +13,9 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
-use mailcall::smtp::reply::Reply;
 use mailcall::auth::Verdict;
 use mailcall::queue::spool::MessageId;
+use mailcall::smtp::reply::Reply;
 use mailcall::smtp::session::{Accepted, CommitError, Session, SessionPolicy, Step};
 
 /// The password `AUTH` accepts, for any login.

@@ -71,9 +71,11 @@ fn raw_segment(bytes: &[u8]) {
     }
 
     let disk = disk_with_segment(bytes);
-    let Ok((spool, recovery)) =
-        Spool::open_on(Arc::new(disk.clone()), Path::new("/spool"), SpoolOptions::default())
-    else {
+    let Ok((spool, recovery)) = Spool::open_on(
+        Arc::new(disk.clone()),
+        Path::new("/spool"),
+        SpoolOptions::default(),
+    ) else {
         return;
     };
     assert_eq!(recovery.damage.len(), scanned.damage.len());
@@ -90,8 +92,12 @@ fn raw_segment(bytes: &[u8]) {
 
 fn damaged_spool(damage: &[u8]) {
     let disk = SimStorage::new(1);
-    let (spool, _) = Spool::open_on(Arc::new(disk.clone()), Path::new("/spool"), SpoolOptions::default())
-        .expect("a new spool");
+    let (spool, _) = Spool::open_on(
+        Arc::new(disk.clone()),
+        Path::new("/spool"),
+        SpoolOptions::default(),
+    )
+    .expect("a new spool");
     let mut bodies = Vec::new();
     for n in 0..4u8 {
         let body = vec![b'a' + n; 20 + usize::from(n) * 7];
@@ -101,8 +107,12 @@ fn damaged_spool(damage: &[u8]) {
     let delivered = Outcome::Delivered {
         detail: "250 ok".into(),
     };
-    spool.record(bodies[0].0, 0, delivered.clone()).expect("recorded");
-    spool.record(bodies[0].0, 1, delivered.clone()).expect("recorded");
+    spool
+        .record(bodies[0].0, 0, delivered.clone())
+        .expect("recorded");
+    spool
+        .record(bodies[0].0, 1, delivered.clone())
+        .expect("recorded");
     spool.record(bodies[1].0, 0, delivered).expect("recorded");
     drop(spool);
     let mut segment = disk.read(Path::new(SEGMENT)).expect("the segment");
@@ -115,9 +125,12 @@ fn damaged_spool(damage: &[u8]) {
     }
     let intact = scan(&segment).damage.is_empty() && scan(&segment).torn_tail.is_none();
     let disk = disk_with_segment(&segment);
-    let (spool, recovery) =
-        Spool::open_on(Arc::new(disk.clone()), Path::new("/spool"), SpoolOptions::default())
-            .expect("the damaged spool opens");
+    let (spool, recovery) = Spool::open_on(
+        Arc::new(disk.clone()),
+        Path::new("/spool"),
+        SpoolOptions::default(),
+    )
+    .expect("the damaged spool opens");
     for queued in &recovery.messages {
         let body = spool.body(queued.id).expect("a recovered body");
         let original = bodies.iter().find(|(id, _)| *id == queued.id);
