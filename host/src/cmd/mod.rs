@@ -12,7 +12,7 @@ mod rules_new;
 mod rules_test;
 mod serve;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -145,4 +145,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History(args) => history::run(args),
         Command::Demo(args) => demo::run(args),
     }
+}
+
+/// The configuration in `file`, or the embedded default without one.
+fn config_or_default(file: Option<&Path>) -> anyhow::Result<mailcall::config::Config> {
+    Ok(match file {
+        Some(path) => mailcall::config::Config::load(path)?,
+        None => mailcall::config::Config::defaults(),
+    })
+}
+
+/// The data folder of the configuration in `file` (or the default's).
+fn data_dir(file: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let config = config_or_default(file)?;
+    Ok(config.resolve(&config.server.data_dir))
 }

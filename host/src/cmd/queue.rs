@@ -2,8 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::data_dir;
+
 use anyhow::{bail, Context};
-use mailcall::config::Config;
 use mailcall::queue::spool::{Outcome, Spool};
 use mailcall::server::PID_FILE;
 
@@ -19,14 +20,6 @@ pub enum QueueCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-}
-
-fn data_dir(config: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let config = match config {
-        Some(path) => Config::load(path)?,
-        None => Config::defaults(),
-    };
-    Ok(config.resolve(&config.server.data_dir))
 }
 
 pub fn run(command: QueueCommand) -> anyhow::Result<()> {

@@ -2,10 +2,11 @@
 //! ask the running server (over its control socket) to change or show the
 //! policy generation in force.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use super::data_dir;
 
 use anyhow::{bail, Context};
-use mailcall::config::Config;
 use mailcall::server::control::{self, Answer, Request};
 
 #[derive(Debug, clap::Args)]
@@ -32,14 +33,6 @@ pub struct StatusArgs {
     /// The running server's configuration file (for its data folder).
     #[arg(long, short)]
     config: Option<PathBuf>,
-}
-
-fn data_dir(config: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let config = match config {
-        Some(path) => Config::load(path)?,
-        None => Config::defaults(),
-    };
-    Ok(config.resolve(&config.server.data_dir))
 }
 
 /// Prints the outcome; an error (exit 1) when the server refused.

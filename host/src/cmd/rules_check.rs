@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use mailcall::config::Config;
 use mailcall::policy::fixtures;
-use mailcall::policy::PolicyEngine;
+use mailcall::policy::{named_after, PolicyEngine};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -34,13 +34,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|rule| match rule.split_once('=') {
                 Some((name, file)) => (name.to_string(), PathBuf::from(file)),
-                None => {
-                    let file = PathBuf::from(rule);
-                    let name = file
-                        .file_stem()
-                        .map_or_else(|| rule.clone(), |s| s.to_string_lossy().into_owned());
-                    (name, file)
-                }
+                None => named_after(std::path::Path::new(rule)),
             })
             .collect()
     });

@@ -3,12 +3,13 @@
 //! candidate module would decide on the recorded inputs.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
-use mailcall::config::Config;
 use mailcall::history::History;
+
+use super::config_or_default;
 use mailcall::policy::decisions::{self, DecisionRecord};
 use mailcall::policy::{PolicyEngine, StepDecision, StepRole};
 
@@ -57,15 +58,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(number * seconds))
 }
 
-fn load(config: Option<&Path>) -> anyhow::Result<Config> {
-    Ok(match config {
-        Some(path) => Config::load(path)?,
-        None => Config::defaults(),
-    })
-}
-
 pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
-    let config = load(args.config.as_deref())?;
+    let config = config_or_default(args.config.as_deref())?;
     let data_dir = config.resolve(&config.server.data_dir);
     let wanted = args.id.trim_matches(['<', '>']);
     // A Message-ID names the queue ids its history lines have.
@@ -130,7 +124,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         .rule
         .split_once('=')
         .context("--rule takes NAME=FILE.wasm")?;
-    let config = load(args.config.as_deref())?;
+    let config = config_or_default(args.config.as_deref())?;
     let data_dir = config.resolve(&config.server.data_dir);
     let engine =
         PolicyEngine::with_named_rules(&config, vec![(name.to_string(), PathBuf::from(file))])?;

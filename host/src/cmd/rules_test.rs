@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use mailcall::config::Config;
-use mailcall::policy::{Envelope, PolicyEngine, Route, RuleFailure, Verdict};
+use mailcall::policy::{named_after, Envelope, PolicyEngine, Route, RuleFailure, Verdict};
 use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
@@ -98,18 +98,7 @@ pub fn named_rules(files: &[PathBuf]) -> Option<Vec<(String, PathBuf)>> {
     if files.is_empty() {
         return None;
     }
-    Some(
-        files
-            .iter()
-            .map(|file| {
-                let name = file
-                    .file_stem()
-                    .map(|stem| stem.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| file.display().to_string());
-                (name, file.clone())
-            })
-            .collect(),
-    )
+    Some(files.iter().map(|file| named_after(file)).collect())
 }
 
 /// Each rule's cost, on stderr (stdout is the one JSON line).

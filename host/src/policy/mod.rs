@@ -192,16 +192,7 @@ impl PolicyEngine {
         config: &Config,
         files: &[PathBuf],
     ) -> Result<PolicyEngine, PolicyError> {
-        let rules = files
-            .iter()
-            .map(|file| {
-                let name = file
-                    .file_stem()
-                    .map(|stem| stem.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| file.display().to_string());
-                (name, file.clone())
-            })
-            .collect();
+        let rules = files.iter().map(|file| named_after(file)).collect();
         PolicyEngine::with_named_rules(config, rules)
     }
 
@@ -586,6 +577,16 @@ impl PolicyEngine {
             reports.push(report);
         }
     }
+}
+
+/// A rule named after its module file (`x.wasm` is `x`), for the tools'
+/// `--rule FILE.wasm`.
+pub fn named_after(file: &Path) -> (String, PathBuf) {
+    let name = file
+        .file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.display().to_string());
+    (name, file.to_path_buf())
 }
 
 /// The files a policy is made of: its configuration file, its modules and
