@@ -193,4 +193,28 @@ mod tests {
     fn empty_input_is_not_a_message() {
         assert!(message_view(b"", 1024).is_err());
     }
+
+    /// Found by CI's fuzz run: a quoted-printable part that starts with a
+    /// soft line break right before the boundary made mail-parser 0.11.9
+    /// subtract past zero (a panic where overflow checks are on).
+    #[test]
+    fn a_soft_break_right_before_the_boundary_is_read() {
+        let message = view(
+            "Subject: soft break\r\n\
+             Content-Type: multipart/mixed; boundary=b\r\n\r\n\
+             --b\r\n\
+             Content-Type: text/plain\r\n\
+             Content-Transfer-Encoding: quoted-printable\r\n\r\n\
+             =\r\n--b\r\n\
+             Content-Type: text/plain\r\n\r\n\
+             call 050-1234-5678\r\n\
+             --b--\r\n",
+        );
+        assert_eq!(message.subject.as_deref(), Some("soft break"));
+        assert!(
+            message.body_text.contains("call 050-1234-5678"),
+            "{:?}",
+            message.body_text
+        );
+    }
 }
