@@ -217,4 +217,20 @@ mod tests {
             message.body_text
         );
     }
+
+    /// Found by fuzzing: nested message/rfc822 parts in a multipart whose
+    /// boundary lines are broken. mail-parser 0.11.9 loses track of the
+    /// part it is in there and trips a `debug_assert!(false)`; built as
+    /// released it recovers what it can, and the rules get a view.
+    #[test]
+    fn a_part_the_parser_loses_track_of_still_gives_a_view() {
+        let input = include_bytes!("../../../fuzz/corpus/message_view/multipart-lost-part-id");
+        // The fuzz target's first two bytes are the body limit.
+        let message = message_view(&input[2..], 16 * 1024).unwrap();
+        assert!(
+            message.headers.iter().any(|h| h.name == "Content-Type"),
+            "{:?}",
+            message.headers
+        );
+    }
 }
