@@ -32,7 +32,7 @@ fn recorded(redact: bool) -> (common::Setup, std::path::PathBuf) {
     config.policy.decision_log_redact = redact;
     let engine = PolicyEngine::for_server(&config, &data).unwrap();
     let text = mail("To: someone@b.test\nSubject: hello", "nothing to see");
-    let view = message(&engine, &text);
+    let view = std::sync::Arc::new(message(&engine, &text));
     for n in 0..100u32 {
         let rcpt = match n {
             0..30 => format!("user{n}@muratec.co.jp"),

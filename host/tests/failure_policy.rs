@@ -177,7 +177,7 @@ fn a_canary_at_50_percent_decides_about_half_the_messages_by_queue_id() {
     );
     let engine = setup.engine();
     let text = report();
-    let view = message(&engine, &text);
+    let view = std::sync::Arc::new(message(&engine, &text));
     let mut by_canary = 0;
     for n in 0..200u64 {
         // Queue ids as the spool makes them: microseconds, in hex.

@@ -1,6 +1,7 @@
 //! The spool's durability, proven by simulation: seeded random workloads
-//! (enqueue, record outcomes, rotate with a tiny segment limit, compact,
-//! restart, fill the disk) on a simulated disk that loses what was not
+//! (enqueue — alone, or as a few sessions sharing one group commit —
+//! record outcomes, rotate with a tiny segment limit, compact, restart,
+//! fill the disk) on a simulated disk that loses what was not
 //! synced, with the power cut at every write and sync point in turn. After
 //! each crash and `open()`:
 //! - every message whose enqueue returned is there, body intact, unless
@@ -43,7 +44,7 @@ fn envelope(recipients: usize) -> Envelope {
     }
 }
 
-/// The operation cut short by the crash: it may or may not have happened.
+/// An operation cut short by the crash: it may or may not have happened.
 #[derive(Debug, Clone)]
 enum InFlight {
     Enqueue(Vec<u8>),
@@ -58,7 +59,9 @@ struct Model {
     finished: BTreeSet<MessageId>,
     /// Bodies whose enqueue was refused (disk full): never to appear.
     refused: BTreeSet<Vec<u8>>,
-    in_flight: Option<InFlight>,
+    /// The operations cut short (several enqueues when sessions shared a
+    /// group commit).
+    in_flight: Vec<InFlight>,
     /// Every outcome acknowledged, in order (each needs its history line).
     recorded: Vec<(MessageId, usize, Outcome)>,
 }
@@ -94,6 +97,20 @@ fn attempt(id: MessageId, index: usize, outcome: &Outcome) -> Attempt {
 }
 
 impl Model {
+    /// An enqueue has its answer: accepted as `id`, or refused.
+    fn settle(&mut self, body: Vec<u8>, accepted: Option<(MessageId, usize)>) {
+        self.in_flight
+            .retain(|cut| !matches!(cut, InFlight::Enqueue(b) if *b == body));
+        match accepted {
+            Some((id, recipients)) => {
+                self.bodies.insert(id, (body, recipients));
+            }
+            None => {
+                self.refused.insert(body);
+            }
+        }
+    }
+
     fn unfinished(&self) -> Vec<MessageId> {
         self.bodies
             .keys()
@@ -118,7 +135,7 @@ fn options(rng: &mut fastrand::Rng) -> SpoolOptions {
 }
 
 /// The spool and the history as the server opens them: the history is
-/// synced before each of the spool's commits.
+/// synced before each outcome is written.
 fn open(sim: &Arc<SimStorage>, options: SpoolOptions) -> Result<(Spool, Arc<History>), String> {
     let storage: Arc<dyn Storage> = Arc::new(sim.clone());
     let (spool, _) =
@@ -165,20 +182,40 @@ fn workload(seed: u64, sim: &Arc<SimStorage>, crash_at: Option<u64>) -> Model {
         }
         match rng.u8(..) {
             0..=99 => {
-                let recipients = rng.usize(1..4);
-                let mut body = format!("seed {seed} step {step}\r\n").into_bytes();
-                body.extend(std::iter::repeat_n(b'x', rng.usize(0..600)));
-                model.in_flight = Some(InFlight::Enqueue(body.clone()));
-                let result = spool.enqueue(envelope(recipients), &body);
-                trace(sim, || format!("enqueue {} bytes: {result:?}", body.len()));
-                match result {
-                    Ok(id) => {
-                        model.bodies.insert(id, (body, recipients));
+                // One session, or a few whose messages are all written
+                // before the first of them waits for its sync.
+                let sessions = if rng.u8(..3) == 0 { rng.usize(2..5) } else { 1 };
+                let mut begun = Vec::new();
+                for session in 0..sessions {
+                    let recipients = rng.usize(1..4);
+                    let mut body =
+                        format!("seed {seed} step {step} session {session}\r\n").into_bytes();
+                    body.extend(std::iter::repeat_n(b'x', rng.usize(0..600)));
+                    model.in_flight.push(InFlight::Enqueue(body.clone()));
+                    let result = spool.begin_enqueue(envelope(recipients), &body);
+                    trace(sim, || {
+                        format!("begin enqueue {} bytes: {result:?}", body.len())
+                    });
+                    match result {
+                        Ok(appended) => begun.push((appended, body, recipients)),
+                        Err(_) if sim.has_crashed() => break,
+                        Err(_) => model.settle(body, None),
                     }
-                    Err(_) if sim.has_crashed() => break,
-                    Err(_) => {
-                        model.refused.insert(body);
+                }
+                for (appended, body, recipients) in begun {
+                    if sim.has_crashed() {
+                        break;
                     }
+                    let result = spool.commit_enqueue(appended);
+                    trace(sim, || format!("commit enqueue: {result:?}"));
+                    match result {
+                        Ok(id) => model.settle(body, Some((id, recipients))),
+                        Err(_) if sim.has_crashed() => break,
+                        Err(_) => model.settle(body, None),
+                    }
+                }
+                if sim.has_crashed() {
+                    break;
                 }
             }
             100..=239 => {
@@ -211,7 +248,7 @@ fn workload(seed: u64, sim: &Arc<SimStorage>, crash_at: Option<u64>) -> Model {
                         code: 550,
                     },
                 };
-                model.in_flight = Some(InFlight::Record(id, index, outcome.clone()));
+                model.in_flight = vec![InFlight::Record(id, index, outcome.clone())];
                 // As the planner does: the history line, then the outcome.
                 history.record(&attempt(id, index, &outcome));
                 let result = spool.record(id, index, outcome.clone());
@@ -233,7 +270,7 @@ fn workload(seed: u64, sim: &Arc<SimStorage>, crash_at: Option<u64>) -> Model {
             _ => {
                 // A clean restart: the process ends, the disk keeps
                 // everything (page cache included).
-                model.in_flight = None;
+                model.in_flight.clear();
                 trace(sim, || "restart".to_string());
                 drop(spool);
                 match open(sim, options) {
@@ -242,7 +279,7 @@ fn workload(seed: u64, sim: &Arc<SimStorage>, crash_at: Option<u64>) -> Model {
                 }
             }
         }
-        model.in_flight = None;
+        model.in_flight.clear();
     }
     model
 }
@@ -270,8 +307,8 @@ fn check(seed: u64, point: u64, sim: &Arc<SimStorage>, model: &Model) -> Result<
     let pending_ids: BTreeSet<MessageId> = pending.iter().map(|q| q.id).collect();
     for id in model.unfinished() {
         // The outcome cut short may have reached the disk and finished it.
-        let finished_by_cut = match &model.in_flight {
-            Some(InFlight::Record(cut, index, outcome)) if *cut == id => {
+        let finished_by_cut = model.in_flight.iter().any(|cut| match cut {
+            InFlight::Record(cut, index, outcome) if *cut == id => {
                 let recipients = model.bodies[&id].1;
                 (0..recipients).all(|i| {
                     let o = if i == *index {
@@ -283,7 +320,7 @@ fn check(seed: u64, point: u64, sim: &Arc<SimStorage>, model: &Model) -> Result<
                 })
             }
             _ => false,
-        };
+        });
         if !pending_ids.contains(&id) && !finished_by_cut {
             let storage: Arc<dyn Storage> = Arc::new(sim.clone());
             let damage = Spool::open_on(storage, Path::new(DIR), options).map(|(_, r)| r.damage);
@@ -301,8 +338,10 @@ fn check(seed: u64, point: u64, sim: &Arc<SimStorage>, model: &Model) -> Result<
             }
             Some(_) => {}
             None => {
-                let in_flight =
-                    matches!(&model.in_flight, Some(InFlight::Enqueue(b)) if *b == body);
+                let in_flight = model
+                    .in_flight
+                    .iter()
+                    .any(|cut| matches!(cut, InFlight::Enqueue(b) if *b == body));
                 if !in_flight {
                     return fail(format!(
                         "message {} appeared that was never acknowledged (refused: {})",
@@ -317,10 +356,10 @@ fn check(seed: u64, point: u64, sim: &Arc<SimStorage>, model: &Model) -> Result<
         }
         for (index, recovered) in queued.outcomes.iter().enumerate() {
             let acknowledged = model.outcomes.get(&(queued.id, index));
-            let cut_short = match &model.in_flight {
-                Some(InFlight::Record(id, i, o)) if *id == queued.id && *i == index => Some(o),
+            let cut_short = model.in_flight.iter().find_map(|cut| match cut {
+                InFlight::Record(id, i, o) if *id == queued.id && *i == index => Some(o),
                 _ => None,
-            };
+            });
             if recovered.as_ref() != acknowledged && recovered.as_ref() != cut_short {
                 return fail(format!(
                     "message {} recipient {index}: recovered {recovered:?}, acknowledged {acknowledged:?}",

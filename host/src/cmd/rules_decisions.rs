@@ -139,11 +139,17 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         if record.at_ms < since_ms {
             continue;
         }
-        let Some(input) = &record.input else {
-            tally.redacted += 1;
+        // Redacted records carry no input; a message is missing only where
+        // the line that held it was cut off.
+        let Some((envelope, message)) = record
+            .input
+            .as_ref()
+            .and_then(|input| Some((&input.envelope, input.message.as_ref()?)))
+        else {
+            tally.not_replayable += 1;
             continue;
         };
-        let verdict = engine.evaluate(&input.envelope, &input.message);
+        let verdict = engine.evaluate(envelope, message);
         let Some(step) = verdict.steps.first() else {
             continue;
         };
@@ -177,7 +183,7 @@ struct Tally {
     /// Records in which the rule did not run (the chain stopped before it,
     /// or it was not in the chain then).
     not_recorded: usize,
-    redacted: usize,
+    not_replayable: usize,
     durations: Vec<u64>,
     examples: Vec<String>,
 }
@@ -185,11 +191,11 @@ struct Tally {
 impl Tally {
     fn print(mut self, name: &str, file: &str) {
         println!("replay of {file} as rule {name}");
-        println!("| same | different | failed | rule not run then | redacted (not replayable) |");
+        println!("| same | different | failed | rule not run then | not replayable (redacted) |");
         println!("|---|---|---|---|---|");
         println!(
             "| {} | {} | {} | {} | {} |",
-            self.same, self.different, self.failed, self.not_recorded, self.redacted
+            self.same, self.different, self.failed, self.not_recorded, self.not_replayable
         );
         self.durations.sort_unstable();
         if !self.durations.is_empty() {

@@ -287,11 +287,11 @@ impl Planner {
         queued: &Queued,
         index: usize,
         body: &[u8],
-        view: &mut Option<policy::Message>,
+        view: &mut Option<Arc<policy::Message>>,
     ) -> Option<Verdict> {
         let policy = self.policy.as_ref()?;
         if view.is_none() {
-            *view = Some(policy.view(body).unwrap_or_else(|_| empty_view()));
+            *view = Some(Arc::new(policy.view(body).unwrap_or_else(|_| empty_view())));
         }
         let envelope = policy::Envelope {
             mail_from: queued.envelope.mail_from.clone(),

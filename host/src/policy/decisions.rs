@@ -9,15 +9,20 @@
 //! It is a diagnostic record, not a durable one: lines are written by a
 //! thread of their own, not synced, and dropped (counted, logged) when the
 //! writer falls behind (the history is the communication record that
-//! survives a crash).
+//! survives a crash). An evaluation only hands over what it already holds
+//! (the message view is shared, not copied); the writer builds, masks and
+//! serializes the line. The message is written once per queue id and file
+//! (each recipient's line has its envelope); [`read`] puts it back into
+//! every record of that queue id.
 //! With `decision_log_redact = true` addresses and numbers are masked and
 //! the input is left out, so those records cannot be replayed.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +54,19 @@ pub struct DecisionRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecordedInput {
     pub envelope: Envelope,
-    pub message: Message,
+    /// In the file only on the first record of its queue id; [`read`]
+    /// fills in the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Message>,
+}
+
+/// What an evaluation hands to the writer thread.
+struct Evaluation {
+    at_ms: u64,
+    queue_id: String,
+    envelope: Envelope,
+    message: Arc<Message>,
+    verdict: Verdict,
 }
 
 const CURRENT: &str = "current.jsonl";
@@ -59,12 +76,11 @@ const PREVIOUS: &str = "previous.jsonl";
 /// slow disk never holds up an evaluation.
 const BACKLOG: usize = 4096;
 
-/// The log a server writes. Records are serialized and written by a thread
-/// of their own: an evaluation only hands its record over.
+/// The log a server writes. Records are built, serialized and written by a
+/// thread of their own: an evaluation only hands its parts over.
 pub struct DecisionLog {
-    records: Option<mpsc::SyncSender<DecisionRecord>>,
+    evaluations: Option<mpsc::SyncSender<Evaluation>>,
     writer: Option<std::thread::JoinHandle<()>>,
-    redact: bool,
     dropped: AtomicU64,
 }
 
@@ -74,35 +90,39 @@ struct Writer {
     /// Bytes `current.jsonl` may reach before it is rotated.
     rotate_at: u64,
     file: Option<(File, u64)>,
+    redact: bool,
+    /// Queue ids whose message is in `current.jsonl` already.
+    messages_written: HashSet<String>,
 }
+
+/// Queue ids remembered per file; past that the set starts over (a message
+/// is then written once more, which costs space, not correctness).
+const MESSAGES_REMEMBERED: usize = 65_536;
 
 impl DecisionLog {
     /// The log in `dir` (made 0700), kept within `limit` bytes.
     pub fn open(dir: &Path, limit: u64, redact: bool) -> std::io::Result<DecisionLog> {
         crate::private::folder(dir)?;
-        let (records, received) = mpsc::sync_channel::<DecisionRecord>(BACKLOG);
+        let (evaluations, received) = mpsc::sync_channel::<Evaluation>(BACKLOG);
         let mut writer = Writer {
             dir: dir.to_path_buf(),
             rotate_at: (limit / 2).max(4096),
             file: None,
+            redact,
+            messages_written: HashSet::new(),
         };
         let writer = std::thread::Builder::new()
             .name("decision-log".into())
             .spawn(move || {
-                for record in received {
-                    let Ok(mut line) = serde_json::to_vec(&record) else {
-                        continue;
-                    };
-                    line.push(b'\n');
-                    if let Err(error) = writer.append(&line) {
+                for evaluation in received {
+                    if let Err(error) = writer.write(evaluation) {
                         tracing::warn!(dir = %writer.dir.display(), "decision not recorded: {error}");
                     }
                 }
             })?;
         Ok(DecisionLog {
-            records: Some(records),
+            evaluations: Some(evaluations),
             writer: Some(writer),
-            redact,
             dropped: AtomicU64::new(0),
         })
     }
@@ -113,35 +133,21 @@ impl DecisionLog {
         &self,
         queue_id: &str,
         envelope: &Envelope,
-        message: &Message,
+        message: &Arc<Message>,
         verdict: &Verdict,
         at_ms: u64,
     ) {
-        let mut record = DecisionRecord {
-            at_ms,
-            queue_id: queue_id.to_string(),
-            recipient: envelope.rcpt_to.clone(),
-            generation: verdict
-                .generation
-                .as_ref()
-                .map_or_else(String::new, ToString::to_string),
-            route: verdict.route.to_string(),
-            rule: verdict.rule.clone(),
-            reason: verdict.reason.clone(),
-            steps: verdict.steps.clone(),
-            redacted: false,
-            input: (!self.redact).then(|| RecordedInput {
-                envelope: envelope.clone(),
-                message: message.clone(),
-            }),
-        };
-        if self.redact {
-            redact(&mut record);
-        }
-        let Some(records) = &self.records else {
+        let Some(evaluations) = &self.evaluations else {
             return;
         };
-        if records.try_send(record).is_err() {
+        let evaluation = Evaluation {
+            at_ms,
+            queue_id: queue_id.to_string(),
+            envelope: envelope.clone(),
+            message: Arc::clone(message),
+            verdict: verdict.clone(),
+        };
+        if evaluations.try_send(evaluation).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(dropped, "decision log backlog full: records dropped");
@@ -150,10 +156,17 @@ impl DecisionLog {
     }
 }
 
+impl DecisionLog {
+    /// Records dropped so far because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
 impl Drop for DecisionLog {
     /// Writes what is waiting before the log goes.
     fn drop(&mut self) {
-        self.records = None;
+        self.evaluations = None;
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
@@ -161,16 +174,68 @@ impl Drop for DecisionLog {
 }
 
 impl Writer {
-    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
-        let current = self.dir.join(CURRENT);
+    fn write(&mut self, evaluation: Evaluation) -> std::io::Result<()> {
+        let Evaluation {
+            at_ms,
+            queue_id,
+            envelope,
+            message,
+            verdict,
+        } = evaluation;
+        let mut record = DecisionRecord {
+            at_ms,
+            recipient: envelope.rcpt_to.clone(),
+            generation: verdict
+                .generation
+                .as_ref()
+                .map_or_else(String::new, ToString::to_string),
+            route: verdict.route.to_string(),
+            rule: verdict.rule,
+            reason: verdict.reason,
+            steps: verdict.steps,
+            redacted: false,
+            input: None,
+            queue_id,
+        };
+        if self.redact {
+            redact(&mut record);
+        } else {
+            self.rotate_if_full()?;
+            let first = !self.messages_written.contains(&record.queue_id);
+            record.input = Some(RecordedInput {
+                envelope,
+                message: first.then(|| Message::clone(&message)),
+            });
+        }
+        let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.append(&line)?;
+        if record.input.as_ref().is_some_and(|i| i.message.is_some()) {
+            if self.messages_written.len() >= MESSAGES_REMEMBERED {
+                self.messages_written.clear();
+            }
+            self.messages_written.insert(record.queue_id);
+        }
+        Ok(())
+    }
+
+    /// Starts a new `current.jsonl` when this one has reached its share.
+    fn rotate_if_full(&mut self) -> std::io::Result<()> {
         if self
             .file
             .as_ref()
             .is_some_and(|(_, size)| *size >= self.rotate_at)
         {
             self.file = None;
-            std::fs::rename(&current, self.dir.join(PREVIOUS))?;
+            self.messages_written.clear();
+            std::fs::rename(self.dir.join(CURRENT), self.dir.join(PREVIOUS))?;
         }
+        Ok(())
+    }
+
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        self.rotate_if_full()?;
+        let current = self.dir.join(CURRENT);
         if self.file.is_none() {
             let opened = crate::private::file_options()
                 .append(true)
@@ -186,8 +251,8 @@ impl Writer {
     }
 }
 
-/// Every record in the log in `dir`, oldest first; unreadable lines (a
-/// line cut by a crash) are skipped.
+/// Every record in the log in `dir`, oldest first, each with its message;
+/// unreadable lines (a line cut by a crash) are skipped.
 pub fn read(dir: &Path) -> std::io::Result<Vec<DecisionRecord>> {
     let mut records = Vec::new();
     for name in [PREVIOUS, CURRENT] {
@@ -196,10 +261,21 @@ pub fn read(dir: &Path) -> std::io::Result<Vec<DecisionRecord>> {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
             Err(error) => return Err(error),
         };
+        // The message of each queue id, from its first record in this file.
+        let mut messages: HashMap<String, Message> = HashMap::new();
         for line in BufReader::new(file).lines() {
-            if let Ok(record) = serde_json::from_str(&line?) {
-                records.push(record);
+            let Ok(mut record) = serde_json::from_str::<DecisionRecord>(&line?) else {
+                continue;
+            };
+            if let Some(input) = record.input.as_mut() {
+                match &input.message {
+                    Some(message) => {
+                        messages.insert(record.queue_id.clone(), message.clone());
+                    }
+                    None => input.message = messages.get(&record.queue_id).cloned(),
+                }
             }
+            records.push(record);
         }
     }
     Ok(records)
@@ -251,7 +327,78 @@ pub fn mask(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::chain::Route;
     use super::*;
+
+    fn verdict() -> Verdict {
+        Verdict {
+            route: Route::Smtp,
+            rule: None,
+            reason: "no rule had an opinion".into(),
+            version: None,
+            generation: None,
+            failures: Vec::new(),
+            shadows: Vec::new(),
+            steps: Vec::new(),
+        }
+    }
+
+    fn envelope(rcpt: &str) -> Envelope {
+        Envelope {
+            mail_from: "a@x.example".into(),
+            rcpt_to: rcpt.into(),
+            client_address: "192.0.2.1".into(),
+            helo: "x.example".into(),
+        }
+    }
+
+    #[test]
+    fn a_message_is_written_once_per_queue_id_and_file_and_read_back_into_each_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = "0123456789".repeat(150);
+        let message = Arc::new(Message {
+            headers: Vec::new(),
+            subject: Some("once".into()),
+            from: Vec::new(),
+            to: Vec::new(),
+            cc: Vec::new(),
+            body_text: body.clone(),
+            body_truncated: false,
+        });
+        let recipients: Vec<String> = (0..12).map(|n| format!("r{n}@y.example")).collect();
+        {
+            // Each file may reach 4096 bytes: the message and a dozen
+            // records do not fit in one.
+            let log = DecisionLog::open(dir.path(), 8192, false).unwrap();
+            for rcpt in &recipients {
+                log.record("Q1", &envelope(rcpt), &message, &verdict(), 1);
+            }
+        }
+        let mut lines = 0;
+        for name in [PREVIOUS, CURRENT] {
+            let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
+            assert_eq!(
+                text.matches(&body).count(),
+                1,
+                "{name} holds the message once"
+            );
+            assert!(
+                text.lines().next().unwrap().contains(&body),
+                "in its first line"
+            );
+            lines += text.lines().count();
+        }
+        assert_eq!(lines, recipients.len());
+
+        let records = read(dir.path()).unwrap();
+        let read_back: Vec<_> = records.iter().map(|r| r.recipient.clone()).collect();
+        assert_eq!(read_back, recipients);
+        for record in &records {
+            let input = record.input.as_ref().unwrap();
+            assert_eq!(input.envelope.rcpt_to, record.recipient);
+            assert_eq!(input.message.as_ref().unwrap().body_text, body);
+        }
+    }
 
     #[test]
     fn masking_hides_numbers_and_local_parts() {

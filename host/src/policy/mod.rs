@@ -289,17 +289,30 @@ impl PolicyEngine {
     /// `envelope` (step S4). The generation is taken once: a reload during
     /// the evaluation does not change what it runs.
     pub fn evaluate(&self, envelope: &Envelope, message: &Message) -> Verdict {
-        self.evaluate_queued("", envelope, message)
+        self.run("", envelope, message)
     }
 
     /// As [`PolicyEngine::evaluate`], for a recipient of the message queued
-    /// as `queue_id` (which chooses the canaries' share).
+    /// as `queue_id` (which chooses the canaries' share), recorded in the
+    /// decision log if the engine keeps one (the view is shared with the
+    /// log's writer, not copied).
     pub fn evaluate_queued(
         &self,
         queue_id: &str,
         envelope: &Envelope,
-        message: &Message,
+        message: &Arc<Message>,
     ) -> Verdict {
+        let verdict = self.run(queue_id, envelope, message);
+        if let Some(log) = &self.decisions {
+            let at_ms = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            log.record(queue_id, envelope, message, &verdict, at_ms);
+        }
+        verdict
+    }
+
+    fn run(&self, queue_id: &str, envelope: &Envelope, message: &Message) -> Verdict {
         let _slot = self.slots.acquire();
         let generation = self.active.load_full();
         let mut verdict = generation.chain.evaluate(
@@ -311,13 +324,12 @@ impl PolicyEngine {
         );
         verdict.generation = Some(generation.id.clone());
         trace_verdict(envelope, &verdict);
-        if let Some(log) = self.decisions.as_ref().filter(|_| !queue_id.is_empty()) {
-            let at_ms = SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            log.record(queue_id, envelope, message, &verdict, at_ms);
-        }
         verdict
+    }
+
+    /// Decision records dropped because the log's writer was behind.
+    pub fn decisions_dropped(&self) -> u64 {
+        self.decisions.as_ref().map_or(0, DecisionLog::dropped)
     }
 
     /// The generation in force.
