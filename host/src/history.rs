@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::queue::spool::SyncedFirst;
 use crate::storage::{AppendFile, Disk, Storage};
+use mailcall_sip::{Rung, Side};
 
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +100,10 @@ pub struct Attempt {
     /// The server talked to (`127.0.0.1:25`), or the mailbox.
     pub peer: Option<String>,
     pub elapsed_ms: u64,
+    /// A call's ladder as the caller recorded it (Fig. 4: T1–T7, R1–R4,
+    /// with the final server's SMTP replies), as far as the call got.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ladder: Vec<Rung>,
 }
 
 /// The history file, appended to by the delivery tasks.
@@ -239,6 +244,37 @@ impl SyncedFirst for History {
         }
         result
     }
+}
+
+/// The ladder of a call attempt as text, one step per line: its time from
+/// the INVITE, the direction (A calls, B answers) and the label.
+///
+/// ```text
+///        0.0 ms  A -> B  T1 INVITE sip:05022220000@127.0.0.1:5062
+///        3.2 ms  A <- B  R2 200 OK
+/// ```
+pub fn ladder_text(attempt: &Attempt) -> String {
+    let mut text = format!(
+        "{} to {} by {} (Call-ID {}): {}\n",
+        attempt.queue_id,
+        attempt.recipient,
+        attempt.number.as_deref().unwrap_or("?"),
+        attempt.call_id.as_deref().unwrap_or("none"),
+        attempt.outcome,
+    );
+    for rung in &attempt.ladder {
+        let arrow = match rung.label.sender() {
+            Side::Caller => "A -> B",
+            Side::Callee => "A <- B",
+        };
+        text.push_str(&format!(
+            "  {:>8.1} ms  {arrow}  {} {}\n",
+            rung.at_us as f64 / 1000.0,
+            rung.label,
+            rung.text
+        ));
+    }
+    text
 }
 
 /// The attempts as an aligned text table, one line each: recipient, path,

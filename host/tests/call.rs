@@ -240,6 +240,32 @@ sys.stdout.buffer.write(b"".join(line + b"\r\n" for line in lines))
             "{label} missing in the log:\n{log}"
         );
     }
+
+    // And the attempt carries the ladder itself: `history --ladder`.
+    let queue_id = delivered["queue_id"].as_str().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mailcall"))
+        .args(["history", "--ladder", "--id", queue_id, "--config"])
+        .arg(a_dir.path().join("mailcall.toml"))
+        .output()
+        .unwrap();
+    let ladder = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{ladder}");
+    assert!(ladder.contains(&call_id), "{ladder}");
+    let labels: Vec<&str> = ladder
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|label| *label != "R1")
+        .collect();
+    assert_eq!(
+        labels[..8],
+        ["T1", "T3", "R2", "T2", "R3", "T4", "T5", "T5"],
+        "{ladder}"
+    );
+    assert!(
+        ladder.contains("T5 the final server: 250"),
+        "the final server's reply: {ladder}"
+    );
 }
 
 #[test]
@@ -312,7 +338,7 @@ fn mailcall_demo_delivers_every_sample_where_it_belongs() {
         stdout.contains("Every message ended where it should."),
         "{stdout}"
     );
-    // The ladder of one call, from both ends, in order.
+    // The ladder of one call, as A recorded it with the attempt, in order.
     let ladder: Vec<&str> = stdout
         .lines()
         .skip_while(|l| !l.starts_with("The call ladder"))
@@ -324,10 +350,13 @@ fn mailcall_demo_delivers_every_sample_where_it_belongs() {
             .position(|l| l.contains(needle))
             .unwrap_or_else(|| panic!("{needle} missing in\n{}", ladder.join("\n")))
     };
-    assert!(position("A  T1 INVITE") < position("B  R2 200 OK"));
-    assert!(position("B  R2 200 OK") < position("A  T2 ACK"));
+    assert!(position("A -> B  T1 INVITE") < position("A <- B  R2 200 OK"));
+    assert!(position("A <- B  R2 200 OK") < position("A -> B  T2 ACK"));
+    assert!(position("A -> B  T2 ACK") < position("A <- B  R3 answer: smtp at"));
+    assert!(position("A -> B  T4 channel opened") < position("T5 the final server: 250"));
+    assert!(position("T5 the final server: 250") < position("A -> B  T6 channel closed"));
     // Either end may hang up first once the session is over.
-    assert!(position("A  T4 channel opened") < position("T7 BYE"));
+    assert!(position("A -> B  T6 channel closed") < position("  R4 "));
     // Every path is in the results table.
     for row in [
         "050-2222-0000@b.example  call",
@@ -642,6 +671,15 @@ fn a_busy_callee_means_relay_at_once_by_default() {
         "{attempts:?}\n{}",
         log_of(a_dir.path())
     );
+    // The failed call's ladder ends where it stopped: B's 486.
+    let ladder = attempts[0]["ladder"].as_array().unwrap();
+    let last = ladder.last().unwrap();
+    assert_eq!(last["label"], "R2", "{ladder:?}");
+    assert!(
+        last["text"].as_str().unwrap().starts_with("486"),
+        "{ladder:?}"
+    );
+    assert!(attempts[1].get("ladder").is_none(), "a relay has no ladder");
     assert_eq!(wait_for_dumps(&a_dir.path().join("sink"), 1).len(), 1);
 }
 

@@ -93,6 +93,7 @@ fn attempt(id: MessageId, index: usize, outcome: &Outcome) -> Attempt {
         sip_status: None,
         peer: None,
         elapsed_ms: 0,
+        ladder: Vec::new(),
     }
 }
 

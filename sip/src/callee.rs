@@ -14,6 +14,7 @@ use rsipstack::transaction::TransactionReceiver;
 use tracing::{debug, info, warn};
 
 use crate::config::in_network;
+use crate::ladder::Ladder;
 use crate::sdp::{ChannelDescription, Setup};
 use crate::stack::{ip_of, Stack, ALLOWED_METHODS};
 use crate::tls::ChannelIdentity;
@@ -380,11 +381,14 @@ impl Answered<'_> {
                 hang_up(&shared.stack, dialog, call_id, "no channel").await;
             }
             Some(Ok(channel)) => {
+                let ladder = Ladder::new();
+                ladder.set_call_id(call_id);
                 let info = CallInfo {
                     call_id: call_id.to_string(),
                     number: self.number,
                     from: self.from,
                     peer: channel.peer(),
+                    ladder,
                 };
                 run_session(shared, handler, channel, info, dialog, states).await;
             }

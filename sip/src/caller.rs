@@ -1,6 +1,7 @@
 //! The caller (UAC), steps S5–S7: INVITE with the channel offer (T1),
 //! provisional answers (R1), the 200 with the answer (R2), ACK (T2), the
-//! channel (T3–T6) and BYE (T7/R4). Every step is logged with its label.
+//! channel (T3–T6) and BYE (T7/R4). Every step is recorded in the call's
+//! [`Ladder`] (and logged) with its label.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -11,9 +12,10 @@ use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::sip::typed::Route;
 use rsipstack::sip::{Param, StatusCodeKind, Uri};
 use rsipstack::transport::SipAddr;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::channel;
+use crate::ladder::{Label, Ladder};
 use crate::sdp::{ChannelDescription, Setup};
 use crate::stack::transport_of;
 use crate::{CallInfo, Channel, Counted, Shared};
@@ -179,6 +181,7 @@ pub(crate) fn credential(shared: &Shared, user: &str) -> Option<Credential> {
 pub(crate) async fn call<F, Fut, T>(
     shared: &Shared,
     number: &str,
+    ladder: &Ladder,
     session: F,
 ) -> Result<Call<T>, CallFailure>
 where
@@ -192,6 +195,7 @@ where
     let started = Instant::now();
     let target = resolve(shared, number)?;
     let call_id = stack.new_call_id();
+    ladder.set_call_id(&call_id);
     let transport_error = |reason: String| CallFailure::Transport {
         reason,
         call_id: Some(call_id.clone()),
@@ -232,8 +236,14 @@ where
         ..Default::default()
     };
 
-    info!(call_id = %call_id, via = ?target.proxy.as_ref().map(|p| p.to_string()), "T1 INVITE {}", target.request_uri);
-    info!(call_id = %call_id, "T3 offer: smtp over {}", if offer.tls { "TCP/TLS" } else { "TCP" });
+    let via = target
+        .proxy
+        .as_ref()
+        .map(|proxy| format!(" via {proxy}"))
+        .unwrap_or_default();
+    ladder.step(Label::T1, format!("INVITE {}{via}", target.request_uri));
+    let over = if offer.tls { "TCP/TLS" } else { "TCP" };
+    ladder.step(Label::T3, format!("offer: smtp over {over}"));
     stack.prepare_tcp(next_hop).await;
     let (state_sender, mut states) = stack.dialogs.new_dialog_state_channel();
     let (dialog, mut answer) = stack
@@ -250,11 +260,11 @@ where
             Some(state) = states.recv() => match state {
                 DialogState::Trying(_) => {
                     provisional = true;
-                    info!(call_id = %call_id, "R1 100 Trying");
+                    ladder.step(Label::R1, "100 Trying");
                 }
                 DialogState::Early(_, response) => {
                     provisional = true;
-                    info!(call_id = %call_id, "R1 {}", response.status_code)
+                    ladder.step(Label::R1, response.status_code.to_string());
                 }
                 _ => {}
             },
@@ -266,7 +276,8 @@ where
             // Nobody answered at all (unreachable, or a dead port): RFC 3261
             // §9.1 forbids a CANCEL before a provisional response, and
             // waiting out Timer B would only delay the fallback.
-            info!(call_id = %call_id, "T1 no response in {}s: giving up", settings.invite_timeout_secs);
+            let waited = settings.invite_timeout_secs;
+            ladder.step(Label::T1, format!("no response in {waited}s: giving up"));
             answer.abort();
             return Err(CallFailure::Timeout {
                 stage: Stage::Answer,
@@ -274,7 +285,8 @@ where
             });
         }
         None => {
-            info!(call_id = %call_id, "T1 CANCEL: no final answer in {}s", settings.invite_timeout_secs);
+            let waited = settings.invite_timeout_secs;
+            ladder.step(Label::T1, format!("CANCEL: no final answer in {waited}s"));
             if let Err(e) = dialog.cancel().await {
                 warn!(call_id = %call_id, "CANCEL failed: {e}");
             }
@@ -300,7 +312,7 @@ where
     };
     let code = response.status_code.code();
     if response.status_code.kind() != StatusCodeKind::Successful {
-        info!(call_id = %call_id, "R2 {}: call failed", response.status_code);
+        ladder.step(Label::R2, format!("{}: call failed", response.status_code));
         return Err(CallFailure::from_status(
             code,
             &response.status_code.to_string(),
@@ -308,8 +320,8 @@ where
         ));
     }
     let setup_time = started.elapsed();
-    info!(call_id = %call_id, "R2 {}", response.status_code);
-    info!(call_id = %call_id, "T2 ACK");
+    ladder.step(Label::R2, response.status_code.to_string());
+    ladder.step(Label::T2, "ACK");
 
     // From here on the dialog is confirmed: every way out ends with BYE.
     let hang_up = |reason: &'static str| {
@@ -318,13 +330,16 @@ where
         let dialog_id = dialog_id.clone();
         async move {
             if matches!(dialog.state(), DialogState::Terminated(..)) {
-                info!(call_id = %call_id, "R4 the callee hung up first");
+                ladder.step(Label::R4, "the callee hung up first");
             } else {
-                info!(call_id = %call_id, "T7 BYE ({reason})");
+                ladder.step(Label::T7, format!("BYE ({reason})"));
                 match stack.unless_stopped(dialog.bye()).await {
-                    Some(Ok(())) => info!(call_id = %call_id, "R4 BYE answered"),
-                    Some(Err(e)) => warn!(call_id = %call_id, "BYE failed: {e}"),
-                    None => info!(call_id = %call_id, "R4 not awaited: the user agent stopped"),
+                    Some(Ok(())) => ladder.step(Label::R4, "BYE answered"),
+                    Some(Err(e)) => {
+                        warn!(call_id = %call_id, "BYE failed: {e}");
+                        ladder.step(Label::R4, format!("no answer to BYE: {e}"));
+                    }
+                    None => ladder.step(Label::R4, "not awaited: the user agent stopped"),
                 }
             }
             stack.dialogs.remove_dialog(&dialog_id);
@@ -347,7 +362,10 @@ where
             });
         }
     };
-    info!(call_id = %call_id, "R3 answer: smtp at {} (setup:passive)", answer.socket_addr());
+    ladder.step(
+        Label::R3,
+        format!("answer: smtp at {} (setup:passive)", answer.socket_addr()),
+    );
     let tls = match (&shared.identity, answer.tls, answer.fingerprint) {
         (Some(identity), true, Some(fingerprint)) => Some((identity, fingerprint)),
         (None, false, _) => None,
@@ -375,14 +393,14 @@ where
             });
         }
     };
-    info!(call_id = %call_id, "T4 channel opened to {}", channel.peer());
+    ladder.step(Label::T4, format!("channel opened to {}", channel.peer()));
     let info = CallInfo {
         call_id: call_id.clone(),
         number: number.to_string(),
         from: from.to_string(),
         peer: channel.peer(),
+        ladder: ladder.clone(),
     };
-    info!(call_id = %call_id, "T5 session running");
     let session = tokio::time::timeout(settings.session_timeout(), session(channel, info));
     tokio::pin!(session);
     let output = tokio::select! {
@@ -390,11 +408,11 @@ where
         () = hung_up(&mut states) => {
             // The callee closes its end of the channel as it hangs up: a
             // session still reading its last answer gets it, or the end.
-            info!(call_id = %call_id, "R4 the callee hung up during the session");
+            ladder.step(Label::R4, "the callee hung up during the session");
             tokio::time::timeout(HANG_UP_GRACE, &mut session).await.ok()
         }
     };
-    info!(call_id = %call_id, "T6 channel closed");
+    ladder.step(Label::T6, "channel closed");
     hang_up("session done").await;
     let Some(output) = output else {
         return Err(CallFailure::Channel {

@@ -11,6 +11,7 @@ mod caller;
 mod channel;
 mod config;
 mod digest;
+mod ladder;
 mod register;
 mod screen;
 mod sdp;
@@ -31,6 +32,7 @@ pub use callee::{Admission, CallHandler};
 pub use caller::{Call, CallFailure, Stage};
 pub use channel::Channel;
 pub use config::{SipSettings, Transport};
+pub use ladder::{Label, Ladder, Rung, Side};
 
 /// The parsers the fuzz targets in `fuzz/` drive directly; not an API.
 #[doc(hidden)]
@@ -66,6 +68,8 @@ pub struct CallInfo {
     pub from: String,
     /// The channel's peer.
     pub peer: SocketAddr,
+    /// The call's ladder: the session records its steps into it too.
+    pub ladder: Ladder,
 }
 
 /// What the user agent holds right now; all zero when idle (the leak test).
@@ -173,13 +177,18 @@ impl UserAgent {
 
     /// S5–S7: calls `number` (by route or outbound proxy), runs `session`
     /// on the negotiated channel, then hangs up.
-    pub async fn call<F, Fut, T>(&self, number: &str, session: F) -> Result<Call<T>, CallFailure>
+    pub async fn call<F, Fut, T>(
+        &self,
+        number: &str,
+        ladder: &Ladder,
+        session: F,
+    ) -> Result<Call<T>, CallFailure>
     where
         F: FnOnce(Channel, CallInfo) -> Fut + Send,
         Fut: Future<Output = T> + Send,
         T: Send,
     {
-        caller::call(&self.shared, number, session).await
+        caller::call(&self.shared, number, ladder, session).await
     }
 
     /// The UDP and TCP addresses SIP listens on.

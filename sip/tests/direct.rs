@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{init_logs, send_and_read_back, settings, settle, udp_of, Echo};
 use mailcall_sip::{
-    Admission, AdmitFuture, CallFailure, CallHandler, CallInfo, Channel, HandlerFuture,
-    SipSettings, Stage, Stats, Transport, UserAgent,
+    Admission, AdmitFuture, CallFailure, CallHandler, CallInfo, Channel, HandlerFuture, Label,
+    Ladder, SipSettings, Stage, Stats, Transport, UserAgent,
 };
 
 const PORTS: u16 = 42000;
@@ -41,14 +41,39 @@ async fn round_trip(transport: Transport, tls: bool) {
     let (a, b, echo) = pair(transport, tls).await;
     let message = b"EHLO a.example\r\nQUIT\r\n".to_vec();
     let sent = message.clone();
+    let ladder = Ladder::new();
     let call = a
-        .call("200", move |channel, info| async move {
+        .call("200", &ladder, move |channel, info| async move {
             assert_eq!(channel.is_tls(), tls);
             assert_eq!(info.number, "200");
+            info.ladder.step(Label::T5, "echo");
             send_and_read_back(channel, sent).await
         })
         .await
         .unwrap();
+    // Fig. 4, as A recorded it (R1, 100/180, only when seen before the 200).
+    let labels: Vec<String> = ladder
+        .rungs()
+        .iter()
+        .map(|rung| rung.label.to_string())
+        .filter(|label| label != "R1")
+        .collect();
+    // Either end may hang up first: A's BYE and its answer, or B's BYE.
+    let (steps, hang_up) = labels.split_at(8);
+    assert_eq!(
+        steps,
+        ["T1", "T3", "R2", "T2", "R3", "T4", "T5", "T6"],
+        "{:?}",
+        ladder.rungs()
+    );
+    assert!(
+        hang_up == ["T7", "R4"] || hang_up == ["R4"],
+        "{:?}",
+        ladder.rungs()
+    );
+    let rungs = ladder.rungs();
+    assert!(rungs[0].text.starts_with("INVITE sip:200@"), "{rungs:?}");
+    assert!(rungs.windows(2).all(|w| w[0].at_us <= w[1].at_us));
     assert_eq!(call.sip_status, 200);
     assert_eq!(call.output, message, "the echo came back");
     let received = echo.received.lock().unwrap().clone();
@@ -85,17 +110,26 @@ async fn call_over_udp_with_a_tls_channel() {
 async fn unknown_numbers_and_missing_routes_fail_typed() {
     init_logs();
     let (a, b, _) = pair(Transport::Udp, false).await;
-    let error = a.call("999", |_, _| async {}).await.unwrap_err();
+    let error = a
+        .call("999", &Ladder::new(), |_, _| async {})
+        .await
+        .unwrap_err();
     assert_eq!(error, CallFailure::NoRoute("999".into()));
     a.shutdown().await;
 
     // A route to B for a number B does not have: 404.
     let a = UserAgent::start(routed_to(&b), None).await.unwrap();
-    let error = a.call("999", |_, _| async {}).await.unwrap_err();
+    let ladder = Ladder::new();
+    let error = a.call("999", &ladder, |_, _| async {}).await.unwrap_err();
     assert!(
         matches!(error, CallFailure::NotFound { code: 404, .. }),
         "{error}"
     );
+    // Where the call stopped: the 404, and no channel.
+    let last = ladder.rungs().pop().unwrap();
+    assert_eq!(last.label, Label::R2);
+    assert!(last.text.starts_with("404"), "{last:?}");
+    assert!(!ladder.rungs().iter().any(|r| r.label == Label::T4));
     assert!(error.call_id().is_some());
     a.shutdown().await;
     b.shutdown().await;
@@ -105,7 +139,10 @@ async fn unknown_numbers_and_missing_routes_fail_typed() {
         .await
         .unwrap();
     let a = UserAgent::start(routed_to(&c), None).await.unwrap();
-    let error = a.call("300", |_, _| async {}).await.unwrap_err();
+    let error = a
+        .call("300", &Ladder::new(), |_, _| async {})
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, CallFailure::Unavailable { code: 480, .. }),
         "{error}"
@@ -125,7 +162,10 @@ async fn a_peer_that_never_answers_times_out() {
         .routes
         .insert("*".into(), format!("sip:{}", silent.local_addr().unwrap()));
     let a = UserAgent::start(settings, None).await.unwrap();
-    let error = a.call("200", |_, _| async {}).await.unwrap_err();
+    let error = a
+        .call("200", &Ladder::new(), |_, _| async {})
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             error,
@@ -157,7 +197,8 @@ async fn the_caller_ends_its_session_when_the_callee_hangs_up() {
         .await
         .unwrap();
     let a = UserAgent::start(routed_to(&b), None).await.unwrap();
-    let call = a.call("200", |channel, _| async move {
+    let ladder = Ladder::new();
+    let call = a.call("200", &ladder, |channel, _| async move {
         // A session stuck on something other than the channel.
         let _held = channel;
         std::future::pending::<()>().await
@@ -182,7 +223,7 @@ async fn the_callee_ends_its_session_when_the_caller_hangs_up() {
     // reading until the channel closes, would wait on.
     let kept = Arc::new(std::sync::Mutex::new(None));
     let keeper = kept.clone();
-    a.call("200", move |channel, _| async move {
+    a.call("200", &Ladder::new(), move |channel, _| async move {
         *keeper.lock().unwrap() = Some(channel);
     })
     .await
@@ -219,7 +260,10 @@ async fn a_callee_may_refuse_a_ringing_call() {
         .await
         .unwrap();
     let a = UserAgent::start(routed_to(&b), None).await.unwrap();
-    let error = a.call("200", |_, _| async {}).await.unwrap_err();
+    let error = a
+        .call("200", &Ladder::new(), |_, _| async {})
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, CallFailure::Busy { code: 486, .. }),
         "{error}"

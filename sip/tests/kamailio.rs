@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{
     free_port, init_logs, send_and_read_back, settings, settle, wait_for_tcp, Echo, Peer,
 };
-use mailcall_sip::{CallFailure, SipSettings, Stats, Transport, UserAgent};
+use mailcall_sip::{CallFailure, Ladder, SipSettings, Stats, Transport, UserAgent};
 
 const PORTS: u16 = 43000;
 
@@ -112,7 +112,9 @@ async fn call_when_registered(a: &UserAgent, number: &str, message: &[u8]) -> Ve
     for _ in 0..40 {
         let sent = message.to_vec();
         match a
-            .call(number, move |channel, _| send_and_read_back(channel, sent))
+            .call(number, &Ladder::new(), move |channel, _| {
+                send_and_read_back(channel, sent)
+            })
             .await
         {
             Ok(call) => return call.output,
@@ -155,7 +157,9 @@ async fn call_through_kamailio(auth: Auth, transport: Transport, check_refresh: 
         tokio::time::sleep(Duration::from_secs(12)).await;
         let sent = message.clone();
         let call = a
-            .call("200", move |channel, _| send_and_read_back(channel, sent))
+            .call("200", &Ladder::new(), move |channel, _| {
+                send_and_read_back(channel, sent)
+            })
             .await
             .expect("still registered after the granted expiry");
         assert_eq!(call.output, message);
@@ -164,7 +168,10 @@ async fn call_through_kamailio(auth: Auth, transport: Transport, check_refresh: 
     // Unregistered on shutdown: Kamailio no longer finds 200.
     assert_eq!(settle(&b, Duration::from_secs(10)).await, Stats::default());
     b.shutdown().await;
-    let error = a.call("200", |_, _| async {}).await.unwrap_err();
+    let error = a
+        .call("200", &Ladder::new(), |_, _| async {})
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, CallFailure::NotFound { code: 404, .. }),
         "{error}"
@@ -203,7 +210,10 @@ async fn shutdown_in_the_middle_of_a_call_still_unregisters() {
     let message = b"NOOP\r\n".to_vec();
     assert_eq!(call_when_registered(&a, "200", &message).await, message);
     // A is registered too: B reaches it (A has no handler: 480).
-    let error = b.call("100", |_, _| async {}).await.unwrap_err();
+    let error = b
+        .call("100", &Ladder::new(), |_, _| async {})
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, CallFailure::Unavailable { code: 480, .. }),
         "{error}"
@@ -213,7 +223,8 @@ async fn shutdown_in_the_middle_of_a_call_still_unregisters() {
     let (running, is_running) = tokio::sync::oneshot::channel();
     let stopped = Arc::new(tokio::sync::Notify::new());
     let until_stopped = stopped.clone();
-    let call = a.call("200", move |channel, _| async move {
+    let ladder = Ladder::new();
+    let call = a.call("200", &ladder, move |channel, _| async move {
         running.send(()).ok();
         until_stopped.notified().await;
         drop(channel);
@@ -227,7 +238,10 @@ async fn shutdown_in_the_middle_of_a_call_still_unregisters() {
         .await
         .expect("the call and the shutdown ended");
     // Kamailio no longer knows 100.
-    let error = b.call("100", |_, _| async {}).await.unwrap_err();
+    let error = b
+        .call("100", &Ladder::new(), |_, _| async {})
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, CallFailure::NotFound { code: 404, .. }),
         "{error}"
@@ -245,7 +259,10 @@ async fn a_wrong_password_is_refused_by_kamailio() {
     )
     .await
     .unwrap();
-    let error = a.call("200", |_, _| async {}).await.unwrap_err();
+    let error = a
+        .call("200", &Ladder::new(), |_, _| async {})
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             error,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{init_logs, send_and_read_back, settings, settle, udp_of, Echo};
-use mailcall_sip::{Stats, Transport, UserAgent};
+use mailcall_sip::{Ladder, Stats, Transport, UserAgent};
 
 const PORTS: u16 = 45000;
 const CALLS: usize = 1000;
@@ -51,7 +51,9 @@ async fn a_thousand_calls_leave_nothing_behind() {
         let message = format!("call {n}\r\n").into_bytes();
         let sent = message.clone();
         let call = agent
-            .call("200", move |channel, _| send_and_read_back(channel, sent))
+            .call("200", &Ladder::new(), move |channel, _| {
+                send_and_read_back(channel, sent)
+            })
             .await
             .unwrap_or_else(|e| panic!("call {n}: {e}"));
         assert_eq!(call.output, message);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{free_port, init_logs, settings, settle, udp_of, Echo};
 use mailcall_sip::{
-    Admission, AdmitFuture, CallFailure, CallHandler, CallInfo, Channel, HandlerFuture,
+    Admission, AdmitFuture, CallFailure, CallHandler, CallInfo, Channel, HandlerFuture, Ladder,
     SipSettings, Stage, Stats, UserAgent,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -165,7 +165,10 @@ async fn rejected_by_sipp(code: &str, reason: &str) -> CallFailure {
     .unwrap();
     let (port, sipp) = sipp_uas(path.to_str().unwrap(), &[]).await;
     let caller = UserAgent::start(caller_to(port), None).await.unwrap();
-    let error = caller.call("300", |_, _| async {}).await.unwrap_err();
+    let error = caller
+        .call("300", &Ladder::new(), |_, _| async {})
+        .await
+        .unwrap_err();
     let output = sipp.await.unwrap();
     assert!(output.status.success(), "{}", explain(&output));
     assert_eq!(
@@ -217,7 +220,10 @@ async fn no_answer_from_sipp_times_out_and_cancels() {
     init_logs();
     let (port, sipp) = sipp_uas("uas_no_answer.xml", &[]).await;
     let caller = UserAgent::start(caller_to(port), None).await.unwrap();
-    let error = caller.call("300", |_, _| async {}).await.unwrap_err();
+    let error = caller
+        .call("300", &Ladder::new(), |_, _| async {})
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             error,
@@ -259,7 +265,7 @@ async fn sipp_answers_then_hangs_up() {
     });
     let caller = UserAgent::start(caller_to(port), None).await.unwrap();
     let call = caller
-        .call("300", |mut channel, _| async move {
+        .call("300", &Ladder::new(), |mut channel, _| async move {
             let mut rest = Vec::new();
             channel.read_to_end(&mut rest).await.map(|_| rest.len())
         })

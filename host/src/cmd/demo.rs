@@ -273,14 +273,12 @@ async fn demo(dir: &Path, rules_dir: &Path, log: &Path) -> anyhow::Result<()> {
         .iter()
         .find(|a| a.path == DeliveryPath::Call && a.outcome == AttemptOutcome::Delivered)
     {
-        if let Some(call_id) = &call.call_id {
-            println!(
-                "\nThe call ladder of one delivery ({} to {}), A's and B's sides:",
-                call.recipient,
-                call.number.as_deref().unwrap_or("?")
-            );
-            print_ladder(log, call_id)?;
-        }
+        println!(
+            "\nThe call ladder of one delivery, as A recorded it (`mailcall history --id {} --ladder --config {}`):",
+            call.queue_id,
+            dir.join("a/mailcall.toml").display()
+        );
+        print!("{}", history::ladder_text(call));
     }
 
     println!(
@@ -361,30 +359,6 @@ fn arrived(dir: &Path, sample: &Sample) -> bool {
         std::fs::read_to_string(entry.path())
             .is_ok_and(|text| text.contains(&format!("Subject: {}\r\n", sample.subject)))
     })
-}
-
-/// The log lines of one call: its ladder, from both ends (A places the
-/// call and sends; B answers and receives).
-fn print_ladder(log: &Path, call_id: &str) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(log)?;
-    for line in text.lines().filter(|line| line.contains(call_id)) {
-        // `TIME  LEVEL target: message fields`
-        let mut words = line.split_whitespace();
-        let time = words.next().unwrap_or("");
-        let _level = words.next();
-        let target = words.next().unwrap_or("");
-        let side = if target.contains("callee") { "B" } else { "A" };
-        let message = line
-            .split_once(target)
-            .map_or(line, |(_, m)| m.trim_start());
-        let message = message
-            .replace(&format!("call_id={call_id}"), "")
-            .replace("via=None", "");
-        let short_time = time.get(11..23).unwrap_or(time);
-        println!("  {short_time}  {side}  {}", message.trim_end());
-    }
-    println!("  (Call-ID {call_id})");
-    Ok(())
 }
 
 async fn wait_for_port(port: u16) -> anyhow::Result<()> {

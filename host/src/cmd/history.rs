@@ -22,6 +22,9 @@ pub struct Args {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// The ladder of each call attempt (Fig. 4: T1–T7, R1–R4), step by step.
+    #[arg(long, conflicts_with = "json")]
+    ladder: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -46,6 +49,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         for attempt in &attempts {
             println!("{}", serde_json::to_string(attempt)?);
+        }
+    } else if args.ladder {
+        let calls: Vec<_> = attempts.iter().filter(|a| !a.ladder.is_empty()).collect();
+        if calls.is_empty() {
+            anyhow::bail!("no call attempt with a recorded ladder matches");
+        }
+        for attempt in calls {
+            println!("{}", history::ladder_text(attempt));
         }
     } else {
         print!("{}", history::table(&attempts));

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use mailcall_sip::{CallFailure, CallInfo, UserAgent};
+use mailcall_sip::{CallFailure, CallInfo, Label, Ladder, Rung, UserAgent};
 
 use crate::config::Config;
 use crate::smtp::client::{self, ClientSettings, Outgoing, Relayed};
@@ -22,6 +22,8 @@ pub struct CallReport {
     /// The SMTP transaction over the channel (S6), or why there was none
     /// (busy, not found, no answer, channel failure, ...).
     pub result: Result<Relayed, String>,
+    /// The call step by step, as far as it got.
+    pub ladder: Vec<Rung>,
 }
 
 /// Places calls that carry mail.
@@ -65,21 +67,46 @@ impl Caller for SipCaller {
             let client = &self.client;
             let session = |channel, info: CallInfo| async move {
                 tracing::info!(step = "S6", call_id = %info.call_id, "SMTP over the call");
-                client::send_over(channel, client, outgoing).await
+                let recipients = outgoing.recipients.len();
+                info.ladder.step(
+                    Label::T5,
+                    format!(
+                        "SMTP: MAIL FROM:<{}>, {recipients} RCPT, DATA ({} bytes)",
+                        outgoing.mail_from,
+                        outgoing.message.len()
+                    ),
+                );
+                let relayed = client::send_over(channel, client, outgoing).await;
+                info.ladder.step(Label::T5, smtp_summary(&relayed));
+                relayed
             };
-            match self.agent.call(number, session).await {
+            let ladder = Ladder::new();
+            match self.agent.call(number, &ladder, session).await {
                 Ok(call) => CallReport {
                     call_id: Some(call.call_id),
                     sip_status: Some(call.sip_status),
                     result: Ok(call.output),
+                    ladder: ladder.rungs(),
                 },
                 Err(failure) => CallReport {
                     call_id: failure.call_id().map(str::to_string),
                     sip_status: sip_status_of(&failure),
                     result: Err(failure.to_string()),
+                    ladder: ladder.rungs(),
                 },
             }
         })
+    }
+}
+
+/// The final server's answers, for the ladder.
+fn smtp_summary(relayed: &Relayed) -> String {
+    match relayed {
+        Relayed::Replies(replies) => {
+            let replies: Vec<String> = replies.iter().map(ToString::to_string).collect();
+            format!("the final server: {}", replies.join("; "))
+        }
+        Relayed::Failed(reply) => format!("SMTP failed: {reply}"),
     }
 }
 

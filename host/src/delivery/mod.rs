@@ -74,6 +74,7 @@ struct Trace {
     call_id: Option<String>,
     sip_status: Option<u16>,
     peer: Option<String>,
+    ladder: Vec<mailcall_sip::Rung>,
 }
 
 impl Trace {
@@ -343,6 +344,7 @@ impl Planner {
             let mut trace = Trace::of(pending.verdict.as_ref());
             trace.call_id = report.call_id.clone();
             trace.sip_status = report.sip_status;
+            trace.ladder = report.ladder.clone();
             trace.peer = Some(format!("call {number}"));
             // The final server's reply; anything else is a failed call.
             let reply = match &report.result {
@@ -571,6 +573,7 @@ impl Planner {
             sip_status: trace.sip_status,
             peer: trace.peer,
             elapsed_ms: pending.started.elapsed().as_millis() as u64,
+            ladder: trace.ladder,
         }
     }
 
