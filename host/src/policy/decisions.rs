@@ -10,8 +10,8 @@
 //! thread of their own, not synced, and dropped (counted, logged) when the
 //! writer falls behind (the history is the communication record that
 //! survives a crash). An evaluation only hands over what it already holds
-//! (the message view is shared, not copied); the writer builds, masks and
-//! serializes the line. The message is written once per queue id and file
+//! (the message view is shared, not copied); the writer takes what is
+//! waiting every 50 ms and builds, masks and serializes the lines. The message is written once per queue id and file
 //! (each recipient's line has its envelope); [`read`] puts it back into
 //! every record of that queue id.
 //! With `decision_log_redact = true` addresses and numbers are masked and
@@ -21,13 +21,15 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::bindings::mailcall::rule::types::{Envelope, Message};
-use super::chain::{Step, StepDecision, Verdict};
+use super::chain::{Route, Step, StepDecision, Verdict};
+use super::generation::GenerationId;
 
 /// One evaluation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,7 +68,11 @@ struct Evaluation {
     queue_id: String,
     envelope: Envelope,
     message: Arc<Message>,
-    verdict: Verdict,
+    route: Route,
+    rule: Option<String>,
+    reason: String,
+    generation: Option<GenerationId>,
+    steps: Vec<Step>,
 }
 
 const CURRENT: &str = "current.jsonl";
@@ -76,11 +82,22 @@ const PREVIOUS: &str = "previous.jsonl";
 /// slow disk never holds up an evaluation.
 const BACKLOG: usize = 4096;
 
+/// How often the writer takes what is waiting. An evaluation never wakes
+/// it: a wake-up is a system call, dearer than recording itself.
+const WRITE_EVERY: Duration = Duration::from_millis(50);
+
 /// The log a server writes. Records are built, serialized and written by a
 /// thread of their own: an evaluation only hands its parts over.
 pub struct DecisionLog {
-    evaluations: Option<mpsc::SyncSender<Evaluation>>,
+    waiting: Arc<Waiting>,
     writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What evaluations hand over, taken by the writer in batches.
+#[derive(Default)]
+struct Waiting {
+    evaluations: Mutex<Vec<Evaluation>>,
+    closing: AtomicBool,
     dropped: AtomicU64,
 }
 
@@ -103,7 +120,7 @@ impl DecisionLog {
     /// The log in `dir` (made 0700), kept within `limit` bytes.
     pub fn open(dir: &Path, limit: u64, redact: bool) -> std::io::Result<DecisionLog> {
         crate::private::folder(dir)?;
-        let (evaluations, received) = mpsc::sync_channel::<Evaluation>(BACKLOG);
+        let waiting = Arc::new(Waiting::default());
         let mut writer = Writer {
             dir: dir.to_path_buf(),
             rotate_at: (limit / 2).max(4096),
@@ -113,61 +130,90 @@ impl DecisionLog {
         };
         let writer = std::thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || {
-                for evaluation in received {
-                    if let Err(error) = writer.write(evaluation) {
-                        tracing::warn!(dir = %writer.dir.display(), "decision not recorded: {error}");
+            .spawn({
+                let waiting = waiting.clone();
+                move || loop {
+                    // Closing is read before the batch is taken, so nothing
+                    // handed over before the log is dropped is left behind.
+                    let closing = waiting.closing.load(Ordering::Acquire);
+                    let batch = std::mem::take(&mut *waiting.lock());
+                    for evaluation in batch {
+                        if let Err(error) = writer.write(evaluation) {
+                            tracing::warn!(dir = %writer.dir.display(), "decision not recorded: {error}");
+                        }
                     }
+                    if closing {
+                        break;
+                    }
+                    std::thread::park_timeout(WRITE_EVERY);
                 }
             })?;
         Ok(DecisionLog {
-            evaluations: Some(evaluations),
+            waiting,
             writer: Some(writer),
-            dropped: AtomicU64::new(0),
         })
     }
 
-    /// Records one evaluation; a full backlog or a failure to write is
+    /// Records one evaluation, taking its steps (the rest of the verdict
+    /// is left to the caller); a full backlog or a failure to write is
     /// logged, never passed on (the delivery does not depend on it).
     pub fn record(
         &self,
         queue_id: &str,
         envelope: &Envelope,
         message: &Arc<Message>,
-        verdict: &Verdict,
+        verdict: &mut Verdict,
         at_ms: u64,
     ) {
-        let Some(evaluations) = &self.evaluations else {
+        let mut waiting = self.waiting.lock();
+        if waiting.len() >= BACKLOG {
+            drop(waiting);
+            let dropped = self.waiting.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(dropped, "decision log backlog full: records dropped");
+            }
             return;
-        };
-        let evaluation = Evaluation {
+        }
+        waiting.push(Evaluation {
             at_ms,
             queue_id: queue_id.to_string(),
             envelope: envelope.clone(),
             message: Arc::clone(message),
-            verdict: verdict.clone(),
-        };
-        if evaluations.try_send(evaluation).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped.is_power_of_two() {
-                tracing::warn!(dropped, "decision log backlog full: records dropped");
-            }
-        }
+            route: verdict.route.clone(),
+            rule: verdict.rule.clone(),
+            reason: verdict.reason.clone(),
+            generation: verdict.generation.clone(),
+            steps: std::mem::take(&mut verdict.steps),
+        });
     }
 }
 
 impl DecisionLog {
     /// Records dropped so far because the writer was behind.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.waiting.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records waiting for the writer now.
+    pub fn backlog(&self) -> usize {
+        self.waiting.lock().len()
+    }
+}
+
+impl Waiting {
+    fn lock(&self) -> MutexGuard<'_, Vec<Evaluation>> {
+        self.evaluations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl Drop for DecisionLog {
     /// Writes what is waiting before the log goes.
     fn drop(&mut self) {
-        self.evaluations = None;
+        self.waiting.closing.store(true, Ordering::Release);
         if let Some(writer) = self.writer.take() {
+            writer.thread().unpark();
             let _ = writer.join();
         }
     }
@@ -180,19 +226,22 @@ impl Writer {
             queue_id,
             envelope,
             message,
-            verdict,
+            route,
+            rule,
+            reason,
+            generation,
+            steps,
         } = evaluation;
         let mut record = DecisionRecord {
             at_ms,
             recipient: envelope.rcpt_to.clone(),
-            generation: verdict
-                .generation
+            generation: generation
                 .as_ref()
                 .map_or_else(String::new, ToString::to_string),
-            route: verdict.route.to_string(),
-            rule: verdict.rule,
-            reason: verdict.reason,
-            steps: verdict.steps,
+            route: route.to_string(),
+            rule,
+            reason,
+            steps,
             redacted: false,
             input: None,
             queue_id,
@@ -371,7 +420,7 @@ mod tests {
             // records do not fit in one.
             let log = DecisionLog::open(dir.path(), 8192, false).unwrap();
             for rcpt in &recipients {
-                log.record("Q1", &envelope(rcpt), &message, &verdict(), 1);
+                log.record("Q1", &envelope(rcpt), &message, &mut verdict(), 1);
             }
         }
         let mut lines = 0;

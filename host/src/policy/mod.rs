@@ -295,19 +295,19 @@ impl PolicyEngine {
     /// As [`PolicyEngine::evaluate`], for a recipient of the message queued
     /// as `queue_id` (which chooses the canaries' share), recorded in the
     /// decision log if the engine keeps one (the view is shared with the
-    /// log's writer, not copied).
+    /// log's writer, not copied, and the verdict's `steps` go to the log).
     pub fn evaluate_queued(
         &self,
         queue_id: &str,
         envelope: &Envelope,
         message: &Arc<Message>,
     ) -> Verdict {
-        let verdict = self.run(queue_id, envelope, message);
+        let mut verdict = self.run(queue_id, envelope, message);
         if let Some(log) = &self.decisions {
             let at_ms = SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            log.record(queue_id, envelope, message, &verdict, at_ms);
+            log.record(queue_id, envelope, message, &mut verdict, at_ms);
         }
         verdict
     }
