@@ -3,20 +3,25 @@
 //!
 //! - first byte even: the rest is a whole segment. `scan` never panics or
 //!   reads out of bounds; what it reports tiles the input (records, damage,
-//!   torn tail, in order, without overlap); `Spool::open_on` over that
-//!   segment recovers every message `scan` read, body intact.
+//!   torn tail, in order, without overlap); `Spool::open_with` over that
+//!   segment recovers every message `scan` read, body intact, and gives
+//!   the history whatever lines its records carry.
 //! - first byte odd: a real spool (on the simulated disk) writes messages
 //!   and outcomes, then the rest of the input, as `(offset, xor)` pairs,
 //!   damages the segment. Reopening never panics; a message either comes
 //!   back with its exact body or not at all; an outcome recorded final never
-//!   turns into a message to deliver again unless its record was damaged.
+//!   turns into a message to deliver again unless its record was damaged;
+//!   undamaged, the history gets its three lines back exactly.
 #![no_main]
 
 use std::path::Path;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use mailcall::queue::spool::{scan, Envelope, Outcome, Record, Spool, SpoolOptions};
+use mailcall::history::History;
+use mailcall::queue::spool::{
+    scan, Envelope, Outcome, Record, Recovery, Spool, SpoolError, SpoolOptions,
+};
 use mailcall::storage::sim::SimStorage;
 use mailcall::storage::Storage;
 
@@ -34,6 +39,13 @@ fn envelope(recipients: usize) -> Envelope {
         notify: Vec::new(),
         original_recipients: Vec::new(),
     }
+}
+
+/// The spool in `/spool` with its history in `/data`, as the server has it.
+fn open(disk: &Arc<SimStorage>) -> Result<(Spool, Recovery), SpoolError> {
+    let storage: Arc<dyn Storage> = Arc::new(disk.clone());
+    let history = Arc::new(History::on(storage.clone(), Path::new("/data")));
+    Spool::open_with(storage, Path::new("/spool"), SpoolOptions::default(), Some(history))
 }
 
 /// Writes `bytes` as the spool's only segment, durably.
@@ -71,11 +83,7 @@ fn raw_segment(bytes: &[u8]) {
     }
 
     let disk = disk_with_segment(bytes);
-    let Ok((spool, recovery)) = Spool::open_on(
-        Arc::new(disk.clone()),
-        Path::new("/spool"),
-        SpoolOptions::default(),
-    ) else {
+    let Ok((spool, recovery)) = open(&disk) else {
         return;
     };
     assert_eq!(recovery.damage.len(), scanned.damage.len());
@@ -92,12 +100,7 @@ fn raw_segment(bytes: &[u8]) {
 
 fn damaged_spool(damage: &[u8]) {
     let disk = SimStorage::new(1);
-    let (spool, _) = Spool::open_on(
-        Arc::new(disk.clone()),
-        Path::new("/spool"),
-        SpoolOptions::default(),
-    )
-    .expect("a new spool");
+    let (spool, _) = open(&disk).expect("a new spool");
     let mut bodies = Vec::new();
     for n in 0..4u8 {
         let body = vec![b'a' + n; 20 + usize::from(n) * 7];
@@ -107,13 +110,13 @@ fn damaged_spool(damage: &[u8]) {
     let delivered = Outcome::Delivered {
         detail: "250 ok".into(),
     };
-    spool
-        .record(bodies[0].0, 0, delivered.clone())
-        .expect("recorded");
-    spool
-        .record(bodies[0].0, 1, delivered.clone())
-        .expect("recorded");
-    spool.record(bodies[1].0, 0, delivered).expect("recorded");
+    let outcomes = [(0, 0), (0, 1), (1, 0)];
+    for (message, index) in outcomes {
+        let line = format!("line {message} {index}\n");
+        spool
+            .record(bodies[message].0, index, delivered.clone(), line)
+            .expect("recorded");
+    }
     drop(spool);
     let mut segment = disk.read(Path::new(SEGMENT)).expect("the segment");
     for pair in damage.chunks_exact(3) {
@@ -125,12 +128,9 @@ fn damaged_spool(damage: &[u8]) {
     }
     let intact = scan(&segment).damage.is_empty() && scan(&segment).torn_tail.is_none();
     let disk = disk_with_segment(&segment);
-    let (spool, recovery) = Spool::open_on(
-        Arc::new(disk.clone()),
-        Path::new("/spool"),
-        SpoolOptions::default(),
-    )
-    .expect("the damaged spool opens");
+    // The history is gone: the reopened spool gives it back what the
+    // (damaged) records still carry.
+    let (spool, recovery) = open(&disk).expect("the damaged spool opens");
     for queued in &recovery.messages {
         let body = spool.body(queued.id).expect("a recovered body");
         let original = bodies.iter().find(|(id, _)| *id == queued.id);
@@ -145,6 +145,8 @@ fn damaged_spool(damage: &[u8]) {
         let ids: Vec<_> = recovery.messages.iter().map(|q| q.id).collect();
         let expected: Vec<_> = bodies[1..].iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, expected);
+        let history = disk.read(Path::new("/data/history.jsonl")).expect("the history");
+        assert_eq!(history, b"line 0 0\nline 0 1\nline 1 0\n");
     }
 }
 

@@ -5,14 +5,14 @@
 //!
 //! Records are JSON lines appended to `data_dir/history.jsonl`;
 //! `mailcall history` reads and filters them. The history is the patent's
-//! communication record: each line is on disk before the outcome it
-//! reports is (see [`History`]).
+//! communication record: each line is on disk with the outcome it reports
+//! (see [`History`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::queue::spool::SyncedFirst;
+use crate::queue::spool::{Companion, Lines};
 use crate::storage::{AppendFile, Disk, Storage};
 use mailcall_sip::{Rung, Side};
 
@@ -106,21 +106,23 @@ pub struct Attempt {
     pub ladder: Vec<Rung>,
 }
 
-/// The history file, appended to by the delivery tasks.
+/// The history file, fed by the spool ([`Companion`]).
 ///
-/// A line is written before the spool records the outcome it reports, and
-/// the spool syncs the history before each of its group commits
-/// ([`SyncedFirst`]): so every outcome on disk has its line on disk, after
-/// any crash. A line without an outcome (a crash in between) is an attempt
-/// that happened and will be followed by another.
+/// The lines of an outcome travel in the spool's outcome record and are
+/// appended here as it is written; the file is synced before a segment
+/// leaves the spool, and at start the spool gives back the lines a crash
+/// took. So every outcome on disk has its lines in the history after any
+/// crash, at the price of one sync per outcome (the spool's). A line may
+/// be written twice after a crash (or after the file was rotated away),
+/// never lost.
 pub struct History {
     storage: Arc<dyn Storage>,
     path: PathBuf,
     file: Mutex<Appender>,
     /// Lines written since the last sync.
     dirty: AtomicBool,
-    /// A line could not be written: the next sync fails, so the outcome it
-    /// reports is not committed without it (and is tried again).
+    /// A line could not be written: syncs fail until a restore gives it
+    /// back, so no spool segment carrying it goes before.
     lost: AtomicBool,
     /// Held while syncing, so a second sync waits for the first to finish
     /// rather than returning before the lines it covers are on disk.
@@ -152,55 +154,24 @@ impl History {
         }
     }
 
-    /// Appends one attempt (made durable with the spool's next commit). A
-    /// line that cannot be written is logged and fails the spool's next
-    /// commit, so the outcome waits for a retry rather than going
-    /// unrecorded; a failed write is cut back off, so the next line is whole.
-    pub fn record(&self, attempt: &Attempt) {
-        let Ok(mut line) = serde_json::to_vec(attempt) else {
-            return;
-        };
-        line.push(b'\n');
-        let mut appender = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if appender.file.is_none() {
-            let existed = self.storage.exists(&self.path);
-            let opened = self.storage.open_append(&self.path).and_then(|opened| {
-                // A new file's name must be durable like its lines.
-                match self.path.parent().filter(|_| !existed) {
-                    Some(folder) => self.storage.sync_dir(folder).map(|()| opened),
-                    None => Ok(opened),
-                }
-            });
-            match opened {
-                Ok(opened) => {
-                    appender.size = opened.size().unwrap_or(0);
-                    appender.file = Some(opened);
-                }
-                Err(error) => {
-                    tracing::warn!(path = %self.path.display(), "cannot write the history: {error}");
-                    self.lost.store(true, Ordering::SeqCst);
-                    return;
-                }
-            }
+    /// The open file (opened, or made and its name synced, on first use).
+    fn open(&self, appender: &mut Appender) -> std::io::Result<Arc<dyn AppendFile>> {
+        if let Some(file) = &appender.file {
+            return Ok(file.clone());
         }
-        let size = appender.size;
-        let Some(file) = appender.file.clone() else {
-            return;
-        };
-        match file.write_all(&line) {
-            Ok(()) => {
-                appender.size += line.len() as u64;
-                self.dirty.store(true, Ordering::SeqCst);
-            }
-            Err(error) => {
-                tracing::warn!(path = %self.path.display(), "cannot write the history: {error}");
-                self.lost.store(true, Ordering::SeqCst);
-                if file.truncate(size).is_err() {
-                    // Start afresh at the next line: the size is unknown.
-                    appender.file = None;
-                }
-            }
+        let existed = self.storage.exists(&self.path);
+        let opened = self.storage.open_append(&self.path)?;
+        // A new file's name must be durable like its lines.
+        if let Some(folder) = self.path.parent().filter(|_| !existed) {
+            self.storage.sync_dir(folder)?;
         }
+        appender.size = opened.size()?;
+        appender.file = Some(opened.clone());
+        Ok(opened)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Appender> {
+        self.file.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every attempt recorded in `data_dir`, oldest first; lines that do
@@ -223,27 +194,143 @@ impl History {
     }
 }
 
-impl SyncedFirst for History {
+impl Companion for History {
+    /// A line that cannot be written is logged and cut back off, so the
+    /// next line is whole; the spool gives it back before its record goes.
+    fn append(&self, lines: &str) -> u64 {
+        let mut appender = self.lock();
+        let written = self.open(&mut appender).and_then(|file| {
+            let at = appender.size;
+            file.write_all(lines.as_bytes()).inspect_err(|_| {
+                if file.truncate(at).is_err() {
+                    // Start afresh at the next line: the size is unknown.
+                    appender.file = None;
+                }
+            })
+        });
+        // Where they went, or would have gone; unknown (past any end) if
+        // the file could not be opened or cut back.
+        let at = match appender.file {
+            Some(_) => appender.size,
+            None => u64::MAX,
+        };
+        match written {
+            Ok(()) => {
+                appender.size += lines.len() as u64;
+                self.dirty.store(true, Ordering::SeqCst);
+            }
+            Err(error) => {
+                tracing::warn!(path = %self.path.display(), "cannot write the history: {error}");
+                self.lost.store(true, Ordering::SeqCst);
+            }
+        }
+        at
+    }
+
     fn sync(&self) -> std::io::Result<()> {
         let _syncing = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
-        if self.lost.swap(false, Ordering::SeqCst) {
+        if self.lost.load(Ordering::SeqCst) {
             return Err(std::io::Error::other("a history line could not be written"));
         }
         if !self.dirty.swap(false, Ordering::SeqCst) {
             return Ok(());
         }
-        let file = self
-            .file
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .file
-            .clone();
+        let file = self.lock().file.clone();
         let result = file.map_or(Ok(()), |file| file.sync());
         if result.is_err() {
             self.dirty.store(true, Ordering::SeqCst);
         }
         result
     }
+
+    fn restore(&self, lines: &[Lines]) -> std::io::Result<()> {
+        let _syncing = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut appender = self.lock();
+        let restored = self.restore_locked(&mut appender, lines);
+        if restored.is_err() {
+            // What is in the file is unknown now: read it again next time.
+            appender.file = None;
+        }
+        self.lost.store(restored.is_err(), Ordering::SeqCst);
+        self.dirty.store(restored.is_err(), Ordering::SeqCst);
+        restored
+    }
+}
+
+impl History {
+    /// Lines are checked where they were written: from the first that is
+    /// not there on, the file is cut and they are written again, in their
+    /// order (what followed in the file was later, and torn). A file
+    /// shorter than where the lines start (rotated away) gets them at its
+    /// end.
+    fn restore_locked(&self, appender: &mut Appender, lines: &[Lines]) -> std::io::Result<()> {
+        let Some(first) = lines.first() else {
+            return Ok(());
+        };
+        let file = self.open(appender)?;
+        let size = appender.size;
+        // Normally from the first line; past the end, the last stretch,
+        // so a torn line there can be cut.
+        let from = if first.at <= size {
+            first.at
+        } else {
+            size.saturating_sub(1 << 20)
+        };
+        let bytes = self.storage.read_at(&self.path, from, size - from)?;
+        // Where whole lines end, at or after `end` (a torn line is cut).
+        let whole_after = |end: usize| {
+            let torn = bytes[end..].iter().rposition(|&b| b == b'\n');
+            // No line end in a stretch read from the middle: a long line.
+            let none = if end == 0 && from > 0 {
+                bytes.len()
+            } else {
+                end
+            };
+            from + torn.map_or(none, |last| end + last + 1) as u64
+        };
+        let in_place = |lines: &Lines| {
+            let start = lines.at.checked_sub(from)? as usize;
+            let found = bytes.get(start..start.checked_add(lines.text.len())?)?;
+            (found == lines.text.as_bytes()).then_some(start + lines.text.len())
+        };
+        let missing = lines.iter().position(|lines| in_place(lines).is_none());
+        let (keep, rewrite) = match missing {
+            // All there: only a torn line after them may need cutting.
+            None => {
+                let end = lines.last().and_then(in_place).unwrap_or(0);
+                (whole_after(end), &lines[lines.len()..])
+            }
+            Some(index) if lines[index].at <= size => (lines[index].at, &lines[index..]),
+            Some(index) => (whole_after(0), &lines[index..]),
+        };
+        if keep < size {
+            file.truncate(keep)?;
+            appender.size = keep;
+        }
+        if !rewrite.is_empty() {
+            // What is kept may end in a torn line (never synced, its line
+            // end lost): it is ended, so the first line given back is whole.
+            let ended = keep == 0 || self.storage.read_at(&self.path, keep - 1, 1)? == b"\n";
+            let mut text = String::from(if ended { "" } else { "\n" });
+            text.extend(rewrite.iter().map(|lines| lines.text.as_str()));
+            tracing::warn!(path = %self.path.display(), lines = rewrite.len(), "history lines lost in a crash written again from the spool");
+            file.write_all(text.as_bytes())?;
+            appender.size += text.len() as u64;
+        }
+        file.sync()
+    }
+}
+
+/// The history lines of `attempts`, as the spool carries them.
+pub fn lines(attempts: &[Attempt]) -> String {
+    let mut text = String::new();
+    for attempt in attempts {
+        if let Ok(line) = serde_json::to_string(attempt) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    text
 }
 
 /// The ladder of a call attempt as text, one step per line: its time from
@@ -337,4 +424,90 @@ pub fn table(attempts: &[Attempt]) -> String {
         line(row.iter().map(String::as_str).collect());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::spool::{Envelope, Outcome, Spool, SpoolOptions};
+    use crate::storage::sim::SimStorage;
+
+    fn attempt(recipient: &str) -> Attempt {
+        Attempt {
+            at_ms: 1_795_000_000_000,
+            queue_id: "Q1".into(),
+            message_id: None,
+            recipient: recipient.into(),
+            path: DeliveryPath::Relay,
+            outcome: AttemptOutcome::Delivered,
+            detail: "250 ok".into(),
+            number: None,
+            rule: None,
+            rule_version: None,
+            policy: None,
+            reason: None,
+            shadow_disagreements: Vec::new(),
+            call_id: None,
+            sip_status: None,
+            peer: Some("127.0.0.1:25".into()),
+            elapsed_ms: 3,
+            ladder: Vec::new(),
+        }
+    }
+
+    fn open(storage: &Arc<dyn Storage>) -> Spool {
+        let history = Arc::new(History::on(storage.clone(), Path::new("/data")));
+        let options = SpoolOptions::default();
+        Spool::open_with(
+            storage.clone(),
+            Path::new("/data/queue"),
+            options,
+            Some(history),
+        )
+        .unwrap()
+        .0
+    }
+
+    #[test]
+    fn lines_a_power_cut_took_come_back_from_the_spool() {
+        for seed in 0..16 {
+            let sim = SimStorage::new(seed);
+            let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+            let spool = open(&storage);
+            let envelope = Envelope {
+                mail_from: "a@sender.example".into(),
+                recipients: vec!["b@far.example".into(), "c@far.example".into()],
+                received_at: 1_795_000_000,
+                client_address: "127.0.0.1".into(),
+                helo: "client.example".into(),
+                envelope_id: None,
+                return_full: None,
+                notify: Vec::new(),
+                original_recipients: Vec::new(),
+            };
+            let id = spool.enqueue(envelope, b"hello").unwrap();
+            let delivered = || Outcome::Delivered {
+                detail: "250 ok".into(),
+            };
+            // A failed call and the relay after it, then another recipient.
+            let mut fell_back = attempt("b@far.example");
+            fell_back.outcome = AttemptOutcome::FellBack;
+            let first = [fell_back, attempt("b@far.example")];
+            spool.record(id, 0, delivered(), lines(&first)).unwrap();
+            spool
+                .record(id, 1, delivered(), lines(&[attempt("c@far.example")]))
+                .unwrap();
+            // Nothing synced the history file itself: the cut tears it.
+            drop(spool);
+            sim.restart();
+            drop(open(&storage));
+            let read = History::read_on(storage.as_ref(), Path::new("/data")).unwrap();
+            let expected = [first.to_vec(), vec![attempt("c@far.example")]].concat();
+            assert_eq!(read, expected, "seed {seed}");
+            // Once given back, a second start writes nothing again.
+            drop(open(&storage));
+            let again = History::read_on(storage.as_ref(), Path::new("/data")).unwrap();
+            assert_eq!(again, expected, "seed {seed}");
+        }
+    }
 }

@@ -39,7 +39,7 @@ fn recorded(redact: bool) -> (common::Setup, std::path::PathBuf) {
             30..80 => format!("050-1111-{n:04}@b.test"),
             _ => format!("info{n}@b.test"),
         };
-        engine.evaluate_queued(&format!("{:016X}", 0xA000 + n), &envelope(&rcpt), &view);
+        engine.evaluate_queued(format!("{:016X}", 0xA000 + n), envelope(&rcpt), &view);
     }
     let config = setup.dir.path().join("mailcall.toml");
     (setup, config)

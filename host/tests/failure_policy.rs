@@ -184,7 +184,7 @@ fn a_canary_at_50_percent_decides_about_half_the_messages_by_queue_id() {
         let queue_id = format!("{:X}", 1_795_000_000_000_000 + n * 7919);
         let verdicts: Vec<_> = ["050-1111-2222@muratec.co.jp", "050-3333-4444@muratec.co.jp"]
             .iter()
-            .map(|rcpt| engine.evaluate_queued(&queue_id, &envelope(rcpt), &view))
+            .map(|rcpt| engine.evaluate_queued(queue_id.clone(), envelope(rcpt), &view))
             .collect();
         let decided: Vec<bool> = verdicts
             .iter()

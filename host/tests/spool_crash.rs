@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailcall::history::{Attempt, AttemptOutcome, DeliveryPath, History};
+use mailcall::history::{self, Attempt, AttemptOutcome, DeliveryPath, History};
 use mailcall::queue::spool::{Envelope, MessageId, Outcome, Spool, SpoolOptions};
 use mailcall::storage::sim::SimStorage;
 use mailcall::storage::Storage;
@@ -135,15 +135,14 @@ fn options(rng: &mut fastrand::Rng) -> SpoolOptions {
     }
 }
 
-/// The spool and the history as the server opens them: the history is
-/// synced before each outcome is written.
-fn open(sim: &Arc<SimStorage>, options: SpoolOptions) -> Result<(Spool, Arc<History>), String> {
+/// The spool and the history as the server opens them: the history's
+/// lines ride in the outcome records.
+fn open(sim: &Arc<SimStorage>, options: SpoolOptions) -> Result<Spool, String> {
     let storage: Arc<dyn Storage> = Arc::new(sim.clone());
-    let (spool, _) =
-        Spool::open_on(storage.clone(), Path::new(DIR), options).map_err(|e| e.to_string())?;
-    let history = Arc::new(History::on(storage, Path::new(DATA)));
-    spool.sync_first(history.clone());
-    Ok((spool, history))
+    let history = Arc::new(History::on(storage.clone(), Path::new(DATA)));
+    let (spool, _) = Spool::open_with(storage, Path::new(DIR), options, Some(history))
+        .map_err(|e| e.to_string())?;
+    Ok(spool)
 }
 
 /// With `MAILCALL_CRASH_TRACE` set, prints each operation of a workload.
@@ -162,7 +161,7 @@ fn workload(seed: u64, sim: &Arc<SimStorage>, crash_at: Option<u64>) -> Model {
         sim.crash_at(point);
     }
     let mut model = Model::default();
-    let Ok((mut spool, mut history)) = open(sim, options) else {
+    let Ok(mut spool) = open(sim, options) else {
         return model;
     };
     let steps = rng.usize(10..40);
@@ -250,9 +249,9 @@ fn workload(seed: u64, sim: &Arc<SimStorage>, crash_at: Option<u64>) -> Model {
                     },
                 };
                 model.in_flight = vec![InFlight::Record(id, index, outcome.clone())];
-                // As the planner does: the history line, then the outcome.
-                history.record(&attempt(id, index, &outcome));
-                let result = spool.record(id, index, outcome.clone());
+                // As the planner does: the outcome with its history line.
+                let lines = history::lines(&[attempt(id, index, &outcome)]);
+                let result = spool.record(id, index, outcome.clone(), lines);
                 trace(sim, || {
                     format!("record {id} {index} {outcome:?}: {result:?}")
                 });
@@ -275,7 +274,7 @@ fn workload(seed: u64, sim: &Arc<SimStorage>, crash_at: Option<u64>) -> Model {
                 trace(sim, || "restart".to_string());
                 drop(spool);
                 match open(sim, options) {
-                    Ok(reopened) => (spool, history) = reopened,
+                    Ok(reopened) => spool = reopened,
                     Err(_) => break,
                 }
             }
@@ -290,7 +289,7 @@ fn check(seed: u64, point: u64, sim: &Arc<SimStorage>, model: &Model) -> Result<
     let mut rng = fastrand::Rng::with_seed(seed);
     let options = options(&mut rng);
     let fail = |what: String| Err(format!("seed {seed}, crash at point {point}: {what}"));
-    let (spool, _history) = match open(sim, options) {
+    let spool = match open(sim, options) {
         Ok(opened) => opened,
         Err(error) => return fail(format!("the spool does not open: {error}")),
     };
@@ -379,14 +378,14 @@ fn check(seed: u64, point: u64, sim: &Arc<SimStorage>, model: &Model) -> Result<
                 .as_ref()
                 .is_none_or(|o| matches!(o, Outcome::Deferred { .. }))
             {
-                if let Err(error) = spool.record(queued.id, index, done) {
+                if let Err(error) = spool.record(queued.id, index, done, String::new()) {
                     return fail(format!("cannot record after recovery: {error}"));
                 }
             }
         }
     }
     drop(spool);
-    let (spool, _history) = match open(sim, options) {
+    let spool = match open(sim, options) {
         Ok(opened) => opened,
         Err(error) => return fail(format!("the spool does not reopen: {error}")),
     };

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, OnCallFailure, RelayTls};
-use crate::history::{Attempt, AttemptOutcome, DeliveryPath, History};
+use crate::history::{self, Attempt, AttemptOutcome, DeliveryPath};
 use crate::mailbox::maildir::Maildir;
 use crate::policy::{self, PolicyEngine, Route, Verdict};
 use crate::queue::bounce::{self, Action, Notice};
@@ -59,7 +59,6 @@ pub struct Planner {
     policy: Option<Arc<PolicyEngine>>,
     /// S5–S7; without it numbers found are not called.
     caller: Option<Arc<dyn Caller>>,
-    history: Arc<History>,
 }
 
 /// What is known of one recipient's attempt, for the history.
@@ -106,6 +105,9 @@ struct Pending {
     verdict: Option<Verdict>,
     started: Instant,
     started_ms: u64,
+    /// Attempts already made in this delivery (a call that failed before
+    /// the relay): their history lines go with the outcome.
+    earlier: Vec<Attempt>,
 }
 
 /// The attempt about to be made for a recipient with this outcome.
@@ -142,13 +144,10 @@ impl Planner {
             .map(|domain| domain.trim_end_matches('.').to_lowercase())
             .collect();
         let data_dir = config.resolve(&config.server.data_dir);
-        let history = Arc::new(History::new(&data_dir));
-        spool.sync_first(history.clone());
         Planner {
             spool,
             local_domains,
             mail_dir: data_dir.join("mail"),
-            history,
             schedule: RetrySchedule::new(&config.queue),
             router: Router::new(&config),
             client: client_settings(&config),
@@ -221,6 +220,7 @@ impl Planner {
                 verdict: None,
                 started: Instant::now(),
                 started_ms: now_ms(),
+                earlier: Vec::new(),
             };
             let route = self.plan(recipient);
             tracing::info!(step = "S2", %id, rcpt = %recipient, route = ?route, "planned");
@@ -303,7 +303,7 @@ impl Planner {
         let message = view.as_ref()?;
         let queue_id = queued.id.to_string();
         Some(blocking(|| {
-            policy.evaluate_queued(&queue_id, &envelope, message)
+            policy.evaluate_queued(queue_id, envelope, message)
         }))
     }
 
@@ -382,23 +382,25 @@ impl Planner {
                 let outcome = self.defer(&detail, queued, pending.index);
                 self.finish(delivery, pending, DeliveryPath::Call, trace, outcome)?;
             } else {
-                // The failed call goes in the history; the relay follows.
-                self.history.record(&self.attempt(
+                // The failed call goes in the history with the relay's
+                // outcome, which follows.
+                let failed_call = self.attempt(
                     delivery,
                     &pending,
                     DeliveryPath::Call,
                     trace,
                     AttemptOutcome::FellBack,
                     &detail,
-                ));
+                );
                 let recipient = &queued.envelope.recipients[pending.index];
                 let domain = recipient.rsplit_once('@').map_or("", |(_, d)| d);
                 let domain = domain.trim_end_matches('.').to_lowercase();
-                let pending = Pending {
+                let mut pending = Pending {
                     started: Instant::now(),
                     started_ms: now_ms(),
                     ..pending
                 };
+                pending.earlier.push(failed_call);
                 fell_back.push((domain, pending));
             }
         }
@@ -539,10 +541,12 @@ impl Planner {
                 detail: detail.clone(),
             });
         }
-        // The line first: the spool syncs it before the outcome (S1's
-        // promise covers the communication record too).
-        self.history.record(&attempt);
-        blocking(|| self.spool.record(queued.id, index, outcome))?;
+        // The lines travel with the outcome: on disk together (S1's promise
+        // covers the communication record too).
+        let mut attempts = pending.earlier;
+        attempts.push(attempt);
+        let lines = history::lines(&attempts);
+        blocking(|| self.spool.record(queued.id, index, outcome, lines))?;
         Ok(())
     }
 

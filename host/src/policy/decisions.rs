@@ -159,8 +159,8 @@ impl DecisionLog {
     /// logged, never passed on (the delivery does not depend on it).
     pub fn record(
         &self,
-        queue_id: &str,
-        envelope: &Envelope,
+        queue_id: String,
+        envelope: Envelope,
         message: &Arc<Message>,
         verdict: &mut Verdict,
         at_ms: u64,
@@ -176,8 +176,8 @@ impl DecisionLog {
         }
         waiting.push(Evaluation {
             at_ms,
-            queue_id: queue_id.to_string(),
-            envelope: envelope.clone(),
+            queue_id,
+            envelope,
             message: Arc::clone(message),
             route: verdict.route.clone(),
             rule: verdict.rule.clone(),
@@ -420,7 +420,7 @@ mod tests {
             // records do not fit in one.
             let log = DecisionLog::open(dir.path(), 8192, false).unwrap();
             for rcpt in &recipients {
-                log.record("Q1", &envelope(rcpt), &message, &mut verdict(), 1);
+                log.record("Q1".into(), envelope(rcpt), &message, &mut verdict(), 1);
             }
         }
         let mut lines = 0;

@@ -295,14 +295,15 @@ impl PolicyEngine {
     /// As [`PolicyEngine::evaluate`], for a recipient of the message queued
     /// as `queue_id` (which chooses the canaries' share), recorded in the
     /// decision log if the engine keeps one (the view is shared with the
-    /// log's writer, not copied, and the verdict's `steps` go to the log).
+    /// log's writer, not copied; the queue id, the envelope and the
+    /// verdict's `steps` are moved to the log).
     pub fn evaluate_queued(
         &self,
-        queue_id: &str,
-        envelope: &Envelope,
+        queue_id: String,
+        envelope: Envelope,
         message: &Arc<Message>,
     ) -> Verdict {
-        let mut verdict = self.run(queue_id, envelope, message);
+        let mut verdict = self.run(&queue_id, &envelope, message);
         if let Some(log) = &self.decisions {
             let at_ms = SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

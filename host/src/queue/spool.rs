@@ -24,6 +24,12 @@
 //! - a message's body segment is removed (and the folder synced) before the
 //!   outcomes that finished it may go.
 //!
+//! The history rides along: an outcome record carries the history lines
+//! written with it ([`Companion`]), so the one sync of the journal makes
+//! both durable. The history file is synced only before a segment leaves,
+//! and at start the lines a crash took from it are written again from the
+//! records, so recording an outcome costs one sync, as accepting does.
+//!
 //! On start every segment is replayed in order. An unreadable tail (a crash
 //! mid-write, never acknowledged) is normal; damage *before* readable
 //! records is reported ([`Damage`]), the segment is copied aside into
@@ -58,15 +64,30 @@ pub enum SpoolError {
     Unknown(MessageId),
     #[error("record of {0} bytes is over the limit")]
     TooLarge(usize),
-    /// What must be on disk before an outcome (the history) is not.
-    #[error("the history could not be synced before the outcome: {0}")]
-    SyncedFirst(std::io::Error),
 }
 
-/// Something that must be durable before an outcome is written to the
-/// journal (the history: an outcome is on disk only with its history line).
-pub trait SyncedFirst: Send + Sync {
+/// A file fed with the outcome records (the history). Its lines travel
+/// inside the records, so it needs no sync of its own per outcome: it is
+/// synced before a segment holding such lines is removed, and given the
+/// lines back after a crash.
+pub trait Companion: Send + Sync {
+    /// Appends whole lines (not synced); returns where they start. A
+    /// failed append leaves the file as before, and makes the next
+    /// [`Companion::sync`] fail until a [`Companion::restore`] succeeds.
+    fn append(&self, lines: &str) -> u64;
+    /// Makes everything appended durable.
     fn sync(&self) -> std::io::Result<()>;
+    /// Writes again every line of `lines` the file lost (a torn tail is
+    /// cut off first), then syncs.
+    fn restore(&self, lines: &[Lines]) -> std::io::Result<()>;
+}
+
+/// Lines of the [`Companion`] carried by an outcome record, and where they
+/// were first appended (so a restore reads the file only from there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lines {
+    pub at: u64,
+    pub text: String,
 }
 
 /// A message written to the spool and not yet committed.
@@ -200,6 +221,9 @@ pub enum Record {
         id: MessageId,
         index: usize,
         outcome: Outcome,
+        /// The history lines of the attempts that led to it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        history: Option<Lines>,
     },
 }
 
@@ -364,7 +388,7 @@ pub struct Spool {
     options: SpoolOptions,
     writer: Mutex<Writer>,
     synced: Condvar,
-    synced_first: Mutex<Vec<Arc<dyn SyncedFirst>>>,
+    companion: Option<Arc<dyn Companion>>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -380,6 +404,8 @@ struct Replayed {
     entries: HashMap<MessageId, Entry>,
     damage: Vec<Damage>,
     next_id: u64,
+    /// The companion's lines in the records, in the order written.
+    lines: Vec<Lines>,
 }
 
 fn replay(storage: &dyn Storage, dir: &Path) -> Result<Replayed, SpoolError> {
@@ -397,6 +423,7 @@ fn replay(storage: &dyn Storage, dir: &Path) -> Result<Replayed, SpoolError> {
         entries: HashMap::new(),
         damage: Vec::new(),
         next_id: 0,
+        lines: Vec::new(),
     };
     for &segment in &replayed.segments {
         let path = segment_path(dir, segment);
@@ -433,7 +460,13 @@ fn replay(storage: &dyn Storage, dir: &Path) -> Result<Replayed, SpoolError> {
                         },
                     );
                 }
-                Record::Recipient { id, index, outcome } => {
+                Record::Recipient {
+                    id,
+                    index,
+                    outcome,
+                    history,
+                } => {
+                    replayed.lines.extend(history);
                     if let Some(entry) = replayed.entries.get_mut(&id) {
                         if index < entry.queued.outcomes.len() {
                             entry.queued.outcomes[index] = Some(outcome);
@@ -470,10 +503,28 @@ impl Spool {
         dir: &Path,
         options: SpoolOptions,
     ) -> Result<(Spool, Recovery), SpoolError> {
+        Spool::open_with(storage, dir, options, None)
+    }
+
+    /// The same, feeding `companion` with the lines given to
+    /// [`Spool::record`]; the lines it lost in a crash are written again
+    /// first.
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        options: SpoolOptions,
+        companion: Option<Arc<dyn Companion>>,
+    ) -> Result<(Spool, Recovery), SpoolError> {
         storage.create_dir_all(dir).map_err(io_error(dir))?;
         let replayed = replay(storage.as_ref(), dir)?;
         for damage in &replayed.damage {
             tracing::error!("spool damaged: {damage}");
+        }
+        if let Some(companion) = &companion {
+            // On failure no segment goes until a later restore succeeds.
+            if let Err(error) = companion.restore(&replayed.lines) {
+                tracing::error!("cannot restore the history from the spool: {error}");
+            }
         }
         keep_damaged_aside(storage.as_ref(), dir, &replayed.damage);
         // Ids grow across restarts even when the spool was left empty: they
@@ -517,7 +568,7 @@ impl Spool {
                 segments,
             }),
             synced: Condvar::new(),
-            synced_first: Mutex::new(Vec::new()),
+            companion,
         };
         // What finished before the restart goes now.
         let writer = spool.lock();
@@ -534,15 +585,6 @@ impl Spool {
             messages: unfinished(&replayed.entries),
             damage: replayed.damage,
         })
-    }
-
-    /// `first` is made durable before every outcome is written (not in the
-    /// group commit, so accepting mail never waits for it).
-    pub fn sync_first(&self, first: Arc<dyn SyncedFirst>) {
-        self.synced_first
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(first);
     }
 
     /// Stores a message durably; returns once it is on disk.
@@ -614,10 +656,16 @@ impl Spool {
         }
     }
 
-    /// Records what happened to recipient `index` of message `id`; returns
-    /// once it is on disk. A finished message leaves the spool.
-    pub fn record(&self, id: MessageId, index: usize, outcome: Outcome) -> Result<(), SpoolError> {
-        self.sync_companions().map_err(SpoolError::SyncedFirst)?;
+    /// Records what happened to recipient `index` of message `id`, with the
+    /// companion's `lines` for it; returns once both are on disk. A
+    /// finished message leaves the spool.
+    pub fn record(
+        &self,
+        id: MessageId,
+        index: usize,
+        outcome: Outcome,
+        lines: String,
+    ) -> Result<(), SpoolError> {
         let mut writer = self.lock();
         let known = writer.entries.get(&id).is_some_and(|entry| {
             entry.durable && !entry.queued.is_finished() && index < entry.queued.outcomes.len()
@@ -625,10 +673,20 @@ impl Spool {
         if !known {
             return Err(SpoolError::Unknown(id));
         }
+        // Appended under the lock, so the lines are in the file in the
+        // order of their records.
+        let history = match &self.companion {
+            Some(companion) if !lines.is_empty() => Some(Lines {
+                at: companion.append(&lines),
+                text: lines,
+            }),
+            _ => None,
+        };
         let record = Record::Recipient {
             id,
             index,
             outcome: outcome.clone(),
+            history,
         };
         let (sequence, segment, _) = self.append(&mut writer, &record, &[])?;
         // Applied now, so a compaction meanwhile carries it forward; undone
@@ -757,13 +815,30 @@ impl Spool {
         Ok(())
     }
 
-    fn sync_companions(&self) -> std::io::Result<()> {
-        let first = self
-            .synced_first
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        first.iter().try_for_each(|f| f.sync())
+    /// Makes the companion's lines durable before records carrying them
+    /// may go; if one of its appends failed, it gets back every line the
+    /// segments on disk carry.
+    fn companion_durable(&self, writer: &Writer) -> std::io::Result<()> {
+        let Some(companion) = &self.companion else {
+            return Ok(());
+        };
+        if companion.sync().is_ok() {
+            return Ok(());
+        }
+        let mut lines = Vec::new();
+        for &segment in writer.segments.keys() {
+            let bytes = self.storage.read(&segment_path(&self.dir, segment))?;
+            for (record, _) in scan(&bytes).records {
+                if let Record::Recipient {
+                    history: Some(history),
+                    ..
+                } = record
+                {
+                    lines.push(history);
+                }
+            }
+        }
+        companion.restore(&lines)
     }
 
     /// Group commit: returns once record `sequence` is on disk, syncing it
@@ -866,7 +941,13 @@ impl Spool {
         let mut last = writer.written;
         let mut result = Ok(());
         for (id, index, outcome) in carried {
-            let record = Record::Recipient { id, index, outcome };
+            // Its lines are in the companion, synced before anything goes.
+            let record = Record::Recipient {
+                id,
+                index,
+                outcome,
+                history: None,
+            };
             match self.append_here(&mut writer, &record, &[]) {
                 Ok((sequence, segment, _)) => {
                     last = sequence;
@@ -884,6 +965,10 @@ impl Spool {
         writer.compacting = false;
         if let Err(error) = result.and(synced) {
             tracing::warn!("spool compaction put off: {error}");
+            return writer;
+        }
+        if let Err(error) = self.companion_durable(&writer) {
+            tracing::warn!("spool compaction put off, the history is not on disk: {error}");
             return writer;
         }
         // Bodies first: a finished message's outcomes may go only once its
@@ -1040,13 +1125,15 @@ mod tests {
         let second = spool
             .enqueue(envelope(&["w@y.example"]), b"Subject: 2\r\n\r\ntwo\r\n")
             .unwrap();
-        spool.record(first, 0, delivered()).unwrap();
+        spool.record(first, 0, delivered(), String::new()).unwrap();
         let deferred = Outcome::Deferred {
             detail: "451 later".into(),
             attempts: 1,
             retry_at: 42,
         };
-        spool.record(first, 1, deferred.clone()).unwrap();
+        spool
+            .record(first, 1, deferred.clone(), String::new())
+            .unwrap();
         spool
             .record(
                 second,
@@ -1055,9 +1142,13 @@ mod tests {
                     detail: "550 no".into(),
                     code: 550,
                 },
+                String::new(),
             )
             .unwrap();
-        assert!(spool.record(second, 0, delivered()).is_err(), "finished");
+        assert!(
+            spool.record(second, 0, delivered(), String::new()).is_err(),
+            "finished"
+        );
         drop(spool);
 
         assert_eq!(Spool::inspect(dir.path()).unwrap().messages.len(), 1);
@@ -1146,8 +1237,8 @@ mod tests {
             .join(segment.file_name().unwrap());
         assert_eq!(std::fs::read(&aside).unwrap(), bytes, "kept aside as found");
         // Once its messages are finished the segment goes, the copy stays.
-        spool.record(first, 0, delivered()).unwrap();
-        spool.record(third, 0, delivered()).unwrap();
+        spool.record(first, 0, delivered(), String::new()).unwrap();
+        spool.record(third, 0, delivered(), String::new()).unwrap();
         drop(spool);
         drop(Spool::open(dir.path()).unwrap());
         assert!(!segment.exists());
@@ -1169,17 +1260,19 @@ mod tests {
         let other = spool
             .enqueue(envelope(&["c@y.example"]), &[b'x'; 200])
             .unwrap();
-        spool.record(old, 0, delivered()).unwrap();
+        spool.record(old, 0, delivered(), String::new()).unwrap();
         let deferred = Outcome::Deferred {
             detail: "451".into(),
             attempts: 2,
             retry_at: 9,
         };
-        spool.record(old, 1, deferred.clone()).unwrap();
+        spool
+            .record(old, 1, deferred.clone(), String::new())
+            .unwrap();
         spool
             .enqueue(envelope(&["d@y.example"]), &[b'y'; 200])
             .unwrap();
-        spool.record(other, 0, delivered()).unwrap();
+        spool.record(other, 0, delivered(), String::new()).unwrap();
         drop(spool);
         sim.restart();
         let (spool, recovery) = on_sim(&sim, 100);
@@ -1247,6 +1340,7 @@ mod tests {
                 id: MessageId(1),
                 index: 0,
                 outcome: delivered(),
+                history: None,
             };
             spool.append(&mut writer, &record, &[]).unwrap();
             let old = segment_path(Path::new("/q"), writer.segment);
@@ -1277,7 +1371,7 @@ mod tests {
         }
         assert!(segments(&sim).len() >= 10, "{:?}", segments(&sim));
         for &id in &ids {
-            spool.record(id, 0, delivered()).unwrap();
+            spool.record(id, 0, delivered(), String::new()).unwrap();
         }
         assert_eq!(segments(&sim).len(), 1, "only the current segment is left");
         drop(spool);
@@ -1304,7 +1398,7 @@ mod tests {
                                 .enqueue(envelope(&["x@y.example"]), format!("{t}-{i}").as_bytes())
                                 .unwrap();
                             if i % 3 == 0 {
-                                spool.record(id, 0, delivered()).unwrap();
+                                spool.record(id, 0, delivered(), String::new()).unwrap();
                             }
                             id
                         })

@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::delivery::call::Caller;
 use crate::delivery::Attempted;
 use crate::delivery::Planner;
-use crate::history::DeliveryPath;
+use crate::history::{DeliveryPath, History};
 use crate::policy::PolicyEngine;
 use crate::pop3::session::Pop3Policy;
 use crate::pop3::Pop3Shared;
@@ -130,7 +130,14 @@ pub async fn serve(
     let options = SpoolOptions {
         segment_limit: u64::from(config.queue.segment_size_kib) * 1024,
     };
-    let (spool, recovery) = Spool::open_on(Disk::shared(), &data_dir.join("queue"), options)?;
+    // The history rides in the spool's outcome records (one sync for both).
+    let history = Arc::new(History::new(&data_dir));
+    let (spool, recovery) = Spool::open_with(
+        Disk::shared(),
+        &data_dir.join("queue"),
+        options,
+        Some(history),
+    )?;
     let spool = Arc::new(spool);
     tracing::info!(messages = recovery.messages.len(), damaged = recovery.damage.len(), dir = %data_dir.display(), "queue recovered");
 

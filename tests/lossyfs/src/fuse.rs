@@ -7,9 +7,9 @@
 //! process is refused instead of landing in the state after the cut.
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
@@ -80,13 +80,29 @@ impl LossyFs {
 pub struct Mounted {
     pub switch: PowerSwitch,
     session: fuser::BackgroundSession,
+    mountpoint: PathBuf,
 }
 
 impl Mounted {
     /// Unmounts and waits for the serving thread; fails (EBUSY) while a
     /// process still has a file open in it.
+    ///
+    /// A file closed a moment ago can hold the mount for a little longer:
+    /// the kernel keeps its path until this file system has answered the
+    /// RELEASE it sends after the close returned. So a busy mount is tried
+    /// again for up to two seconds before the error is returned.
     pub fn unmount(self) -> std::io::Result<()> {
-        self.session.umount_and_join()
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty()) {
+                Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(error) => return Err(error.into()),
+                // The kernel ends the session, and its thread with it.
+                Ok(()) => return self.session.join(),
+            }
+        }
     }
 
     /// Unmounts and mounts what survived at `mountpoint` again, as after a
@@ -95,7 +111,9 @@ impl Mounted {
     /// is still closing its files (with dead handles) does not hold it up.
     pub fn remount(self, mountpoint: &Path) -> std::io::Result<Mounted> {
         nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)?;
-        let Mounted { switch, session } = self;
+        let Mounted {
+            switch, session, ..
+        } = self;
         // Its own unmount now finds nothing to do; its thread ends when the
         // kernel closes the detached connection.
         drop(session);
@@ -117,7 +135,11 @@ fn mount_tree(fs: LossyFs, switch: PowerSwitch, mountpoint: &Path) -> std::io::R
         fuser::MountOption::Subtype("lossyfs".into()),
     ];
     let session = fuser::spawn_mount(fs, mountpoint, &config)?;
-    Ok(Mounted { switch, session })
+    Ok(Mounted {
+        switch,
+        session,
+        mountpoint: mountpoint.to_path_buf(),
+    })
 }
 
 impl State {
