@@ -217,7 +217,7 @@ fn mailcall_reload_applies_a_change_or_says_why_not() {
          message = \"Subject: x\\n\\nx\\n\"\nnumber = \"05099999999\"\n",
     )
     .unwrap();
-    let refusals: [(&str, String, &[&str]); 4] = [
+    let refusals: [(&str, String, &[&str]); 5] = [
         (
             "an unknown rule in the chain",
             bed.config(&["embedded-number", "no-such-rule"], false, ""),
@@ -225,6 +225,21 @@ fn mailcall_reload_applies_a_change_or_says_why_not() {
         ),
         (
             "a module for another world",
+            bed.config(
+                &["embedded-number", "other"],
+                false,
+                &format!(
+                    "[rules.other]\nfile = {:?}\n",
+                    common::repo().join("build/test-guests/other-world.wasm")
+                ),
+            ),
+            &[
+                "rule other",
+                "other-world.wasm does not implement the mailcall:rule world",
+            ],
+        ),
+        (
+            "a file that is no component at all",
             bed.config(
                 &["embedded-number", "junk"],
                 false,
