@@ -32,6 +32,7 @@ fn envelope(recipients: usize) -> Envelope {
         mail_from: "a@sender.example".into(),
         recipients: (0..recipients).map(|i| format!("r{i}@b.example")).collect(),
         received_at: 1_795_000_000,
+        received_at_ms: 0,
         client_address: "127.0.0.1".into(),
         helo: "client.example".into(),
         envelope_id: None,

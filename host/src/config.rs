@@ -58,6 +58,9 @@ pub struct Config {
     /// Delivery over calls (S5–S7): what a failed call leads to.
     #[serde(default)]
     pub call: CallSettings,
+    /// The operator console and `/metrics`.
+    #[serde(default)]
+    pub admin: AdminSettings,
     /// The SIP user agent: placing calls (S5–S7) and answering them. A file
     /// without `[sip]` runs no user agent; the embedded default listens on
     /// 127.0.0.1:5060 (UDP and TCP).
@@ -159,6 +162,24 @@ pub enum RelayTls {
     #[default]
     May,
     None,
+}
+
+/// `[admin]`: the operator console (HTML pages and `/metrics`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    pub enabled: bool,
+    /// Loopback only for now: the pages have no login yet.
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            enabled: true,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8025)),
+        }
+    }
 }
 
 /// `[call]`: delivery over calls.
@@ -525,6 +546,7 @@ impl Config {
             relay: RelaySettings::default(),
             queue: QueueSettings::default(),
             call: CallSettings::default(),
+            admin: AdminSettings::default(),
             sip: Some(mailcall_sip::SipSettings::default()),
             base_dir: PathBuf::from("."),
             source: None,

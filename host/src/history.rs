@@ -33,6 +33,23 @@ pub enum DeliveryPath {
     Relay,
 }
 
+impl DeliveryPath {
+    /// As the history table, the console and the metrics show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryPath::Local => "local",
+            DeliveryPath::Call => "call",
+            DeliveryPath::Relay => "relay",
+        }
+    }
+}
+
+impl std::fmt::Display for DeliveryPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -321,6 +338,106 @@ impl History {
     }
 }
 
+/// Which attempts a list shows (`mailcall history`'s and the console's
+/// filters); empty matches every attempt.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub path: Option<DeliveryPath>,
+    pub outcome: Option<AttemptOutcome>,
+    /// A part of the recipient's address (any case).
+    pub recipient: Option<String>,
+    /// The queue id or the Message-ID (with or without its `<>`).
+    pub id: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, attempt: &Attempt) -> bool {
+        self.path.is_none_or(|path| attempt.path == path)
+            && self
+                .outcome
+                .is_none_or(|outcome| attempt.outcome == outcome)
+            && self.recipient.as_ref().is_none_or(|part| {
+                let part = part.to_lowercase();
+                attempt.recipient.to_lowercase().contains(&part)
+            })
+            && self.id.as_ref().is_none_or(|id| {
+                let id = id.trim_matches(['<', '>']);
+                attempt.queue_id == id || attempt.message_id.as_deref() == Some(id)
+            })
+    }
+}
+
+/// Up to `take` attempts matching `filter`, newest first, after the first
+/// `skip` of them, and whether more follow. The file is read backwards in
+/// blocks, so a page costs what it shows and what it skips, never the
+/// whole history's memory.
+pub fn newest(
+    data_dir: &Path,
+    filter: &Filter,
+    skip: usize,
+    take: usize,
+) -> std::io::Result<(Vec<Attempt>, bool)> {
+    use std::io::{Read, Seek, SeekFrom};
+    const BLOCK: u64 = 64 << 10;
+    let mut file = match std::fs::File::open(data_dir.join(HISTORY_FILE)) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((Vec::new(), false))
+        }
+        Err(error) => return Err(error),
+    };
+    let mut end = file.seek(SeekFrom::End(0))?;
+    // The start of the line the block before will finish.
+    let mut partial: Vec<u8> = Vec::new();
+    let mut found = Vec::new();
+    let mut skipped = 0;
+    let needle = filter
+        .id
+        .as_deref()
+        .map(|id| id.trim_matches(['<', '>']).as_bytes())
+        .filter(|id| !id.is_empty());
+    loop {
+        let start = end.saturating_sub(BLOCK);
+        let mut block = vec![0; (end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut block)?;
+        block.extend_from_slice(&partial);
+        // The first line of a block may begin in the block before.
+        let first_whole = if start == 0 {
+            0
+        } else {
+            block
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(block.len(), |p| p + 1)
+        };
+        partial = block[..first_whole].to_vec();
+        for line in block[first_whole..].rsplit(|&b| b == b'\n') {
+            // Most lines are not the message sought: skip them unparsed.
+            if needle.is_some_and(|n| !line.windows(n.len()).any(|w| w == n)) {
+                continue;
+            }
+            let Ok(attempt) = serde_json::from_slice::<Attempt>(line) else {
+                continue;
+            };
+            if !filter.matches(&attempt) {
+                continue;
+            }
+            if skipped < skip {
+                skipped += 1;
+            } else if found.len() == take {
+                return Ok((found, true));
+            } else {
+                found.push(attempt);
+            }
+        }
+        if start == 0 {
+            return Ok((found, false));
+        }
+        end = start;
+    }
+}
+
 /// The history lines of `attempts`, as the spool carries them.
 pub fn lines(attempts: &[Attempt]) -> String {
     let mut text = String::new();
@@ -382,15 +499,10 @@ pub fn table(attempts: &[Attempt]) -> String {
     let rows: Vec<[String; 10]> = attempts
         .iter()
         .map(|a| {
-            let path = match a.path {
-                DeliveryPath::Local => "local",
-                DeliveryPath::Call => "call",
-                DeliveryPath::Relay => "relay",
-            };
             [
                 a.queue_id.clone(),
                 a.recipient.clone(),
-                path.to_string(),
+                a.path.to_string(),
                 a.number.clone().unwrap_or_else(|| "-".into()),
                 a.rule.clone().unwrap_or_else(|| "-".into()),
                 a.policy.clone().unwrap_or_else(|| "-".into()),
@@ -478,6 +590,7 @@ mod tests {
                 mail_from: "a@sender.example".into(),
                 recipients: vec!["b@far.example".into(), "c@far.example".into()],
                 received_at: 1_795_000_000,
+                received_at_ms: 0,
                 client_address: "127.0.0.1".into(),
                 helo: "client.example".into(),
                 envelope_id: None,

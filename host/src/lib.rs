@@ -19,12 +19,14 @@
 //! - [`storage`]: the durable file operations, real and simulated.
 //! - [`tls`]: certificates and TLS settings for STARTTLS and STLS.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod credentials;
 pub mod delivery;
 pub mod history;
 pub mod mailbox;
+pub mod metrics;
 pub mod policy;
 pub mod pop3;
 pub mod private;

@@ -1147,3 +1147,179 @@ fn a_callee_killed_after_its_250_before_the_bye_loses_and_doubles_nothing() {
         log_of(a_dir.path())
     );
 }
+
+/// `GET path` on the console at `port`: the status code and the body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_string();
+    (status, body)
+}
+
+/// The page at `url` as a real browser left it (headless Chromium, the DOM
+/// after its scripts ran), with a screenshot kept in `screenshot`.
+fn browse(url: &str, screenshot: &Path) -> String {
+    let run = |extra: &[&str]| {
+        let output = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .args(extra)
+            .arg(url)
+            .current_dir(screenshot.parent().unwrap())
+            .output()
+            .expect("chromium runs (scripts/setup installs it)");
+        assert!(
+            output.status.success(),
+            "chromium {extra:?} {url}: {output:?}"
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    run(&[
+        "--window-size=1100,900",
+        &format!("--screenshot={}", screenshot.display()),
+    ]);
+    assert!(screenshot.exists(), "no screenshot of {url}");
+    run(&["--dump-dom"])
+}
+
+#[test]
+fn the_console_draws_each_calls_ladder_and_the_metrics_count_what_was_sent() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (Host::new(), Host::new());
+    let relay = sink(&a_dir.path().join("sink"), &[]);
+    let _b = start_b(b_dir.path(), &b, "42030-42039");
+    let b_uri = format!("sip:127.0.0.1:{}", b.sip);
+    let console = free_port();
+    let a_server = start_a(
+        a_dir.path(),
+        &a,
+        &b_uri,
+        relay.port,
+        &format!("\n[admin]\nlisten = \"127.0.0.1:{console}\"\n"),
+    );
+    // One message by each path: a call, a relay, a local mailbox.
+    let mail = |subject: &str, body: &str| {
+        format!("From: taro@a.example\r\nSubject: {subject}\r\n\r\n{body}\r\n")
+    };
+    submit(
+        &a_server,
+        &["hanako@b.example"],
+        &mail("by call", "Call 050-2222-0000."),
+    );
+    submit(
+        &a_server,
+        &["someone@b.example"],
+        &mail("by relay", "No number."),
+    );
+    submit(&a_server, &["taro@a.example"], &mail("local", "For me."));
+    let mut call_id = String::new();
+    let mut queue_id = String::new();
+    for rcpt in ["hanako@b.example", "someone@b.example", "taro@a.example"] {
+        let attempts = wait_for_history(a_dir.path(), rcpt, "delivered");
+        let delivered = attempts
+            .iter()
+            .find(|a| a["outcome"] == "delivered")
+            .unwrap_or_else(|| panic!("{rcpt}: {attempts:?}"));
+        if rcpt.starts_with("hanako") {
+            assert_eq!(delivered["path"], "call", "{delivered}");
+            call_id = delivered["call_id"].as_str().unwrap().to_string();
+            queue_id = delivered["queue_id"].as_str().unwrap().to_string();
+        }
+    }
+
+    // /metrics: what promtool accepts, counting what was sent.
+    let (status, metrics) = http_get(console, "/metrics");
+    assert_eq!(status, 200, "{metrics}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (scripts/setup installs it)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(checked.status.success(), "promtool: {checked:?}\n{metrics}");
+    for sample in [
+        "mailcall_smtp_messages_total{result=\"accepted\"} 3\n",
+        "mailcall_deliveries_total{path=\"call\",outcome=\"delivered\"} 1\n",
+        "mailcall_deliveries_total{path=\"relay\",outcome=\"delivered\"} 1\n",
+        "mailcall_deliveries_total{path=\"local\",outcome=\"delivered\"} 1\n",
+        "mailcall_calls_total{status=\"200\"} 1\n",
+        "mailcall_call_setup_seconds_count 1\n",
+        "mailcall_delivery_seconds_count{path=\"call\"} 1\n",
+        "mailcall_queue_messages 0\n",
+    ] {
+        assert!(metrics.contains(sample), "{sample:?} missing:\n{metrics}");
+    }
+
+    // A real browser reads the pages; screenshots stay in the target
+    // folder (target/tmp/console/).
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");
+    std::fs::create_dir_all(&shots).unwrap();
+    let url = |path: &str| format!("http://127.0.0.1:{console}{path}");
+    let detail = browse(
+        &url(&format!("/deliveries/{queue_id}")),
+        &shots.join("delivery.png"),
+    );
+    assert!(detail.contains(&call_id), "{detail}");
+    assert!(detail.contains("<svg class=\"ladder\""), "{detail}");
+    let labels: Vec<&str> = detail
+        .split("data-label=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|label| *label != "R1")
+        .collect();
+    assert_eq!(
+        labels[..8],
+        ["T1", "T3", "R2", "T2", "R3", "T4", "T5", "T5"],
+        "{detail}"
+    );
+    assert!(labels.contains(&"T7"), "no BYE: {labels:?}");
+    assert!(detail.contains("T5 the final server: 250"), "{detail}");
+    let list = browse(&url("/deliveries"), &shots.join("deliveries.png"));
+    assert_eq!(list.matches("<tr class=\"attempt\">").count(), 3, "{list}");
+    let calls = browse(&url("/deliveries?path=call"), &shots.join("calls.png"));
+    assert_eq!(
+        calls.matches("<tr class=\"attempt\">").count(),
+        1,
+        "{calls}"
+    );
+    let overview = browse(&url("/"), &shots.join("overview.png"));
+    assert!(
+        overview.contains("<strong id=\"accepted\">3</strong>"),
+        "{overview}"
+    );
+    // Bad requests get 4xx.
+    assert_eq!(http_get(console, "/deliveries?path=nowhere").0, 400);
+    assert_eq!(http_get(console, "/deliveries/0000000000000000").0, 404);
+    assert_eq!(http_get(console, "/nothing-here").0, 404);
+}

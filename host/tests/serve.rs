@@ -553,3 +553,55 @@ first.close()
         "{stdout}"
     );
 }
+
+#[test]
+fn a_console_off_loopback_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mailcall.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:{}\"\npop3_listen = \"127.0.0.1:{}\"\n\n[admin]\nlisten = \"0.0.0.0:{}\"\n",
+            free_port(),
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mailcall"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("listens on loopback only"), "{text}");
+}
+
+#[test]
+fn a_taken_port_is_reported_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = dir.path().join("mailcall.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:{port}\"\npop3_listen = \"127.0.0.1:{}\"\n\n[admin]\nenabled = false\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mailcall"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+}

@@ -26,6 +26,10 @@ pub struct Args {
     /// first.
     #[arg(long, default_value = "mailcall-demo")]
     pub dir: PathBuf,
+    /// After the results, keep the servers running (until Ctrl-C), to look
+    /// at A's console.
+    #[arg(long)]
+    pub stay: bool,
 }
 
 const B_NUMBER: &str = "05022220000";
@@ -147,7 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(demo(&dir, &rules_dir, &log_file(&args)))
+    runtime.block_on(demo(&dir, &rules_dir, &log_file(&args), args.stay))
 }
 
 /// A free loopback port (for both TCP and UDP, as far as can be told).
@@ -159,6 +163,8 @@ struct Ports {
     smtp: u16,
     pop3: u16,
     sip: u16,
+    /// The console's (A's only is on).
+    admin: u16,
 }
 
 impl Ports {
@@ -167,11 +173,12 @@ impl Ports {
             smtp: free_port()?,
             pop3: free_port()?,
             sip: free_port()?,
+            admin: free_port()?,
         })
     }
 }
 
-async fn demo(dir: &Path, rules_dir: &Path, log: &Path) -> anyhow::Result<()> {
+async fn demo(dir: &Path, rules_dir: &Path, log: &Path, stay: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let (a, b, c) = (Ports::new()?, Ports::new()?, Ports::new()?);
     let configs = [
@@ -184,8 +191,8 @@ async fn demo(dir: &Path, rules_dir: &Path, log: &Path) -> anyhow::Result<()> {
         dir.display()
     );
     println!(
-        "  A  a.example  SMTP 127.0.0.1:{}  SIP 127.0.0.1:{}  number 05011110000",
-        a.smtp, a.sip
+        "  A  a.example  SMTP 127.0.0.1:{}  SIP 127.0.0.1:{}  number 05011110000  console http://127.0.0.1:{}/",
+        a.smtp, a.sip, a.admin
     );
     println!(
         "  B  b.example  SMTP 127.0.0.1:{}  SIP 127.0.0.1:{}  number {B_NUMBER}",
@@ -308,6 +315,13 @@ async fn demo(dir: &Path, rules_dir: &Path, log: &Path) -> anyhow::Result<()> {
             None => failures.push(format!("{}: no final outcome in time", sample.recipient)),
         }
     }
+    if stay {
+        println!(
+            "\nThe servers stay up: A's console is at http://127.0.0.1:{}/ (Ctrl-C stops them).",
+            a.admin
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
     for (_, stop, task) in servers {
         let _ = stop.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
@@ -421,7 +435,11 @@ invite_timeout_secs = 10
 
 [sip.routes]
 "*" = "sip:127.0.0.1:{b_sip}"
+
+[admin]
+listen = "127.0.0.1:{admin}"
 "#,
+        admin = a.admin,
         server = server_section("A", a, "a.example"),
         b_smtp = b.smtp,
         c_smtp = c.smtp,
@@ -449,6 +467,9 @@ domain = "b.example"
 numbers = ["{B_NUMBER}"]
 allowed_sources = ["127.0.0.0/8"]
 channel_ports = "47000-47049"
+
+[admin]
+enabled = false
 "#,
         server = server_section("B", b, "b.example"),
         sip = b.sip,
@@ -458,7 +479,7 @@ channel_ports = "47000-47049"
 /// C: everyone else's mail server.
 fn config_c(c: &Ports) -> String {
     format!(
-        "{server}\n[users.someone]\n",
+        "{server}\n[users.someone]\n\n[admin]\nenabled = false\n",
         server = server_section("C", c, "c.example"),
     )
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use mailcall::config::Config;
-use mailcall::history::{self, DeliveryPath, History};
+use mailcall::history::{self, DeliveryPath, Filter, History};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -13,7 +13,7 @@ pub struct Args {
     /// Only this message: its queue id or its Message-ID.
     #[arg(long)]
     id: Option<String>,
-    /// Only this recipient.
+    /// Only recipients whose address contains this (any case).
     #[arg(long)]
     rcpt: Option<String>,
     /// Only this path.
@@ -32,19 +32,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::defaults(),
     };
+    let filter = Filter {
+        path: args.path,
+        outcome: None,
+        recipient: args.rcpt,
+        id: args.id,
+    };
     let attempts: Vec<_> = History::read(&config.resolve(&config.server.data_dir))?
         .into_iter()
-        .filter(|a| {
-            args.id.as_ref().is_none_or(|id| {
-                a.queue_id == *id || a.message_id.as_deref() == Some(id.trim_matches(['<', '>']))
-            })
-        })
-        .filter(|a| {
-            args.rcpt
-                .as_ref()
-                .is_none_or(|rcpt| a.recipient.eq_ignore_ascii_case(rcpt))
-        })
-        .filter(|a| args.path.is_none_or(|path| a.path == path))
+        .filter(|attempt| filter.matches(attempt))
         .collect();
     if args.json {
         for attempt in &attempts {

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::config::{Config, OnCallFailure, RelayTls};
 use crate::history::{self, Attempt, AttemptOutcome, DeliveryPath};
 use crate::mailbox::maildir::Maildir;
+use crate::metrics::Metrics;
 use crate::policy::{self, PolicyEngine, Route, Verdict};
 use crate::queue::bounce::{self, Action, Notice};
 use crate::queue::schedule::{NextAttempt, RetrySchedule};
@@ -59,6 +60,7 @@ pub struct Planner {
     policy: Option<Arc<PolicyEngine>>,
     /// S5–S7; without it numbers found are not called.
     caller: Option<Arc<dyn Caller>>,
+    metrics: Arc<Metrics>,
 }
 
 /// What is known of one recipient's attempt, for the history.
@@ -136,6 +138,7 @@ impl Planner {
         config: Arc<Config>,
         policy: Option<Arc<PolicyEngine>>,
         caller: Option<Arc<dyn Caller>>,
+        metrics: Arc<Metrics>,
     ) -> Planner {
         let local_domains = config
             .server
@@ -153,6 +156,7 @@ impl Planner {
             client: client_settings(&config),
             policy,
             caller,
+            metrics,
             config,
         }
     }
@@ -400,6 +404,7 @@ impl Planner {
                     started_ms: now_ms(),
                     ..pending
                 };
+                self.count(queued, &failed_call);
                 pending.earlier.push(failed_call);
                 fell_back.push((domain, pending));
             }
@@ -543,11 +548,39 @@ impl Planner {
         }
         // The lines travel with the outcome: on disk together (S1's promise
         // covers the communication record too).
+        self.count(queued, &attempt);
         let mut attempts = pending.earlier;
         attempts.push(attempt);
         let lines = history::lines(&attempts);
         blocking(|| self.spool.record(queued.id, index, outcome, lines))?;
         Ok(())
+    }
+
+    /// The attempt in the metrics: its path and outcome, the time since
+    /// the message was accepted when it is final, and a call's status and
+    /// setup time (INVITE to its final answer).
+    fn count(&self, queued: &Queued, attempt: &Attempt) {
+        let since_accepted = attempt.outcome.is_final().then(|| {
+            let envelope = &queued.envelope;
+            let accepted = match envelope.received_at_ms {
+                0 => Duration::from_secs(envelope.received_at),
+                ms => Duration::from_millis(ms),
+            };
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            now.saturating_sub(accepted)
+        });
+        self.metrics
+            .delivery(attempt.path, attempt.outcome, since_accepted);
+        if attempt.path == DeliveryPath::Call && attempt.call_id.is_some() {
+            let answered = attempt
+                .ladder
+                .iter()
+                .find(|rung| rung.label == mailcall_sip::Label::R2);
+            let setup = answered.map(|rung| Duration::from_micros(rung.at_us));
+            self.metrics.call(attempt.sip_status, setup);
+        }
     }
 
     fn attempt(

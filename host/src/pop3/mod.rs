@@ -35,6 +35,7 @@ pub struct Pop3Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Checks passwords (shared with SMTP `AUTH`).
     pub auth: Arc<Authenticator>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Seconds to wait for a command, and for the TLS handshake.
     pub command_timeout: Duration,
     /// Sessions at once; more are told `-ERR [SYS/TEMP]`.
@@ -50,7 +51,10 @@ pub async fn listen(listener: TcpListener, shared: Arc<Pop3Shared>) {
         "POP3",
     );
     listener
-        .run(|stream, peer| connection(stream, peer, shared.clone()))
+        .run(|stream, peer| {
+            shared.metrics.session("pop3");
+            connection(stream, peer, shared.clone())
+        })
         .await;
 }
 

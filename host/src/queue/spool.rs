@@ -133,6 +133,9 @@ pub struct Envelope {
     pub recipients: Vec<String>,
     /// Seconds since the Unix epoch when the message was accepted.
     pub received_at: u64,
+    /// The same in milliseconds (0 in records written before it was kept).
+    #[serde(default)]
+    pub received_at_ms: u64,
     /// The client's address and EHLO name, for the rules and the log.
     pub client_address: String,
     pub helo: String,
@@ -729,6 +732,16 @@ impl Spool {
             .map(|entry| entry.queued.clone())
     }
 
+    /// How many messages are unfinished.
+    pub fn unfinished_count(&self) -> usize {
+        let writer = self.lock();
+        writer
+            .entries
+            .values()
+            .filter(|entry| entry.durable && !entry.queued.is_finished())
+            .count()
+    }
+
     /// The unfinished messages, oldest first.
     pub fn pending(&self) -> Vec<Queued> {
         unfinished(&self.lock().entries)
@@ -1079,6 +1092,7 @@ mod tests {
             mail_from: "a@sender.example".into(),
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
             received_at: 1_795_000_000,
+            received_at_ms: 0,
             client_address: "127.0.0.1".into(),
             helo: "client.example".into(),
             envelope_id: None,

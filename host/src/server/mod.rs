@@ -14,16 +14,18 @@ pub mod smtp;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::admin;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::delivery::call::Caller;
 use crate::delivery::Attempted;
 use crate::delivery::Planner;
 use crate::history::{DeliveryPath, History};
+use crate::metrics::Metrics;
 use crate::policy::PolicyEngine;
 use crate::pop3::session::Pop3Policy;
 use crate::pop3::Pop3Shared;
@@ -75,6 +77,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     #[error("cannot listen on {address}: {error}")]
     Listen {
         address: std::net::SocketAddr,
@@ -93,6 +97,7 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Checks `AUTH` passwords (shared with POP3).
     pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Runs the server until `shutdown` completes.
@@ -201,7 +206,9 @@ pub async fn serve(
     // One authenticator for SMTP and POP3: the cost of password checks and
     // the penalties for failed ones are the same whichever server is tried.
     let auth = Arc::new(Authenticator::new(config.clone()).map_err(ServerError::Verifiers)?);
+    let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared {
+        metrics: metrics.clone(),
         auth: auth.clone(),
         policy: session_policy,
         spool: spool.clone(),
@@ -229,17 +236,25 @@ pub async fn serve(
     // Postfix runs them in processes of their own: however many are in
     // progress, they cannot starve the listeners of CPU, and accepting mail
     // stays fast while the queue drains.
-    let delivery_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("delivery")
-        .enable_all()
-        .build()
-        .map_err(ServerError::Runtime)?;
+    let delivery_runtime = BackgroundRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("delivery")
+            .enable_all()
+            .build()
+            .map_err(ServerError::Runtime)?,
+    ));
     let planner = {
-        let _inside = delivery_runtime.enter();
-        Arc::new(Planner::new(spool, config.clone(), policy.clone(), caller))
+        let _inside = delivery_runtime.handle().enter();
+        Arc::new(Planner::new(
+            spool.clone(),
+            config.clone(),
+            policy.clone(),
+            caller,
+            metrics.clone(),
+        ))
     };
-    let scheduler = delivery_runtime.spawn(schedule_deliveries(
+    let scheduler = delivery_runtime.handle().spawn(schedule_deliveries(
         planner,
         received,
         deliveries,
@@ -253,6 +268,30 @@ pub async fn serve(
     let smtp_listener = bind(server.smtp_listen).await?;
     let pop3_listener = bind(server.pop3_listen).await?;
     tracing::info!(smtp = %server.smtp_listen, pop3 = %server.pop3_listen, "listening");
+    // The operator console, on this runtime. A console that cannot bind is
+    // logged and mail goes on; one configured off loopback is refused.
+    let _console = if config.admin.enabled {
+        let console = admin::Console {
+            metrics: metrics.clone(),
+            spool: spool.clone(),
+            data_dir: data_dir.clone(),
+            policy: policy.clone(),
+            started: Instant::now(),
+        };
+        match admin::bind(config.admin.listen, console).await {
+            Ok(serve) => {
+                tracing::info!(address = %config.admin.listen, "console listening: http://{}/", config.admin.listen);
+                Some(AbortOnDrop(tokio::spawn(serve)))
+            }
+            Err(error @ admin::AdminError::NotLoopback(_)) => return Err(error.into()),
+            Err(error) => {
+                tracing::error!("the console is not started: {error}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let pop3 = Arc::new(Pop3Shared {
         policy: Pop3Policy {
             hostname: server.hostname.clone(),
@@ -263,6 +302,7 @@ pub async fn serve(
         open: Default::default(),
         tls,
         auth,
+        metrics: metrics.clone(),
         command_timeout: Duration::from_secs(server.command_timeout_secs.into()),
         max_sessions: server.max_sessions,
     });
@@ -304,7 +344,7 @@ pub async fn serve(
     // and its message stays queued for the next start).
     scheduler.abort();
     let _ = scheduler.await;
-    delivery_runtime.shutdown_background();
+    drop(delivery_runtime);
     if let Some(agent) = user_agent {
         agent.shutdown().await;
     }
@@ -412,5 +452,33 @@ fn answer_client(
         attempted
             .notices
             .retain(|notice| notice.action != crate::queue::bounce::Action::Failed);
+    }
+}
+
+/// A task that ends with the server.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The deliveries' runtime, shut down without waiting when the server
+/// ends, also on an early return (a runtime dropped inside the async
+/// server would panic).
+struct BackgroundRuntime(Option<tokio::runtime::Runtime>);
+
+impl BackgroundRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("running until dropped").handle()
+    }
+}
+
+impl Drop for BackgroundRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }

@@ -31,6 +31,7 @@ pub async fn listen(listener: TcpListener, shared: Arc<Shared>) {
     listener
         .run(|stream, peer| {
             let shared = shared.clone();
+            shared.metrics.session("smtp");
             async move { connection(stream, peer, &shared).await }
         })
         .await;
@@ -107,7 +108,9 @@ where
             }
             Step::Commit(accepted) => {
                 let synchronous = accepted.synchronous;
-                match commit(shared, peer, *accepted, synchronous).await {
+                let committed = commit(shared, peer, *accepted, synchronous).await;
+                shared.metrics.message(committed.is_ok());
+                match committed {
                     Ok(id) if synchronous => {
                         let reply = wait_for_delivery(shared, id).await;
                         session.committed_reply(reply, &mut out);
@@ -164,6 +167,9 @@ async fn commit(
     accepted: Accepted,
     synchronous: bool,
 ) -> Result<MessageId, CommitError> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let envelope = Envelope {
         mail_from: accepted.mail_from,
         recipients: accepted
@@ -171,9 +177,8 @@ async fn commit(
             .iter()
             .map(|r| r.address.clone())
             .collect(),
-        received_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        received_at: now.as_secs(),
+        received_at_ms: now.as_millis() as u64,
         client_address: peer.ip().to_string(),
         helo: accepted.helo,
         envelope_id: accepted.envelope_id,

@@ -1,0 +1,288 @@
+//! The console's pages, rendered on the server (maud): no script is needed
+//! to read them, and nothing is fetched from elsewhere.
+
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+
+use crate::history::{Attempt, AttemptOutcome, DeliveryPath, Filter};
+use crate::queue::spool::{Outcome, Queued};
+use mailcall_sip::Side;
+
+const STYLE: &str = "
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+nav a { margin-right: 1em; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.6em; text-align: left; font-size: 0.9em; }
+td.n { text-align: right; }
+.delivered { color: #146c2e; } .failed { color: #a4262c; }
+.deferred, .fell-back { color: #8a5a00; }
+svg text { font-family: monospace; font-size: 12px; }
+";
+
+fn page(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (title) " — mailcall" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                nav { a href="/" { "Overview" } a href="/deliveries" { "Deliveries" } a href="/metrics" { "Metrics" } }
+                h1 { (title) }
+                (body)
+            }
+        }
+    }
+}
+
+/// What the overview shows.
+pub struct Overview {
+    pub accepted: u64,
+    /// Per path: delivered, deferred, failed, fell back.
+    pub counts: Vec<(DeliveryPath, [u64; 4])>,
+    pub queued: usize,
+    pub generation: Option<String>,
+    pub uptime_secs: u64,
+}
+
+pub fn overview(overview: &Overview) -> Markup {
+    page(
+        "Overview",
+        html! {
+            p {
+                "Since start (" span #uptime { (overview.uptime_secs) } " s ago): "
+                strong #accepted { (overview.accepted) } " messages accepted; "
+                strong #queued { (overview.queued) } " in the queue."
+            }
+            p { "Rule policy in force: " code #generation { (overview.generation.as_deref().unwrap_or("none")) } }
+            table #counts {
+                tr { th { "path" } th { "delivered" } th { "deferred" } th { "failed" } th { "fell back" } }
+                @for (path, counts) in &overview.counts {
+                    tr data-path=(path) {
+                        td { a href={ "/deliveries?path=" (path) } { (path) } }
+                        @for count in counts { td.n { (count) } }
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn outcome_options(selected: Option<AttemptOutcome>) -> Markup {
+    let all = [
+        AttemptOutcome::Delivered,
+        AttemptOutcome::Deferred,
+        AttemptOutcome::Failed,
+        AttemptOutcome::FellBack,
+    ];
+    html! {
+        option value="" { "any outcome" }
+        @for outcome in all {
+            option value=(outcome) selected[selected == Some(outcome)] { (outcome) }
+        }
+    }
+}
+
+pub fn deliveries(filter: &Filter, page_number: usize, attempts: &[Attempt], more: bool) -> Markup {
+    let paths = [DeliveryPath::Local, DeliveryPath::Call, DeliveryPath::Relay];
+    let query = |page: usize| {
+        let mut query = vec![format!("page={page}")];
+        if let Some(path) = filter.path {
+            query.push(format!("path={path}"));
+        }
+        if let Some(outcome) = filter.outcome {
+            query.push(format!("outcome={outcome}"));
+        }
+        for (name, value) in [("rcpt", &filter.recipient), ("id", &filter.id)] {
+            if let Some(value) = value {
+                query.push(format!("{name}={}", percent(value)));
+            }
+        }
+        format!("/deliveries?{}", query.join("&"))
+    };
+    page(
+        "Deliveries",
+        html! {
+            form method="get" action="/deliveries" {
+                select name="path" {
+                    option value="" { "any path" }
+                    @for path in paths { option value=(path) selected[filter.path == Some(path)] { (path) } }
+                }
+                " "
+                select name="outcome" { (outcome_options(filter.outcome)) }
+                " "
+                input name="rcpt" placeholder="recipient" value=(filter.recipient.as_deref().unwrap_or(""));
+                " "
+                input name="id" placeholder="queue id or Message-ID" value=(filter.id.as_deref().unwrap_or(""));
+                " "
+                button type="submit" { "Filter" }
+            }
+            table #deliveries {
+                tr { th { "time (UTC)" } th { "queue id" } th { "recipient" } th { "path" } th { "number" } th { "rule" } th { "outcome" } th { "ms" } th { "detail" } }
+                @for attempt in attempts {
+                    tr.attempt {
+                        td { (time(attempt.at_ms)) }
+                        td { a href={ "/deliveries/" (attempt.queue_id) } { (attempt.queue_id) } }
+                        td { (attempt.recipient) }
+                        td { (attempt.path) }
+                        td { (attempt.number.as_deref().unwrap_or("-")) }
+                        td { (attempt.rule.as_deref().unwrap_or("-")) }
+                        td class=(attempt.outcome) { (attempt.outcome) }
+                        td.n { (attempt.elapsed_ms) }
+                        td { (attempt.detail) }
+                    }
+                }
+            }
+            p {
+                @if page_number > 0 { a #newer href=(query(page_number - 1)) { "← newer" } " " }
+                @if more { a #older href=(query(page_number + 1)) { "older →" } }
+            }
+        },
+    )
+}
+
+pub fn delivery(id: &str, attempts: &[Attempt], queued: Option<&Queued>) -> Markup {
+    page(
+        &format!("Delivery {id}"),
+        html! {
+            @if let Some(queued) = queued {
+                h2 { "In the queue" }
+                table #queue {
+                    tr { th { "recipient" } th { "state" } }
+                    @for (index, recipient) in queued.envelope.recipients.iter().enumerate() {
+                        tr { td { (recipient) } td { (state(queued.outcomes[index].as_ref())) } }
+                    }
+                }
+            }
+            h2 { "Attempts" }
+            @for attempt in attempts {
+                section.attempt {
+                    h3 class=(attempt.outcome) {
+                        (attempt.recipient) " by " (attempt.path) ": " (attempt.outcome)
+                    }
+                    p {
+                        (time(attempt.at_ms)) ", " (attempt.elapsed_ms) " ms. " (attempt.detail)
+                        @if let Some(number) = &attempt.number { br; "Number " (number) }
+                        @if let Some(rule) = &attempt.rule { ", chosen by " (rule) }
+                        @if let Some(reason) = &attempt.reason { " (" (reason) ")" }
+                        @if let Some(call_id) = &attempt.call_id { br; "Call-ID " code { (call_id) } }
+                    }
+                    @if !attempt.ladder.is_empty() { (ladder(attempt)) }
+                }
+            }
+        },
+    )
+}
+
+pub fn not_found(reason: &str) -> Markup {
+    page("Not found", html! { p { (reason) } })
+}
+
+fn state(outcome: Option<&Outcome>) -> String {
+    match outcome {
+        None => "not tried yet".into(),
+        Some(Outcome::Delivered { detail }) => format!("delivered: {detail}"),
+        Some(Outcome::Failed { detail, .. }) => format!("failed: {detail}"),
+        Some(Outcome::Deferred {
+            detail, attempts, ..
+        }) => format!("deferred after {attempts} attempts: {detail}"),
+    }
+}
+
+/// Fig. 4 as SVG: A and B as lifelines, one arrow per step with its label
+/// and its time from the INVITE, top to bottom.
+fn ladder(attempt: &Attempt) -> Markup {
+    const A: u32 = 150;
+    const B: u32 = 650;
+    const STEP: u32 = 34;
+    let height = 60 + STEP * attempt.ladder.len() as u32;
+    html! {
+        svg.ladder xmlns="http://www.w3.org/2000/svg" width="800" height=(height) viewBox={ "0 0 800 " (height) } role="img" {
+            title { "Call ladder of " (attempt.call_id.as_deref().unwrap_or("the call")) }
+            defs {
+                marker #arrow viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" orient="auto-start-reverse" {
+                    path d="M 0 0 L 10 5 L 0 10 z" fill="#444" {}
+                }
+            }
+            text x=(A) y="20" text-anchor="middle" { "A (this server)" }
+            text x=(B) y="20" text-anchor="middle" { "B " (attempt.number.as_deref().unwrap_or("")) }
+            line x1=(A) y1="30" x2=(A) y2=(height - 10) stroke="#888" {}
+            line x1=(B) y1="30" x2=(B) y2=(height - 10) stroke="#888" {}
+            @for (index, rung) in attempt.ladder.iter().enumerate() {
+                @let y = 50 + STEP * index as u32;
+                @let (from, to) = match rung.label.sender() { Side::Caller => (A, B), Side::Callee => (B, A) };
+                g.rung data-label=(rung.label) {
+                    text x="5" y=(y + 4) fill="#666" { (format!("{:.1} ms", rung.at_us as f64 / 1000.0)) }
+                    line x1=(from) y1=(y) x2=(to) y2=(y) stroke="#444" marker-end="url(#arrow)" {}
+                    text.label x={ ((A + B) / 2) } y=(y - 5) text-anchor="middle" {
+                        (rung.label) " " (shorten(&rung.text))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn shorten(text: &str) -> String {
+    const MAX: usize = 60;
+    if text.chars().count() <= MAX {
+        text.to_string()
+    } else {
+        let kept: String = text.chars().take(MAX - 1).collect();
+        format!("{kept}…")
+    }
+}
+
+/// `2026-12-04 03:12:45.120`, from Unix milliseconds.
+fn time(at_ms: u64) -> String {
+    let seconds = at_ms / 1000;
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Howard Hinnant's days-to-civil.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        at_ms % 1000
+    )
+}
+
+/// Enough of percent-encoding for a query value.
+fn percent(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'@' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_calendar_dates_in_utc() {
+        assert_eq!(time(0), "1970-01-01 00:00:00.000");
+        assert_eq!(time(1_796_354_765_120), "2026-12-04 03:26:05.120");
+        assert_eq!(time(951_782_400_000), "2000-02-29 00:00:00.000");
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(percent("a b&c=d@e.example"), "a%20b%26c%3Dd@e.example");
+    }
+}

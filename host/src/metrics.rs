@@ -1,0 +1,268 @@
+//! The server's counters, in one registry that `/metrics` (Prometheus)
+//! and the console's pages read. Labels are bounded sets (a path, an
+//! outcome, a result, a SIP status): never a recipient, a number or a
+//! message id.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::history::{AttemptOutcome, DeliveryPath};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    path: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabel {
+    path: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Seconds from 1 ms to about 9 hours, doubling.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 25))
+}
+
+/// Every counter of the server.
+pub struct Metrics {
+    registry: Registry,
+    sessions: Family<ServiceLabel, Counter>,
+    messages: Family<ResultLabel, Counter>,
+    deliveries: Family<DeliveryLabels, Counter>,
+    delivery_seconds: Histograms<PathLabel>,
+    calls: Family<StatusLabel, Counter>,
+    call_setup_seconds: Histogram,
+    queue: Gauge,
+    /// Since start, for the console: accepted, and final outcomes.
+    accepted: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("mailcall");
+        let sessions = Family::<ServiceLabel, Counter>::default();
+        registry.register(
+            "sessions",
+            "Client sessions opened, by service (smtp, pop3)",
+            sessions.clone(),
+        );
+        let messages = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "smtp_messages",
+            "Messages offered over SMTP, by result (accepted: 250 after fsync; refused)",
+            messages.clone(),
+        );
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Delivery attempts per recipient, by path (local, call, relay) and outcome",
+            deliveries.clone(),
+        );
+        let delivery_seconds: Histograms<PathLabel> = Family::new_with_constructor(seconds);
+        registry.register(
+            "delivery_seconds",
+            "From acceptance to a recipient's final outcome, by path",
+            delivery_seconds.clone(),
+        );
+        let calls = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "calls",
+            "Calls placed, by final SIP status (none: no answer)",
+            calls.clone(),
+        );
+        let call_setup_seconds = seconds();
+        registry.register(
+            "call_setup_seconds",
+            "From a call's INVITE to its 200 OK",
+            call_setup_seconds.clone(),
+        );
+        let queue = Gauge::default();
+        registry.register(
+            "queue_messages",
+            "Messages in the queue with a recipient not finished",
+            queue.clone(),
+        );
+        Metrics {
+            registry,
+            sessions,
+            messages,
+            deliveries,
+            delivery_seconds,
+            calls,
+            call_setup_seconds,
+            queue,
+            accepted: AtomicU64::new(0),
+        }
+    }
+
+    /// A client session was opened on `service` (`smtp`, `pop3`).
+    pub fn session(&self, service: &str) {
+        self.sessions
+            .get_or_create(&ServiceLabel {
+                service: service.to_string(),
+            })
+            .inc();
+    }
+
+    /// A message was offered over SMTP: accepted (on disk) or refused.
+    pub fn message(&self, accepted: bool) {
+        let result = if accepted { "accepted" } else { "refused" };
+        if accepted {
+            self.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        self.messages
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// A recipient's attempt ended; `since_accepted` is set for a final
+    /// outcome.
+    pub fn delivery(
+        &self,
+        path: DeliveryPath,
+        outcome: AttemptOutcome,
+        since_accepted: Option<Duration>,
+    ) {
+        let path = path.as_str().to_string();
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                path: path.clone(),
+                outcome: outcome.as_str().to_string(),
+            })
+            .inc();
+        if let Some(elapsed) = since_accepted {
+            self.delivery_seconds
+                .get_or_create(&PathLabel { path })
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// A call ended with SIP `status` (none: it got no final answer), set
+    /// up in `setup` when it was answered.
+    pub fn call(&self, status: Option<u16>, setup: Option<Duration>) {
+        let status = status.map_or_else(|| "none".to_string(), |s| s.to_string());
+        self.calls.get_or_create(&StatusLabel { status }).inc();
+        if let Some(setup) = setup {
+            self.call_setup_seconds.observe(setup.as_secs_f64());
+        }
+    }
+
+    /// Messages accepted over SMTP since start.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Attempts since start with this path and outcome.
+    pub fn deliveries(&self, path: DeliveryPath, outcome: AttemptOutcome) -> u64 {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                path: path.as_str().to_string(),
+                outcome: outcome.as_str().to_string(),
+            })
+            .get()
+    }
+
+    /// The registry in Prometheus's text format (0.0.4, what `promtool
+    /// check metrics` and every scraper read), with the queue's size as it
+    /// is now.
+    pub fn encode(&self, queued: usize) -> String {
+        self.queue.set(queued as i64);
+        let mut open_metrics = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut open_metrics, &self.registry);
+        prometheus_text(&open_metrics)
+    }
+}
+
+/// OpenMetrics text as Prometheus text: a counter's HELP and TYPE name its
+/// samples (`…_total`), and there is no `# EOF`.
+fn prometheus_text(open_metrics: &str) -> String {
+    let counters: Vec<&str> = open_metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        text.push_str(renamed.as_deref().unwrap_or(line));
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_as_their_samples_and_there_is_no_eof() {
+        let metrics = Metrics::new();
+        metrics.message(true);
+        metrics.delivery(DeliveryPath::Call, AttemptOutcome::Delivered, None);
+        let text = metrics.encode(3);
+        assert!(
+            text.contains("# HELP mailcall_smtp_messages_total Messages"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE mailcall_smtp_messages_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mailcall_smtp_messages_total{result=\"accepted\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("mailcall_deliveries_total{path=\"call\",outcome=\"delivered\"} 1"));
+        assert!(
+            text.contains("# TYPE mailcall_queue_messages gauge\nmailcall_queue_messages 3\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        assert_eq!(
+            metrics.deliveries(DeliveryPath::Call, AttemptOutcome::Delivered),
+            1
+        );
+    }
+}
