@@ -581,6 +581,56 @@ mod tests {
     }
 
     #[test]
+    fn pages_are_read_newest_first_from_the_end_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Lines across many 64 KiB blocks, some of them long.
+        let mut text = String::new();
+        for n in 0..3000 {
+            let mut attempt = attempt(&format!("r{n}@far.example"));
+            attempt.queue_id = format!("Q{}", n % 7);
+            if n % 500 == 0 {
+                attempt.detail = "x".repeat(70_000);
+            }
+            text.push_str(&lines(&[attempt]));
+        }
+        text.push_str("{\"torn\": ");
+        std::fs::write(dir.path().join(HISTORY_FILE), text).unwrap();
+        let all = Filter::default();
+        let (first, more) = newest(dir.path(), &all, 0, 50).unwrap();
+        assert!(more);
+        let recipients: Vec<&str> = first.iter().map(|a| a.recipient.as_str()).collect();
+        assert_eq!(
+            recipients[..3],
+            [
+                "r2999@far.example",
+                "r2998@far.example",
+                "r2997@far.example"
+            ]
+        );
+        let (page, _) = newest(dir.path(), &all, 2950, 50).unwrap();
+        assert_eq!(page.len(), 50);
+        assert_eq!(page[49].recipient, "r0@far.example");
+        assert_eq!(page[0].recipient, "r49@far.example");
+        let (rest, more) = newest(dir.path(), &all, 2990, 50).unwrap();
+        assert_eq!((rest.len(), more), (10, false));
+        // Filters: by queue id (each 7th line), by recipient part.
+        let q3 = Filter {
+            id: Some("Q3".into()),
+            ..Filter::default()
+        };
+        let (found, _) = newest(dir.path(), &q3, 0, usize::MAX).unwrap();
+        assert_eq!(found.len(), (0..3000).filter(|n| n % 7 == 3).count());
+        assert!(found.iter().all(|a| a.queue_id == "Q3"));
+        let part = Filter {
+            recipient: Some("R1234@".into()),
+            ..Filter::default()
+        };
+        let (found, _) = newest(dir.path(), &part, 0, 10).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].recipient, "r1234@far.example");
+    }
+
+    #[test]
     fn lines_a_power_cut_took_come_back_from_the_spool() {
         for seed in 0..16 {
             let sim = SimStorage::new(seed);
