@@ -23,7 +23,7 @@ use serde::Deserialize;
 use crate::history::{self, AttemptOutcome, DeliveryPath, Filter};
 use crate::metrics::Metrics;
 use crate::policy::PolicyEngine;
-use crate::queue::spool::Spool;
+use crate::queue::spool::{MessageId, Spool};
 
 /// Rows on one page of the deliveries list.
 const PAGE: usize = 50;
@@ -172,11 +172,9 @@ async fn delivery(State(console): State<Arc<Console>>, Path(id): Path<String>) -
     let read =
         tokio::task::spawn_blocking(move || history::newest(&data_dir, &filter, 0, usize::MAX))
             .await;
-    let queued = console
-        .spool
-        .pending()
-        .into_iter()
-        .find(|queued| queued.id.to_string() == id);
+    let queued = u64::from_str_radix(&id, 16)
+        .ok()
+        .and_then(|number| console.spool.get(MessageId(number)));
     match read {
         Ok(Ok((mut attempts, _))) if !attempts.is_empty() || queued.is_some() => {
             attempts.reverse();
