@@ -42,10 +42,11 @@ fn envelope(recipients: usize) -> Envelope {
     }
 }
 
-/// The spool in `/spool` with its history in `/data`, as the server has it.
+/// The spool in `/spool` with its history beside its segments (the
+/// server's data folder holds both).
 fn open(disk: &Arc<SimStorage>) -> Result<(Spool, Recovery), SpoolError> {
     let storage: Arc<dyn Storage> = Arc::new(disk.clone());
-    let history = Arc::new(History::on(storage.clone(), Path::new("/data")));
+    let history = Arc::new(History::on(storage.clone(), Path::new("/spool")));
     Spool::open_with(storage, Path::new("/spool"), SpoolOptions::default(), Some(history))
 }
 
@@ -146,7 +147,7 @@ fn damaged_spool(damage: &[u8]) {
         let ids: Vec<_> = recovery.messages.iter().map(|q| q.id).collect();
         let expected: Vec<_> = bodies[1..].iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, expected);
-        let history = disk.read(Path::new("/data/history.jsonl")).expect("the history");
+        let history = disk.read(Path::new("/spool/history.jsonl")).expect("the history");
         assert_eq!(history, b"line 0 0\nline 0 1\nline 1 0\n");
     }
 }
