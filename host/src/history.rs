@@ -395,7 +395,8 @@ pub fn newest(
         .id
         .as_deref()
         .map(|id| id.trim_matches(['<', '>']).as_bytes())
-        .filter(|id| !id.is_empty());
+        .filter(|id| !id.is_empty())
+        .map(memchr::memmem::Finder::new);
     loop {
         let start = end.saturating_sub(BLOCK);
         let mut block = vec![0; (end - start) as usize];
@@ -414,7 +415,7 @@ pub fn newest(
         partial = block[..first_whole].to_vec();
         for line in block[first_whole..].rsplit(|&b| b == b'\n') {
             // Most lines are not the message sought: skip them unparsed.
-            if needle.is_some_and(|n| !line.windows(n.len()).any(|w| w == n)) {
+            if needle.as_ref().is_some_and(|n| n.find(line).is_none()) {
                 continue;
             }
             let Ok(attempt) = serde_json::from_slice::<Attempt>(line) else {
