@@ -21,7 +21,7 @@ fn attempt(n: usize) -> Attempt {
         message_id: Some(format!("m{n}@a.example")),
         recipient: format!("user{}@b{}.example", n % 1000, n % 50),
         path: [DeliveryPath::Local, DeliveryPath::Call, DeliveryPath::Relay][n % 3],
-        outcome: if n % 97 == 0 {
+        outcome: if n.is_multiple_of(97) {
             AttemptOutcome::Failed
         } else {
             AttemptOutcome::Delivered

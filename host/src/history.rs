@@ -586,10 +586,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Lines across many 64 KiB blocks, some of them long.
         let mut text = String::new();
-        for n in 0..3000 {
+        for n in 0..3000usize {
             let mut attempt = attempt(&format!("r{n}@far.example"));
             attempt.queue_id = format!("Q{}", n % 7);
-            if n % 500 == 0 {
+            if n.is_multiple_of(500) {
                 attempt.detail = "x".repeat(70_000);
             }
             text.push_str(&lines(&[attempt]));
