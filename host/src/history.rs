@@ -31,6 +31,9 @@ pub enum DeliveryPath {
     Call,
     /// S8: normal SMTP relay.
     Relay,
+    /// No delivery: an operator's action on the queue (hold, release,
+    /// retry, delete, bounce).
+    Operator,
 }
 
 impl DeliveryPath {
@@ -40,6 +43,7 @@ impl DeliveryPath {
             DeliveryPath::Local => "local",
             DeliveryPath::Call => "call",
             DeliveryPath::Relay => "relay",
+            DeliveryPath::Operator => "operator",
         }
     }
 }
@@ -59,6 +63,12 @@ pub enum AttemptOutcome {
     Failed,
     /// A call that failed and was followed by a relay.
     FellBack,
+    /// The operator's actions (with [`DeliveryPath::Operator`]); a bounce
+    /// is `Failed`.
+    Held,
+    Released,
+    Retried,
+    Deleted,
 }
 
 impl AttemptOutcome {
@@ -69,12 +79,20 @@ impl AttemptOutcome {
             AttemptOutcome::Deferred => "deferred",
             AttemptOutcome::Failed => "failed",
             AttemptOutcome::FellBack => "fell-back",
+            AttemptOutcome::Held => "held",
+            AttemptOutcome::Released => "released",
+            AttemptOutcome::Retried => "retried",
+            AttemptOutcome::Deleted => "deleted",
         }
     }
 
-    /// True when the recipient is finished (delivered or failed for good).
+    /// True when the recipient is finished (delivered, failed for good or
+    /// deleted).
     pub fn is_final(self) -> bool {
-        matches!(self, AttemptOutcome::Delivered | AttemptOutcome::Failed)
+        matches!(
+            self,
+            AttemptOutcome::Delivered | AttemptOutcome::Failed | AttemptOutcome::Deleted
+        )
     }
 }
 

@@ -605,3 +605,158 @@ fn a_taken_port_is_reported_not_a_panic() {
     );
     assert!(!text.contains("panicked"), "{text}");
 }
+
+/// The queue id `mailcall queue list` shows for the message to `recipient`.
+fn queue_id_of(listing: &str, recipient: &str) -> String {
+    let mut id = None;
+    for line in listing.lines() {
+        if !line.starts_with(' ') {
+            id = line.split_whitespace().next();
+        } else if line.trim_start().starts_with(&format!("{recipient} ")) {
+            return id.unwrap().to_string();
+        }
+    }
+    panic!("{recipient} not in\n{listing}");
+}
+
+/// `mailcall queue ACTION ID…` for the configuration in `dir`: whether it
+/// succeeded, and what it printed.
+fn queue_action(dir: &std::path::Path, action: &str, ids: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_mailcall"))
+        .args(["queue", action])
+        .args(ids)
+        .arg("--config")
+        .arg(dir.join("mailcall.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[test]
+fn an_operator_holds_releases_deletes_and_bounces_queued_mail_and_a_hold_outlasts_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on the relay's port yet: every relay attempt defers.
+    let relay_port = free_port();
+    let extra = format!(
+        "relay_networks = [\"127.0.0.0/8\"]\n\n[routes]\n\"remote.test\" = \"127.0.0.1:{relay_port}\"\n"
+    );
+    let (smtp_port, pop3_port) = (free_port(), free_port());
+    let server = start_full(dir.path(), smtp_port, pop3_port, &extra, "");
+    for (to, subject) in [
+        ("held@remote.test", "kept"),
+        ("deleted@remote.test", "removed"),
+        ("bounced@remote.test", "returned"),
+    ] {
+        let (ok, transcript) = swaks(
+            &server,
+            &[
+                "--from",
+                "postmaster@local.test",
+                "--to",
+                to,
+                "--h-Subject",
+                subject,
+            ],
+        );
+        assert!(ok, "{transcript}");
+    }
+    let listing = wait_for_queue(
+        dir.path(),
+        &[
+            "held@remote.test  deferred",
+            "deleted@remote.test  deferred",
+            "bounced@remote.test  deferred",
+        ],
+    );
+    let held = queue_id_of(&listing, "held@remote.test");
+    let deleted = queue_id_of(&listing, "deleted@remote.test");
+    let bounced = queue_id_of(&listing, "bounced@remote.test");
+
+    let (ok, said) = queue_action(dir.path(), "hold", &[&held]);
+    assert!(
+        ok && said.contains(&format!("{held}: hold: 1 recipients")),
+        "{said}"
+    );
+    let (ok, said) = queue_action(dir.path(), "hold", &["FFFFFFFF"]);
+    assert!(!ok && said.contains("not in the queue"), "{said}");
+    let (ok, said) = queue_action(dir.path(), "delete", &[&deleted]);
+    assert!(ok, "{said}");
+    let (ok, said) = queue_action(dir.path(), "bounce", &[&bounced]);
+    assert!(ok && said.contains("report"), "{said}");
+
+    // The sender gets a report for the bounced message only.
+    let reports = wait_for_files(dir.path(), "postmaster", 1);
+    assert_eq!(reports.len(), 1);
+    let report = std::fs::read_to_string(&reports[0]).unwrap();
+    for expected in [
+        "report-type=delivery-status",
+        "Final-Recipient: rfc822; bounced@remote.test",
+        "Action: failed",
+        "Subject: returned",
+    ] {
+        assert!(report.contains(expected), "{expected} missing in\n{report}");
+    }
+
+    // A restart keeps the hold; a flush does not deliver held mail.
+    drop(server);
+    let server = start_full(dir.path(), smtp_port, pop3_port, &extra, "");
+    let listing = queue(dir.path(), "list");
+    assert!(
+        listing.contains("held@remote.test  HELD (1 attempts)"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains("deleted@remote.test") && !listing.contains("bounced@remote.test"),
+        "{listing}"
+    );
+    let sink = sink_on(&dir.path().join("relayed"), &[], relay_port);
+    queue(dir.path(), "flush");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        queue(dir.path(), "list").contains("held@remote.test  HELD"),
+        "a flush delivered held mail"
+    );
+
+    // A release delivers it at once, and only it: the deleted and the
+    // bounced message never reach the relay.
+    let (ok, said) = queue_action(dir.path(), "release", &[&held]);
+    assert!(ok, "{said}");
+    let dumped = wait_for_dumps(&dir.path().join("relayed"), 1);
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert_eq!(dumped.len(), 1, "{said}\n{log}");
+    let text = String::from_utf8_lossy(&std::fs::read(&dumped[0]).unwrap()).into_owned();
+    assert!(text.contains("Subject: kept"), "{text}");
+    let listing = wait_for_queue(dir.path(), &["the queue is empty"]);
+    assert!(listing.contains("the queue is empty"), "{listing}");
+    // Nothing is left to deliver: the relay got the released message only.
+    let relayed = std::fs::read_dir(dir.path().join("relayed"))
+        .unwrap()
+        .count();
+    assert_eq!(relayed, 1);
+
+    // Each action is in the history, on the operator's path.
+    let operator: Vec<(String, String)> = history(dir.path())
+        .into_iter()
+        .filter(|a| a["path"] == "operator")
+        .map(|a| {
+            (
+                a["recipient"].as_str().unwrap().to_string(),
+                a["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("held@remote.test", "held"),
+        ("held@remote.test", "released"),
+        ("deleted@remote.test", "deleted"),
+        ("bounced@remote.test", "failed"),
+    ] {
+        assert!(
+            operator.contains(&(expected.0.to_string(), expected.1.to_string())),
+            "{expected:?} missing in {operator:?}"
+        );
+    }
+    drop((server, sink));
+}

@@ -67,13 +67,6 @@ struct Model {
     recorded: Vec<(MessageId, usize, Outcome)>,
 }
 
-fn detail(outcome: &Outcome) -> &str {
-    match outcome {
-        Outcome::Delivered { detail } | Outcome::Failed { detail, .. } => detail,
-        Outcome::Deferred { detail, .. } => detail,
-    }
-}
-
 /// The history line the planner writes for an outcome.
 fn attempt(id: MessageId, index: usize, outcome: &Outcome) -> Attempt {
     Attempt {
@@ -83,7 +76,7 @@ fn attempt(id: MessageId, index: usize, outcome: &Outcome) -> Attempt {
         recipient: format!("r{index}@y.example"),
         path: DeliveryPath::Relay,
         outcome: AttemptOutcome::Delivered,
-        detail: detail(outcome).to_string(),
+        detail: outcome.detail().to_string(),
         number: None,
         rule: None,
         rule_version: None,
@@ -125,7 +118,7 @@ impl Model {
         (0..recipients).all(|index| {
             self.outcomes
                 .get(&(id, index))
-                .is_some_and(|o| !matches!(o, Outcome::Deferred { .. }))
+                .is_some_and(Outcome::is_final)
         })
     }
 }
@@ -228,14 +221,17 @@ fn workload(seed: u64, sim: &Arc<SimStorage>, crash_at: Option<u64>) -> Model {
                 let recipients = model.bodies[&id].1;
                 let index = rng.usize(..recipients);
                 let previous = model.outcomes.get(&(id, index));
-                if previous.is_some_and(|o| !matches!(o, Outcome::Deferred { .. })) {
+                if previous.is_some_and(Outcome::is_final) {
                     continue;
                 }
                 let attempts = match previous {
-                    Some(Outcome::Deferred { attempts, .. }) => attempts + 1,
+                    Some(Outcome::Deferred { attempts, .. } | Outcome::Held { attempts, .. }) => {
+                        attempts + 1
+                    }
                     _ => 1,
                 };
-                let outcome = match rng.u8(..3) {
+                // Deliveries and the operator's holds and deletions.
+                let outcome = match rng.u8(..5) {
                     0 => Outcome::Deferred {
                         detail: format!("451 later, step {step}"),
                         attempts,
@@ -244,11 +240,20 @@ fn workload(seed: u64, sim: &Arc<SimStorage>, crash_at: Option<u64>) -> Model {
                     1 => Outcome::Delivered {
                         detail: format!("250 ok after {attempts}, step {step}"),
                     },
-                    _ => Outcome::Failed {
+                    2 => Outcome::Failed {
                         detail: format!("550 no, step {step}"),
                         code: 550,
                     },
-                };
+                    3 => Outcome::Held {
+                        detail: format!("held, step {step}"),
+                        attempts,
+                    },
+                    _ => Outcome::Deleted {
+                        detail: format!("deleted, step {step}"),
+                    },
+                }
+                // What the spool keeps: a hold outlasts a deferral.
+                .over(previous);
                 model.in_flight = vec![InFlight::Record(id, index, outcome.clone())];
                 // As the planner does: the outcome with its history line.
                 let lines = history::lines(&[attempt(id, index, &outcome)]);
@@ -317,7 +322,7 @@ fn check(seed: u64, point: u64, sim: &Arc<SimStorage>, model: &Model) -> Result<
                     } else {
                         model.outcomes.get(&(id, i))
                     };
-                    o.is_some_and(|o| !matches!(o, Outcome::Deferred { .. }))
+                    o.is_some_and(Outcome::is_final)
                 })
             }
             _ => false,
@@ -377,7 +382,7 @@ fn check(seed: u64, point: u64, sim: &Arc<SimStorage>, model: &Model) -> Result<
             };
             if queued.outcomes[index]
                 .as_ref()
-                .is_none_or(|o| matches!(o, Outcome::Deferred { .. }))
+                .is_none_or(|o| !o.is_final())
             {
                 if let Err(error) = spool.record(queued.id, index, done, String::new()) {
                     return fail(format!("cannot record after recovery: {error}"));

@@ -180,14 +180,7 @@ pub fn not_found(reason: &str) -> Markup {
 }
 
 fn state(outcome: Option<&Outcome>) -> String {
-    match outcome {
-        None => "not tried yet".into(),
-        Some(Outcome::Delivered { detail }) => format!("delivered: {detail}"),
-        Some(Outcome::Failed { detail, .. }) => format!("failed: {detail}"),
-        Some(Outcome::Deferred {
-            detail, attempts, ..
-        }) => format!("deferred after {attempts} attempts: {detail}"),
-    }
+    outcome.map_or_else(|| "not tried yet".into(), Outcome::summary)
 }
 
 /// Fig. 4 as SVG: A and B as lifelines, one arrow per step with its label

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::data_dir;
 
 use anyhow::{bail, Context};
-use mailcall::server::control::{self, Answer, Request};
+use mailcall::server::control::{self, Answer, PolicyRequest, Request};
 
 #[derive(Debug, clap::Args)]
 pub struct ReloadArgs {
@@ -62,7 +62,7 @@ pub fn reload(args: ReloadArgs) -> anyhow::Result<()> {
     };
     let answer = control::ask(
         &data_dir(args.config.as_deref())?,
-        &Request::Reload { config },
+        &Request::Policy(PolicyRequest::Reload { config }),
     )?;
     report(answer, "reloaded")
 }
@@ -70,13 +70,16 @@ pub fn reload(args: ReloadArgs) -> anyhow::Result<()> {
 pub fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
     let answer = control::ask(
         &data_dir(args.config.as_deref())?,
-        &Request::Rollback { to: args.to },
+        &Request::Policy(PolicyRequest::Rollback { to: args.to }),
     )?;
     report(answer, "rolled back")
 }
 
 pub fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let answer = control::ask(&data_dir(args.config.as_deref())?, &Request::Status)?;
+    let answer = control::ask(
+        &data_dir(args.config.as_deref())?,
+        &Request::Policy(PolicyRequest::Status),
+    )?;
     let Some(status) = answer.status else {
         return report(answer, "status");
     };

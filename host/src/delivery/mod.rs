@@ -515,11 +515,15 @@ impl Planner {
         let queued = delivery.queued;
         let index = pending.index;
         let recipient = &queued.envelope.recipients[index];
-        let (name, detail) = match &outcome {
-            Outcome::Delivered { detail } => (AttemptOutcome::Delivered, detail),
-            Outcome::Deferred { detail, .. } => (AttemptOutcome::Deferred, detail),
-            Outcome::Failed { detail, .. } => (AttemptOutcome::Failed, detail),
+        // (The planner makes no holds nor deletions: the operator does.)
+        let name = match &outcome {
+            Outcome::Delivered { .. } => AttemptOutcome::Delivered,
+            Outcome::Deferred { .. } => AttemptOutcome::Deferred,
+            Outcome::Failed { .. } => AttemptOutcome::Failed,
+            Outcome::Held { .. } => AttemptOutcome::Held,
+            Outcome::Deleted { .. } => AttemptOutcome::Deleted,
         };
+        let detail = outcome.detail();
         tracing::info!(id = %queued.id, rcpt = %recipient, path = ?path, outcome = %name, "{detail}");
         let attempt = self.attempt(delivery, &pending, path, trace, name, detail);
         // RFC 3464: "delivered" when it reached the final mailbox (here, or
@@ -531,6 +535,7 @@ impl Planner {
             Outcome::Deferred { .. } => None,
             Outcome::Delivered { .. } if path == DeliveryPath::Relay => Some(Action::Relayed),
             Outcome::Delivered { .. } => Some(Action::Delivered),
+            Outcome::Held { .. } | Outcome::Deleted { .. } => None,
         };
         delivery.attempted.outcomes.push((path, outcome.clone()));
         if let Some(action) = action.filter(|&a| bounce::wants_notice(&queued.envelope, index, a)) {
@@ -543,7 +548,7 @@ impl Planner {
                     .cloned()
                     .flatten(),
                 action,
-                detail: detail.clone(),
+                detail: detail.to_string(),
             });
         }
         // The lines travel with the outcome: on disk together (S1's promise

@@ -171,6 +171,12 @@ pub enum Outcome {
         attempts: u32,
         retry_at: u64,
     },
+    /// Kept from delivery by the operator (`mailcall queue hold`) until
+    /// released, after `attempts` attempts: not finished, never due.
+    Held { detail: String, attempts: u32 },
+    /// Removed by the operator (`mailcall queue delete`): finished, and no
+    /// report goes to the sender.
+    Deleted { detail: String },
 }
 
 /// The code of a refusal recorded before codes were kept.
@@ -179,8 +185,53 @@ fn refused_code() -> u16 {
 }
 
 impl Outcome {
-    fn is_final(&self) -> bool {
-        !matches!(self, Outcome::Deferred { .. })
+    /// True when the recipient is finished: delivered, refused or deleted.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Outcome::Deferred { .. } | Outcome::Held { .. })
+    }
+
+    /// The reply or reason it carries.
+    pub fn detail(&self) -> &str {
+        match self {
+            Outcome::Delivered { detail }
+            | Outcome::Failed { detail, .. }
+            | Outcome::Deferred { detail, .. }
+            | Outcome::Held { detail, .. }
+            | Outcome::Deleted { detail } => detail,
+        }
+    }
+
+    /// The state as the operator reads it (`mailcall queue list`, the
+    /// console).
+    pub fn summary(&self) -> String {
+        match self {
+            Outcome::Delivered { detail } => format!("delivered: {detail}"),
+            Outcome::Failed { detail, .. } => format!("failed: {detail}"),
+            Outcome::Deferred {
+                detail,
+                attempts,
+                retry_at,
+            } => format!("deferred ({attempts} attempts, next at {retry_at}): {detail}"),
+            Outcome::Held { detail, attempts } => {
+                format!("HELD ({attempts} attempts): {detail}")
+            }
+            Outcome::Deleted { detail } => format!("deleted: {detail}"),
+        }
+    }
+
+    /// What recording `self` over `current` leaves: an operator's hold
+    /// outlasts a temporary failure of an attempt that was under way when
+    /// it came (it counts the attempt); anything final ends it.
+    pub fn over(self, current: Option<&Outcome>) -> Outcome {
+        match (self, current) {
+            (Outcome::Deferred { attempts, .. }, Some(Outcome::Held { detail, .. })) => {
+                Outcome::Held {
+                    detail: detail.clone(),
+                    attempts,
+                }
+            }
+            (outcome, _) => outcome,
+        }
     }
 }
 
@@ -661,7 +712,8 @@ impl Spool {
 
     /// Records what happened to recipient `index` of message `id`, with the
     /// companion's `lines` for it; returns once both are on disk. A
-    /// finished message leaves the spool.
+    /// finished message leaves the spool; a held recipient stays held
+    /// through a deferral ([`Outcome::over`]).
     pub fn record(
         &self,
         id: MessageId,
@@ -669,6 +721,20 @@ impl Spool {
         outcome: Outcome,
         lines: String,
     ) -> Result<(), SpoolError> {
+        self.update(id, index, |current| Some((outcome.over(current), lines)))
+            .map(drop)
+    }
+
+    /// Records the outcome `decide` makes of recipient `index`'s current
+    /// one, with its lines (`None`: leaves it as it is); returns what was
+    /// recorded. Decided under the lock, so an operator's action never
+    /// overwrites an outcome it did not see.
+    pub fn update(
+        &self,
+        id: MessageId,
+        index: usize,
+        decide: impl FnOnce(Option<&Outcome>) -> Option<(Outcome, String)>,
+    ) -> Result<Option<Outcome>, SpoolError> {
         let mut writer = self.lock();
         let known = writer.entries.get(&id).is_some_and(|entry| {
             entry.durable && !entry.queued.is_finished() && index < entry.queued.outcomes.len()
@@ -676,6 +742,10 @@ impl Spool {
         if !known {
             return Err(SpoolError::Unknown(id));
         }
+        let Some((outcome, lines)) = decide(writer.entries[&id].queued.outcomes[index].as_ref())
+        else {
+            return Ok(None);
+        };
         // Appended under the lock, so the lines are in the file in the
         // order of their records.
         let history = match &self.companion {
@@ -694,7 +764,7 @@ impl Spool {
         let (sequence, segment, _) = self.append(&mut writer, &record, &[])?;
         // Applied now, so a compaction meanwhile carries it forward; undone
         // if the sync fails.
-        let before = set_outcome(&mut writer, id, index, Some(outcome), Some(segment));
+        let before = set_outcome(&mut writer, id, index, Some(outcome.clone()), Some(segment));
         let (mut writer, result) = self.wait_synced(writer, sequence);
         if let Err(error) = result {
             if let Some((outcome, segment)) = before {
@@ -703,7 +773,7 @@ impl Spool {
             return Err(error);
         }
         drop(self.compact(writer));
-        Ok(())
+        Ok(Some(outcome))
     }
 
     /// The bytes of message `id`.

@@ -1,5 +1,6 @@
-//! The control socket: how `mailcall reload`, `mailcall rules rollback` and
-//! `mailcall rules status` talk to the running server, as `postqueue` talks
+//! The control socket: how `mailcall reload`, `mailcall rules rollback`,
+//! `mailcall rules status` and the queue actions (`mailcall queue hold`
+//! and the rest) talk to the running server, as `postqueue` talks
 //! to Postfix and `kamcmd` to Kamailio. A Unix socket in the data folder
 //! (0700, so only the server's user reaches it); one JSON request line,
 //! one JSON answer line.
@@ -14,7 +15,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::Work;
 use crate::policy::{PolicyEngine, ReloadReport};
+use crate::queue::action::{self, Action};
+use crate::queue::spool::{MessageId, Spool};
 
 /// The socket's name in the data folder.
 pub const CONTROL_SOCKET: &str = "control.sock";
@@ -23,6 +29,18 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
+    Policy(PolicyRequest),
+    /// An operator's action on queued messages (queue ids, or `ALL`).
+    Queue {
+        action: Action,
+        ids: Vec<String>,
+    },
+}
+
+/// A command about the rule policy.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyRequest {
     /// Rebuild the policy, from `config` if given.
     Reload { config: Option<PathBuf> },
     /// Put a kept generation back in force (`None`: the one before).
@@ -45,6 +63,9 @@ pub struct Answer {
     pub needs_restart: Vec<String>,
     #[serde(default)]
     pub status: Option<Status>,
+    /// What a queue action did, a line per message.
+    #[serde(default)]
+    pub lines: Vec<String>,
 }
 
 /// `mailcall rules status`.
@@ -109,8 +130,65 @@ pub fn ask(data_dir: &Path, request: &Request) -> Result<Answer, ControlError> {
     serde_json::from_str(&answer).map_err(|e| ControlError::Answer(format!("{e}: {answer:?}")))
 }
 
+/// What the queue actions need of the server.
+#[derive(Clone)]
+pub struct QueueControl {
+    pub spool: Arc<Spool>,
+    /// The reporting server's name in a bounce.
+    pub hostname: String,
+    /// The scheduler: released and retried messages go to it at once.
+    pub work: UnboundedSender<Work>,
+}
+
+impl QueueControl {
+    /// Carries out `action` on `ids` (`ALL`: every queued message) for
+    /// operator `by`; a line per message, and whether all of them went.
+    pub fn act(&self, action: Action, ids: &[String], by: &str) -> (Vec<String>, bool) {
+        let ids: Vec<Result<MessageId, String>> = if ids.iter().any(|id| id == "ALL") {
+            self.spool.pending().iter().map(|q| Ok(q.id)).collect()
+        } else {
+            ids.iter()
+                .map(|id| {
+                    u64::from_str_radix(id, 16)
+                        .map(MessageId)
+                        .map_err(|_| format!("{id}: not a queue id"))
+                })
+                .collect()
+        };
+        let mut all_went = true;
+        let lines = ids
+            .into_iter()
+            .map(|id| {
+                let outcome = id.and_then(|id| {
+                    action::apply(&self.spool, &self.hostname, action, id, by)
+                        .map(|acted| (id, acted))
+                        .map_err(|error| error.to_string())
+                });
+                match outcome {
+                    Ok((id, acted)) => {
+                        if acted.due_now {
+                            let _ = self.work.send(Work::Deliver(id));
+                        }
+                        let mut line = format!("{id}: {action}: {} recipients", acted.changed);
+                        if let Some(report) = acted.report {
+                            let _ = self.work.send(Work::Deliver(report));
+                            line.push_str(&format!(", report {report} to the sender"));
+                        }
+                        line
+                    }
+                    Err(error) => {
+                        all_went = false;
+                        error
+                    }
+                }
+            })
+            .collect();
+        (lines, all_went)
+    }
+}
+
 /// Answers control requests until the task is dropped.
-pub async fn listen(data_dir: &Path, policy: Option<Arc<PolicyEngine>>) {
+pub async fn listen(data_dir: &Path, policy: Option<Arc<PolicyEngine>>, queue: QueueControl) {
     let path = data_dir.join(CONTROL_SOCKET);
     // A socket left by a server that did not stop cleanly.
     let _ = std::fs::remove_file(&path);
@@ -125,7 +203,7 @@ pub async fn listen(data_dir: &Path, policy: Option<Arc<PolicyEngine>>) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let policy = policy.clone();
+        let (policy, queue) = (policy.clone(), queue.clone());
         tokio::spawn(async move {
             let (reader, mut writer) = stream.into_split();
             let mut line = String::new();
@@ -137,8 +215,10 @@ pub async fn listen(data_dir: &Path, policy: Option<Arc<PolicyEngine>>) {
             }
             let answer = match serde_json::from_str::<Request>(&line) {
                 Ok(request) => {
-                    match tokio::task::spawn_blocking(move || answer(policy.as_deref(), request))
-                        .await
+                    match tokio::task::spawn_blocking(move || {
+                        answer(policy.as_deref(), &queue, request)
+                    })
+                    .await
                     {
                         Ok(answer) => answer,
                         Err(error) => refused(format!("the request failed: {error}")),
@@ -160,16 +240,29 @@ fn refused(error: String) -> Answer {
         error: Some(error),
         needs_restart: Vec::new(),
         status: None,
+        lines: Vec::new(),
     }
 }
 
 /// Carries out one request (blocking: a reload compiles modules).
-fn answer(policy: Option<&PolicyEngine>, request: Request) -> Answer {
+fn answer(policy: Option<&PolicyEngine>, queue: &QueueControl, request: Request) -> Answer {
+    let request = match request {
+        Request::Queue { action, ids } => {
+            let (lines, ok) = queue.act(action, &ids, "mailcall queue");
+            return Answer {
+                ok,
+                error: (!ok).then(|| format!("not every message could be given {action}")),
+                lines,
+                ..refused(String::new())
+            };
+        }
+        Request::Policy(request) => request,
+    };
     let Some(policy) = policy else {
         return refused("this server runs no rule chain ([policy] chain is empty)".into());
     };
     match request {
-        Request::Reload { config } => {
+        PolicyRequest::Reload { config } => {
             let ReloadReport {
                 outcome,
                 needs_restart,
@@ -182,6 +275,7 @@ fn answer(policy: Option<&PolicyEngine>, request: Request) -> Answer {
                     error: None,
                     needs_restart,
                     status: None,
+                    lines: Vec::new(),
                 },
                 Err(error) => Answer {
                     generation: Some(policy.active().id.to_string()),
@@ -190,20 +284,21 @@ fn answer(policy: Option<&PolicyEngine>, request: Request) -> Answer {
                 },
             }
         }
-        Request::Rollback { to } => match policy.rollback(to) {
+        PolicyRequest::Rollback { to } => match policy.rollback(to) {
             Ok(id) => Answer {
                 ok: true,
                 generation: Some(id.to_string()),
                 error: None,
                 needs_restart: Vec::new(),
                 status: None,
+                lines: Vec::new(),
             },
             Err(error) => Answer {
                 generation: Some(policy.active().id.to_string()),
                 ..refused(error.to_string())
             },
         },
-        Request::Status => {
+        PolicyRequest::Status => {
             let active = policy.active();
             let generations = policy
                 .generations()
@@ -244,6 +339,7 @@ fn answer(policy: Option<&PolicyEngine>, request: Request) -> Answer {
                 error: None,
                 needs_restart: Vec::new(),
                 status: Some(Status { generations, rules }),
+                lines: Vec::new(),
             }
         }
     }

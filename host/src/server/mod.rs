@@ -155,6 +155,11 @@ pub async fn serve(
     )?;
     let (deliveries, received) = mpsc::unbounded_channel();
     let flushes = deliveries.clone();
+    let queue_control = control::QueueControl {
+        spool: spool.clone(),
+        hostname: config.server.hostname.clone(),
+        work: deliveries.clone(),
+    };
     // S4: the rule chain, rebuilt as one generation when the files it is
     // made of change, on SIGHUP and on `mailcall reload`. A rule that does
     // not load at start is logged and skipped until its file is fixed.
@@ -335,7 +340,7 @@ pub async fn serve(
     tokio::select! {
         () = flush_requests => {}
         () = hangups => {}
-        () = control::listen(&data_dir, policy.clone()) => {}
+        () = control::listen(&data_dir, policy.clone(), queue_control) => {}
         () = smtp::listen(smtp_listener, shared) => {}
         () = crate::pop3::listen(pop3_listener, pop3) => {}
         () = shutdown => tracing::info!("shutting down"),
