@@ -279,6 +279,8 @@ pub struct UserSettings {
     /// The POP3 password as an argon2 PHC string (`mailcall hash-password`);
     /// without one the user cannot log in.
     pub password_hash: Option<String>,
+    /// May log in to the console and act on the queue there.
+    pub admin: bool,
 }
 
 /// RFC 5321 asks every domain for a `postmaster` mailbox.

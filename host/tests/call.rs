@@ -1148,62 +1148,6 @@ fn a_callee_killed_after_its_250_before_the_bye_loses_and_doubles_nothing() {
     );
 }
 
-/// `GET path` on the console at `port`: the status code and the body.
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, body)| body)
-        .to_string();
-    (status, body)
-}
-
-/// The page at `url` as a real browser left it (headless Chromium, the DOM
-/// after its scripts ran), with a screenshot kept in `screenshot`.
-fn browse(url: &str, screenshot: &Path) -> String {
-    let run = |extra: &[&str]| {
-        let output = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--hide-scrollbars",
-            ])
-            .args(extra)
-            .arg(url)
-            .current_dir(screenshot.parent().unwrap())
-            .output()
-            .expect("chromium runs (scripts/setup installs it)");
-        assert!(
-            output.status.success(),
-            "chromium {extra:?} {url}: {output:?}"
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
-    run(&[
-        "--window-size=1100,900",
-        &format!("--screenshot={}", screenshot.display()),
-    ]);
-    assert!(screenshot.exists(), "no screenshot of {url}");
-    run(&["--dump-dom"])
-}
-
 #[test]
 fn the_console_draws_each_calls_ladder_and_the_metrics_count_what_was_sent() {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -1250,7 +1194,7 @@ fn the_console_draws_each_calls_ladder_and_the_metrics_count_what_was_sent() {
     }
 
     // /metrics: what promtool accepts, counting what was sent.
-    let (status, metrics) = http_get(console, "/metrics");
+    let (status, _, metrics) = http(console, "GET", "/metrics", None, "");
     assert_eq!(status, 200, "{metrics}");
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
@@ -1319,7 +1263,13 @@ fn the_console_draws_each_calls_ladder_and_the_metrics_count_what_was_sent() {
         "{overview}"
     );
     // Bad requests get 4xx.
-    assert_eq!(http_get(console, "/deliveries?path=nowhere").0, 400);
-    assert_eq!(http_get(console, "/deliveries/0000000000000000").0, 404);
-    assert_eq!(http_get(console, "/nothing-here").0, 404);
+    assert_eq!(
+        http(console, "GET", "/deliveries?path=nowhere", None, "").0,
+        400
+    );
+    assert_eq!(
+        http(console, "GET", "/deliveries/0000000000000000", None, "").0,
+        404
+    );
+    assert_eq!(http(console, "GET", "/nothing-here", None, "").0, 404);
 }

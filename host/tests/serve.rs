@@ -760,3 +760,126 @@ fn an_operator_holds_releases_deletes_and_bounces_queued_mail_and_a_hold_outlast
     }
     drop((server, sink));
 }
+
+#[test]
+fn console_queue_actions_need_an_administrators_login_and_the_sessions_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay_port = free_port();
+    let console_port = free_port();
+    let extra = format!(
+        "relay_networks = [\"127.0.0.0/8\"]\n\n[routes]\n\"remote.test\" = \"127.0.0.1:{relay_port}\"\n"
+    );
+    let users = format!(
+        "password_hash = \"{}\"\nadmin = true\n\n[users.hanako]\npassword_hash = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{console_port}\"\n",
+        hash_password("secret"),
+        hash_password("hers"),
+    );
+    let server = start_full(dir.path(), free_port(), free_port(), &extra, &users);
+    let (ok, transcript) = swaks(&server, &["--to", "far@remote.test"]);
+    assert!(ok, "{transcript}");
+    let listing = wait_for_queue(dir.path(), &["far@remote.test  deferred"]);
+    let id = queue_id_of(&listing, "far@remote.test");
+
+    // Anyone on loopback reads the queue, without the actions.
+    let (status, _, page) = http(console_port, "GET", "/queue", None, "");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(&id) && page.contains("far@remote.test"),
+        "{page}"
+    );
+    assert!(
+        page.contains("id=\"login\"") && !page.contains("/queue/act"),
+        "{page}"
+    );
+
+    // An action without a login, and logins that fail, are refused.
+    let hold = |csrf: &str| format!("action=hold&id={id}&csrf={csrf}");
+    let (status, _, _) = http(console_port, "POST", "/queue/act", None, &hold("x"));
+    assert_eq!(status, 403);
+    for form in ["user=taro&password=wrong", "user=hanako&password=hers"] {
+        let (status, _, page) = http(console_port, "POST", "/login", None, form);
+        assert_eq!(status, 403, "{form}: {page}");
+    }
+
+    let (status, head, _) = http(
+        console_port,
+        "POST",
+        "/login",
+        None,
+        "user=taro&password=secret",
+    );
+    assert_eq!(status, 303, "{head}");
+    let set_cookie = head
+        .lines()
+        .find_map(|line| line.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie in {head}"));
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let (_, _, page) = http(console_port, "GET", "/queue", Some(&cookie), "");
+    assert!(page.contains("/queue/act"), "{page}");
+    let csrf = form_value(&page, "csrf");
+
+    // Logged in, but without the session's token (a form from elsewhere).
+    for token in ["", "0000"] {
+        let (status, _, page) = http(
+            console_port,
+            "POST",
+            "/queue/act",
+            Some(&cookie),
+            &hold(token),
+        );
+        assert_eq!(status, 403, "{page}");
+    }
+    assert!(queue(dir.path(), "list").contains("far@remote.test  deferred"));
+
+    let (status, _, page) = http(
+        console_port,
+        "POST",
+        "/queue/act",
+        Some(&cookie),
+        &hold(&csrf),
+    );
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains(&format!("{id}: hold: 1 recipients")),
+        "{page}"
+    );
+    let listing = queue(dir.path(), "list");
+    assert!(
+        listing.contains("far@remote.test  HELD (1 attempts): held by taro"),
+        "{listing}"
+    );
+    let held = history(dir.path()).into_iter().any(|a| {
+        a["path"] == "operator" && a["outcome"] == "held" && a["detail"] == "held by taro"
+    });
+    assert!(held, "the hold is in the history");
+    // A real browser shows the held recipient (a screenshot is kept).
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");
+    std::fs::create_dir_all(&shots).unwrap();
+    let dom = browse(
+        &format!("http://127.0.0.1:{console_port}/queue"),
+        &shots.join("queue.png"),
+    );
+    assert!(
+        dom.contains(&format!("data-id=\"{id}\""))
+            && dom.contains("HELD (1 attempts): held by taro"),
+        "{dom}"
+    );
+
+    // After logging out the cookie acts no more.
+    let (status, _, _) = http(
+        console_port,
+        "POST",
+        "/logout",
+        Some(&cookie),
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(status, 303);
+    let release = format!("action=release&id={id}&csrf={csrf}");
+    let (status, _, _) = http(console_port, "POST", "/queue/act", Some(&cookie), &release);
+    assert_eq!(status, 403);
+    drop(server);
+}

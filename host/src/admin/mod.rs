@@ -3,27 +3,35 @@
 //! drawn, and `/metrics` for Prometheus. Served by the host's runtime with
 //! axum on `[admin] listen`.
 //!
-//! The pages only read; they have no login yet, so the console listens on
-//! loopback only (a non-loopback address is refused at start).
+//! Reading needs no login, so the console listens on loopback only (a
+//! non-loopback address is refused at start: it has no TLS yet). Queue
+//! actions need a login as a `[users.NAME]` with `admin = true`, a session
+//! cookie and the session's CSRF token in the form.
 
 mod pages;
+mod session;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{ConnectInfo, Form, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 
+use crate::auth::{Authenticator, Verdict};
 use crate::history::{self, AttemptOutcome, DeliveryPath, Filter};
 use crate::metrics::Metrics;
 use crate::policy::PolicyEngine;
+use crate::queue::action::Action;
 use crate::queue::spool::{MessageId, Spool};
+use crate::server::control::QueueControl;
+pub use session::Sessions;
+use session::{same_token, Session};
 
 /// Rows on one page of the deliveries list.
 const PAGE: usize = 50;
@@ -31,7 +39,7 @@ const PAGE: usize = 50;
 /// The console could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("[admin] listen = {0}: the console has no login yet and listens on loopback only")]
+    #[error("[admin] listen = {0}: the console has no TLS yet and listens on loopback only")]
     NotLoopback(SocketAddr),
     #[error("[admin] listen = {address}: {error}")]
     Listen {
@@ -47,6 +55,13 @@ pub struct Console {
     pub data_dir: PathBuf,
     pub policy: Option<Arc<PolicyEngine>>,
     pub started: Instant,
+    /// Checks console logins, with the same penalties as SMTP and POP3.
+    pub auth: Arc<Authenticator>,
+    /// The users who may log in (`admin = true`).
+    pub admins: Vec<String>,
+    /// Carries out the queue actions, as `mailcall queue` does.
+    pub queue: QueueControl,
+    pub sessions: Sessions,
 }
 
 /// Binds `address` (loopback only) and returns the server to run.
@@ -62,6 +77,7 @@ pub async fn bind(
         .map_err(|error| AdminError::Listen { address, error })?;
     let app = router(Arc::new(console));
     Ok(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!("the console stopped: {error}");
         }
@@ -73,6 +89,10 @@ fn router(console: Arc<Console>) -> Router {
         .route("/", get(overview))
         .route("/deliveries", get(deliveries))
         .route("/deliveries/{id}", get(delivery))
+        .route("/queue", get(queue))
+        .route("/queue/act", post(act))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
         .route("/metrics", get(metrics))
         .with_state(console)
 }
@@ -200,6 +220,145 @@ async fn metrics(State(console): State<Arc<Console>>) -> Response {
         text,
     )
         .into_response()
+}
+
+fn cookie(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::COOKIE)?.to_str().ok()
+}
+
+async fn queue(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let session = console.sessions.find(cookie(&headers));
+    let queued = console.spool.pending();
+    pages::queue(&queued, session.as_ref()).into_response()
+}
+
+async fn login_page() -> Response {
+    pages::login(None).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    user: String,
+    password: String,
+}
+
+async fn login(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let verdict = console
+        .auth
+        .verify(client.ip(), &form.user, &form.password)
+        .await;
+    let user = match verdict {
+        Verdict::Accepted(user) if console.admins.contains(&user) => user,
+        Verdict::Unavailable => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::login(Some("too many logins at once: try again shortly")),
+            )
+                .into_response()
+        }
+        _ => {
+            tracing::info!(%client, user = form.user, "console login refused");
+            return (
+                StatusCode::FORBIDDEN,
+                pages::login(Some("wrong user name or password, or not an administrator")),
+            )
+                .into_response();
+        }
+    };
+    let Some(token) = console.sessions.start(&user) else {
+        return failure("no randomness for a session token".into());
+    };
+    tracing::info!(%client, user, "console login");
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/queue".to_string()),
+            (
+                header::SET_COOKIE,
+                format!(
+                    "{}={token}; HttpOnly; SameSite=Strict; Path=/",
+                    session::COOKIE
+                ),
+            ),
+        ],
+    )
+        .into_response()
+}
+
+/// A form that changes something: its session's CSRF token.
+#[derive(Debug, Deserialize)]
+struct Signed {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// The session that sent a changing request, or why it is refused.
+fn signed_by(console: &Console, headers: &HeaderMap, csrf: &str) -> Result<Session, &'static str> {
+    let session = console
+        .sessions
+        .find(cookie(headers))
+        .ok_or("log in as an administrator first")?;
+    if !same_token(csrf, &session.csrf) {
+        tracing::warn!(
+            user = session.user,
+            "console form without its session's token"
+        );
+        return Err("the form does not carry this session's token: reload the page");
+    }
+    Ok(session)
+}
+
+/// A changing request refused: 403, never carried out.
+fn forbidden(reason: &str) -> Response {
+    (StatusCode::FORBIDDEN, pages::refused(reason)).into_response()
+}
+
+async fn logout(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<Signed>,
+) -> Response {
+    if let Err(reason) = signed_by(&console, &headers, &form.csrf) {
+        return forbidden(reason);
+    }
+    console.sessions.end(cookie(&headers));
+    (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ActionForm {
+    action: Action,
+    id: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn act(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let session = match signed_by(&console, &headers, &form.csrf) {
+        Ok(session) => session,
+        Err(reason) => return forbidden(reason),
+    };
+    let (queue, by, action) = (console.queue.clone(), session.user.clone(), form.action);
+    let ids = vec![form.id];
+    match tokio::task::spawn_blocking(move || queue.act(action, &ids, &by)).await {
+        Ok((lines, ok)) => {
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            (status, pages::acted(action, &lines, &session)).into_response()
+        }
+        Err(error) => failure(format!("the action failed: {error}")),
+    }
 }
 
 fn failure(reason: String) -> Response {

@@ -3,7 +3,9 @@
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
+use super::session::Session;
 use crate::history::{Attempt, AttemptOutcome, DeliveryPath, Filter};
+use crate::queue::action::Action;
 use crate::queue::spool::{Outcome, Queued};
 use mailcall_sip::Side;
 
@@ -28,7 +30,7 @@ fn page(title: &str, body: Markup) -> Markup {
                 style { (PreEscaped(STYLE)) }
             }
             body {
-                nav { a href="/" { "Overview" } a href="/deliveries" { "Deliveries" } a href="/metrics" { "Metrics" } }
+                nav { a href="/" { "Overview" } a href="/deliveries" { "Deliveries" } a href="/queue" { "Queue" } a href="/metrics" { "Metrics" } }
                 h1 { (title) }
                 (body)
             }
@@ -75,6 +77,10 @@ fn outcome_options(selected: Option<AttemptOutcome>) -> Markup {
         AttemptOutcome::Deferred,
         AttemptOutcome::Failed,
         AttemptOutcome::FellBack,
+        AttemptOutcome::Held,
+        AttemptOutcome::Released,
+        AttemptOutcome::Retried,
+        AttemptOutcome::Deleted,
     ];
     html! {
         option value="" { "any outcome" }
@@ -85,7 +91,12 @@ fn outcome_options(selected: Option<AttemptOutcome>) -> Markup {
 }
 
 pub fn deliveries(filter: &Filter, page_number: usize, attempts: &[Attempt], more: bool) -> Markup {
-    let paths = [DeliveryPath::Local, DeliveryPath::Call, DeliveryPath::Relay];
+    let paths = [
+        DeliveryPath::Local,
+        DeliveryPath::Call,
+        DeliveryPath::Relay,
+        DeliveryPath::Operator,
+    ];
     let query = |page: usize| {
         let mut query = vec![format!("page={page}")];
         if let Some(path) = filter.path {
@@ -171,6 +182,102 @@ pub fn delivery(id: &str, attempts: &[Attempt], queued: Option<&Queued>) -> Mark
                     @if !attempt.ladder.is_empty() { (ladder(attempt)) }
                 }
             }
+        },
+    )
+}
+
+const ACTIONS: [Action; 5] = [
+    Action::Hold,
+    Action::Release,
+    Action::Retry,
+    Action::Delete,
+    Action::Bounce,
+];
+
+/// Who is logged in, and the way out (a form: it changes something).
+fn signed_in(session: &Session) -> Markup {
+    html! {
+        form.logout method="post" action="/logout" {
+            "Logged in as " strong #user { (session.user) } ". "
+            input type="hidden" name="csrf" value=(session.csrf);
+            button type="submit" { "Log out" }
+        }
+    }
+}
+
+/// The queue, each recipient's state, and (logged in) the actions.
+pub fn queue(queued: &[Queued], session: Option<&Session>) -> Markup {
+    page(
+        "Queue",
+        html! {
+            @match session {
+                Some(session) => (signed_in(session)),
+                None => p { a #login href="/login" { "Log in" } " as an administrator to hold, release, retry, delete or bounce." },
+            }
+            @if queued.is_empty() {
+                p #empty { "The queue is empty." }
+            }
+            table #queue {
+                tr { th { "queue id" } th { "received (UTC)" } th { "from" } th { "recipient" } th { "state" } @if session.is_some() { th { "actions" } } }
+                @for message in queued {
+                    @for (index, recipient) in message.envelope.recipients.iter().enumerate() {
+                        tr.recipient data-id=(message.id) {
+                            @if index == 0 {
+                                td rowspan=(message.envelope.recipients.len()) { a href={ "/deliveries/" (message.id) } { (message.id) } }
+                                td rowspan=(message.envelope.recipients.len()) { (time(message.envelope.received_at_ms)) }
+                                td rowspan=(message.envelope.recipients.len()) {
+                                    @if message.envelope.mail_from.is_empty() { "<>" } @else { (message.envelope.mail_from) }
+                                }
+                            }
+                            td { (recipient) }
+                            td.state { (state(message.outcomes[index].as_ref())) }
+                            @if let (Some(session), 0) = (session, index) {
+                                td rowspan=(message.envelope.recipients.len()) {
+                                    form.act method="post" action="/queue/act" {
+                                        input type="hidden" name="csrf" value=(session.csrf);
+                                        input type="hidden" name="id" value=(message.id);
+                                        @for action in ACTIONS {
+                                            button type="submit" name="action" value=(action) { (action) } " "
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub fn login(refusal: Option<&str>) -> Markup {
+    page(
+        "Log in",
+        html! {
+            @if let Some(refusal) = refusal { p.failed #refusal { (refusal) } }
+            form method="post" action="/login" {
+                label { "User " input name="user" autocomplete="username"; }
+                " "
+                label { "Password " input name="password" type="password" autocomplete="current-password"; }
+                " "
+                button type="submit" { "Log in" }
+            }
+        },
+    )
+}
+
+pub fn refused(reason: &str) -> Markup {
+    page("Refused", html! { p.failed #refusal { (reason) } })
+}
+
+/// What an action did, a line per message.
+pub fn acted(action: Action, lines: &[String], session: &Session) -> Markup {
+    page(
+        &format!("Queue: {action}"),
+        html! {
+            (signed_in(session))
+            ul #acted { @for line in lines { li { (line) } } }
+            p { a href="/queue" { "Back to the queue" } }
         },
     )
 }

@@ -226,8 +226,8 @@ async fn demo(dir: &Path, rules_dir: &Path, log: &Path, stay: bool) -> anyhow::R
         }));
         servers.push((name, stop, task));
     }
-    for port in [a.smtp, b.smtp, c.smtp] {
-        wait_for_port(port).await?;
+    for (port, (name, _, task)) in [a.smtp, b.smtp, c.smtp].into_iter().zip(&mut servers) {
+        wait_for_port(name, port, task).await?;
     }
 
     println!("\nSubmitting {} messages to A:", SAMPLES.len());
@@ -375,12 +375,24 @@ fn arrived(dir: &Path, sample: &Sample) -> bool {
     })
 }
 
-async fn wait_for_port(port: u16) -> anyhow::Result<()> {
+async fn wait_for_port(
+    name: &str,
+    port: u16,
+    server: &mut tokio::task::JoinHandle<Result<(), mailcall::server::ServerError>>,
+) -> anyhow::Result<()> {
     let address = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Generous: on a loaded machine the rule modules compile slowly.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while tokio::net::TcpStream::connect(address).await.is_err() {
+        if server.is_finished() {
+            // It stopped before listening: say why, not that it is late.
+            return match server.await {
+                Ok(Err(error)) => Err(anyhow::anyhow!("server {name} did not start: {error}")),
+                _ => bail!("server {name} stopped before listening on port {port}"),
+            };
+        }
         if Instant::now() > deadline {
-            bail!("the server on port {port} did not start (log: see demo.log)");
+            bail!("server {name} is not listening on port {port} after 60 s (log: see demo.log)");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

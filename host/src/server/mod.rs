@@ -282,6 +282,15 @@ pub async fn serve(
             data_dir: data_dir.clone(),
             policy: policy.clone(),
             started: Instant::now(),
+            auth: auth.clone(),
+            admins: config
+                .users
+                .iter()
+                .filter(|(_, user)| user.admin)
+                .map(|(name, _)| name.clone())
+                .collect(),
+            queue: queue_control.clone(),
+            sessions: admin::Sessions::default(),
         };
         match admin::bind(config.admin.listen, console).await {
             Ok(serve) => {

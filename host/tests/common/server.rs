@@ -312,3 +312,77 @@ pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// One HTTP/1.1 request to the console at `port` (`form`: a POST's
+/// urlencoded body): its status, headers and body.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: &str,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    if let Some(cookie) = cookie {
+        request.push_str(&format!("Cookie: {cookie}\r\n"));
+    }
+    if method == "POST" {
+        request.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            form.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(form);
+    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
+}
+
+/// The value of the first `name="NAME" value="…"` in a page.
+pub fn form_value(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in\n{page}"))
+        + marker.len();
+    page[start..][..page[start..].find('"').unwrap()].to_string()
+}
+
+/// The page at `url` as a real browser left it (headless Chromium, the DOM
+/// after its scripts ran), with a screenshot kept in `screenshot`.
+pub fn browse(url: &str, screenshot: &Path) -> String {
+    let run = |extra: &[&str]| {
+        let output = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .args(extra)
+            .arg(url)
+            .current_dir(screenshot.parent().unwrap())
+            .output()
+            .expect("chromium runs (scripts/setup installs it)");
+        assert!(
+            output.status.success(),
+            "chromium {extra:?} {url}: {output:?}"
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    run(&[
+        "--window-size=1100,900",
+        &format!("--screenshot={}", screenshot.display()),
+    ]);
+    assert!(screenshot.exists(), "no screenshot of {url}");
+    run(&["--dump-dom"])
+}
