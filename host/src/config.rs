@@ -61,6 +61,9 @@ pub struct Config {
     /// The operator console and `/metrics`.
     #[serde(default)]
     pub admin: AdminSettings,
+    /// How the server's log is written.
+    #[serde(default)]
+    pub log: LogSettings,
     /// The SIP user agent: placing calls (S5–S7) and answering them. A file
     /// without `[sip]` runs no user agent; the embedded default listens on
     /// 127.0.0.1:5060 (UDP and TCP).
@@ -169,7 +172,7 @@ pub enum RelayTls {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
     pub enabled: bool,
-    /// Loopback only for now: the pages have no login yet.
+    /// Loopback only for now: the console has no TLS yet.
     pub listen: std::net::SocketAddr,
 }
 
@@ -180,6 +183,22 @@ impl Default for AdminSettings {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8025)),
         }
     }
+}
+
+/// `[log]`: the server's log (on stderr; the level from `RUST_LOG`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+/// `text` for people, `json` (a JSON object per line) for log shippers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// `[call]`: delivery over calls.
@@ -549,6 +568,7 @@ impl Config {
             queue: QueueSettings::default(),
             call: CallSettings::default(),
             admin: AdminSettings::default(),
+            log: LogSettings::default(),
             sip: Some(mailcall_sip::SipSettings::default()),
             base_dir: PathBuf::from("."),
             source: None,

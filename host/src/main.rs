@@ -19,27 +19,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Clients that send an IP address as SNI are not worth a warning.
-    let quiet = mailcall::tls::QuietIpSni;
+    let json = cli.log_format() == mailcall::config::LogFormat::Json;
     match log_file.map(std::fs::File::create) {
-        Some(Ok(file)) => tracing_subscriber::fmt()
-            .with_writer(std::sync::Mutex::new(file))
-            .with_ansi(false)
-            .with_env_filter(filter)
-            .finish()
-            .with(quiet)
-            .init(),
+        Some(Ok(file)) => init_log(std::sync::Mutex::new(file), false, json, filter),
         Some(Err(error)) => {
             eprintln!("mailcall: error: cannot create the log file: {error}");
             return ExitCode::FAILURE;
         }
-        None => tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_env_filter(filter)
-            .finish()
-            .with(quiet)
-            .init(),
+        None => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            init_log(std::io::stderr, ansi, json, filter)
+        }
     }
     match cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -47,5 +37,22 @@ fn main() -> ExitCode {
             eprintln!("mailcall: error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Installs the log: text (colored on a terminal) or a JSON object a line.
+fn init_log<W>(writer: W, ansi: bool, json: bool, filter: tracing_subscriber::EnvFilter)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    // Clients that send an IP address as SNI are not worth a warning.
+    let quiet = mailcall::tls::QuietIpSni;
+    let log = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_env_filter(filter);
+    if json {
+        log.json().with_ansi(false).finish().with(quiet).init()
+    } else {
+        log.with_ansi(ansi).finish().with(quiet).init()
     }
 }

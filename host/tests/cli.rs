@@ -254,3 +254,71 @@ fn check_config_loads_the_tls_certificate_and_key_as_the_server_does() {
         );
     }
 }
+
+/// Runs a bash script with `$1` the `mailcall` binary; its stdout and stderr.
+fn bash(script: &str) -> (String, String) {
+    let output = Command::new("bash")
+        .args(["-c", script, "bash", env!("CARGO_BIN_EXE_mailcall")])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    (stdout(&output), stderr(&output))
+}
+
+#[test]
+fn the_manual_and_the_completions_come_from_the_commands() {
+    // groff reads the page with every warning on, and has nothing to say.
+    let (text, warnings) = bash(r#""$1" man | groff -man -Tutf8 -ww -z"#);
+    assert_eq!((text.as_str(), warnings.as_str()), ("", ""));
+    let page = stdout(&mailcall(&["man"]));
+    assert!(page.contains(".TH mailcall 1"), "{page}");
+    for command in ["serve", "demo", "queue", "history", "reload", "completions"] {
+        assert!(page.contains(command), "{command} missing in\n{page}");
+    }
+    let folder = tempfile::tempdir().unwrap();
+    let out = folder.path().to_str().unwrap();
+    assert!(mailcall(&["man", "--out", out]).status.success());
+    for name in ["mailcall.1", "mailcall-queue.1", "mailcall-queue-hold.1"] {
+        assert!(folder.path().join(name).is_file(), "no {name}");
+    }
+    // Bash completes the subcommands and the queue actions.
+    let (words, _) = bash(
+        r#"source <("$1" completions bash)
+# As bash calls it: the command, the word to complete, the one before.
+COMP_WORDS=(mailcall qu); COMP_CWORD=1; _mailcall mailcall qu mailcall; echo "${COMPREPLY[@]}"
+COMP_WORDS=(mailcall queue ""); COMP_CWORD=2; _mailcall mailcall "" queue; echo "${COMPREPLY[@]}""#,
+    );
+    let lines: Vec<&str> = words.lines().collect();
+    assert_eq!(lines[0], "queue", "{words}");
+    for action in [
+        "list", "flush", "hold", "release", "retry", "delete", "bounce",
+    ] {
+        assert!(
+            lines[1].split(' ').any(|w| w == action),
+            "{action} missing in {words}"
+        );
+    }
+    let unknown = mailcall(&["completions", "tcsh"]);
+    assert!(!unknown.status.success() && stderr(&unknown).contains("tcsh"));
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let unit = std::fs::read_to_string(repo().join("examples/mailcall.service"))
+        .unwrap()
+        .replace("/usr/local/bin/mailcall", env!("CARGO_BIN_EXE_mailcall"));
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("mailcall.service");
+    std::fs::write(&path, unit).unwrap();
+    // systemd-analyze warns (and still exits 0) on a value it ignores.
+    let output = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (scripts/setup installs systemd)");
+    assert!(
+        output.status.success() && output.stderr.is_empty(),
+        "{}",
+        stderr(&output)
+    );
+}

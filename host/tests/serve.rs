@@ -883,3 +883,58 @@ fn console_queue_actions_need_an_administrators_login_and_the_sessions_token() {
     assert_eq!(status, 403);
     drop(server);
 }
+
+#[test]
+fn serve_tells_systemd_when_it_is_ready_and_stopping_and_logs_json_lines() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&notify_path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let port = free_port();
+    let config = format!(
+        "[server]\nhostname = \"mx.test\"\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:{port}\"\npop3_listen = \"127.0.0.1:{}\"\nlocal_domains = [\"local.test\"]\n\n[admin]\nenabled = false\n\n[log]\nformat = \"json\"\n",
+        free_port()
+    );
+    let path = dir.path().join("mailcall.toml");
+    std::fs::write(&path, config).unwrap();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mailcall"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let server = Killed(child);
+    let mut said = [0u8; 512];
+    let length = systemd.recv(&mut said).expect("no READY=1 from the server");
+    let ready = String::from_utf8_lossy(&said[..length]).into_owned();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=SMTP on 127.0.0.1:"),
+        "{ready}"
+    );
+    // Ready means ready: the port takes a connection at once.
+    TcpStream::connect(("127.0.0.1", port)).expect("READY=1 before listening");
+
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) };
+    let length = systemd.recv(&mut said).expect("no STOPPING=1");
+    assert_eq!(&said[..length], b"STOPPING=1");
+    drop(server);
+
+    // `[log] format = "json"`: one JSON object per line.
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(
+        lines.iter().any(|line| line["level"] == "INFO"
+            && line["fields"]["message"] == "listening"
+            && line["fields"]["smtp"] == format!("127.0.0.1:{port}")),
+        "{log}"
+    );
+}

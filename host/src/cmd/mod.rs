@@ -15,6 +15,7 @@ mod serve;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+use mailcall::config::{Config, LogFormat};
 
 /// mailcall: an email server that delivers mail by calling the destination
 /// server over SIP.
@@ -63,6 +64,15 @@ enum Command {
         /// The configuration file (TOML).
         file: PathBuf,
     },
+    /// Print the manual page (roff, for `man -l -`), or with --out write
+    /// one page per command into a folder (for /usr/share/man/man1).
+    Man {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the shell completion script, e.g.
+    /// `mailcall completions bash > /etc/bash_completion.d/mailcall`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +108,17 @@ impl Cli {
         match self.command {
             Command::Serve { .. } | Command::Demo(_) => "info,rsipstack=warn",
             _ => "warn",
+        }
+    }
+
+    /// The log's format: `[log] format` of the file `serve` runs on (a
+    /// file that does not load is reported by `serve` itself, in text).
+    pub fn log_format(&self) -> LogFormat {
+        match &self.command {
+            Command::Serve { config: Some(path) } => {
+                Config::load(path).map_or(LogFormat::Text, |config| config.log.format)
+            }
+            _ => LogFormat::Text,
         }
     }
 
@@ -140,6 +161,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reload(args) => reload::reload(args),
         Command::CheckConfig { file } => check_config::run(&file),
         Command::Serve { config } => serve::run(config),
+        Command::Man { out } => manual(out.as_deref()),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "mailcall", &mut std::io::stdout());
+            Ok(())
+        }
         Command::HashPassword => hash_password::run(),
         Command::Queue { command } => queue::run(command),
         Command::History(args) => history::run(args),
@@ -159,4 +186,18 @@ fn config_or_default(file: Option<&Path>) -> anyhow::Result<mailcall::config::Co
 fn data_dir(file: Option<&Path>) -> anyhow::Result<PathBuf> {
     let config = config_or_default(file)?;
     Ok(config.resolve(&config.server.data_dir))
+}
+
+/// `mailcall man`: the pages clap_mangen makes of the definitions above.
+fn manual(out: Option<&Path>) -> anyhow::Result<()> {
+    let command = <Cli as clap::CommandFactory>::command();
+    match out {
+        Some(folder) => {
+            std::fs::create_dir_all(folder)?;
+            clap_mangen::generate_to(command, folder)?;
+            println!("manual pages written to {}", folder.display());
+        }
+        None => clap_mangen::Man::new(command).render(&mut std::io::stdout())?,
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@
 pub mod callee;
 pub mod control;
 pub mod listener;
+mod notify;
 pub mod smtp;
 
 use std::collections::HashSet;
@@ -346,6 +347,12 @@ pub async fn serve(
             }
         }
     };
+    // Bound and recovered: connections are taken from here on.
+    notify::notify(&format!(
+        "READY=1\nSTATUS=SMTP on {}, {} queued",
+        server.smtp_listen,
+        spool.unfinished_count()
+    ));
     tokio::select! {
         () = flush_requests => {}
         () = hangups => {}
@@ -354,6 +361,7 @@ pub async fn serve(
         () = crate::pop3::listen(pop3_listener, pop3) => {}
         () = shutdown => tracing::info!("shutting down"),
     }
+    notify::notify("STOPPING=1");
     // Unregister our numbers, even while a call is in progress (it fails,
     // and its message stays queued for the next start).
     scheduler.abort();
