@@ -938,3 +938,36 @@ fn serve_tells_systemd_when_it_is_ready_and_stopping_and_logs_json_lines() {
         "{log}"
     );
 }
+
+#[test]
+fn the_console_overview_counts_new_mail_live_without_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let console_port = free_port();
+    let console = format!("\n[admin]\nlisten = \"127.0.0.1:{console_port}\"\n");
+    let server = start_full(dir.path(), free_port(), free_port(), "", &console);
+    let mut browser = Browser::open(&format!("http://127.0.0.1:{console_port}/"));
+    // The page is up and its event stream delivers.
+    browser.wait_for("Number(document.body.dataset.updates || 0) >= 1");
+    assert_eq!(
+        browser.eval("document.getElementById('accepted').textContent"),
+        "0"
+    );
+    // A mark a reload would wipe out.
+    browser.eval("window.sameLoad = true");
+
+    for _ in 0..2 {
+        let (ok, transcript) = swaks(&server, &["--to", "taro@local.test"]);
+        assert!(ok, "{transcript}");
+    }
+    browser.wait_for(
+        "document.getElementById('accepted').textContent === '2' \
+         && document.getElementById('local-delivered').textContent === '2'",
+    );
+    assert_eq!(
+        browser.eval("window.sameLoad === true"),
+        true,
+        "the page was reloaded"
+    );
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");
+    browser.screenshot(&shots.join("overview-live.png"));
+}

@@ -11,13 +11,15 @@
 mod pages;
 mod session;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -87,6 +89,7 @@ pub async fn bind(
 fn router(console: Arc<Console>) -> Router {
     Router::new()
         .route("/", get(overview))
+        .route("/events", get(events))
         .route("/deliveries", get(deliveries))
         .route("/deliveries/{id}", get(delivery))
         .route("/queue", get(queue))
@@ -97,8 +100,8 @@ fn router(console: Arc<Console>) -> Router {
         .with_state(console)
 }
 
-async fn overview(State(console): State<Arc<Console>>) -> Response {
-    let queued = console.spool.unfinished_count();
+/// The overview's figures now.
+fn current(console: &Console) -> pages::Overview {
     let generation = console
         .policy
         .as_ref()
@@ -119,14 +122,39 @@ async fn overview(State(console): State<Arc<Console>>) -> Response {
                 )
             })
             .collect();
-    pages::overview(&pages::Overview {
+    pages::Overview {
         accepted: console.metrics.accepted(),
         counts,
-        queued,
+        queued: console.spool.unfinished_count(),
         generation,
         uptime_secs: console.started.elapsed().as_secs(),
-    })
-    .into_response()
+    }
+}
+
+async fn overview(State(console): State<Arc<Console>>) -> Response {
+    pages::overview(&current(&console)).into_response()
+}
+
+/// How often `/events` sends the overview's figures.
+const LIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Server-sent events: the overview's figures at once, then every second
+/// while the page is open (the browser reconnects by itself if the
+/// connection drops).
+async fn events(
+    State(console): State<Arc<Console>>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let figures = futures_util::stream::unfold(true, move |first| {
+        let console = console.clone();
+        async move {
+            if !first {
+                tokio::time::sleep(LIVE_EVERY).await;
+            }
+            let event = Event::default().data(current(&console).values().to_string());
+            Some((Ok(event), false))
+        }
+    });
+    Sse::new(figures).keep_alive(KeepAlive::default())
 }
 
 /// The deliveries list's filters, as the query string carries them.

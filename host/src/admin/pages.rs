@@ -48,6 +48,43 @@ pub struct Overview {
     pub uptime_secs: u64,
 }
 
+/// The overview's column of each count, and its cells' id suffix.
+const COUNTED: [&str; 4] = ["delivered", "deferred", "failed", "fell-back"];
+
+/// Keeps the overview current: each event of `/events` is the figures by
+/// element id; the script writes them in (and counts the updates).
+const LIVE: &str = "
+const live = new EventSource('/events');
+live.onmessage = (event) => {
+  for (const [id, value] of Object.entries(JSON.parse(event.data))) {
+    const cell = document.getElementById(id);
+    if (cell) cell.textContent = value;
+  }
+  document.body.dataset.updates = Number(document.body.dataset.updates || 0) + 1;
+};
+";
+
+impl Overview {
+    /// The figures by the id of the element that shows them, as `/events`
+    /// sends them.
+    pub fn values(&self) -> serde_json::Value {
+        let mut values = serde_json::Map::new();
+        values.insert("uptime".into(), self.uptime_secs.to_string().into());
+        values.insert("accepted".into(), self.accepted.to_string().into());
+        values.insert("queued".into(), self.queued.to_string().into());
+        values.insert(
+            "generation".into(),
+            self.generation.as_deref().unwrap_or("none").into(),
+        );
+        for (path, counts) in &self.counts {
+            for (name, count) in COUNTED.iter().zip(counts) {
+                values.insert(format!("{path}-{name}"), count.to_string().into());
+            }
+        }
+        values.into()
+    }
+}
+
 pub fn overview(overview: &Overview) -> Markup {
     page(
         "Overview",
@@ -63,10 +100,11 @@ pub fn overview(overview: &Overview) -> Markup {
                 @for (path, counts) in &overview.counts {
                     tr data-path=(path) {
                         td { a href={ "/deliveries?path=" (path) } { (path) } }
-                        @for count in counts { td.n { (count) } }
+                        @for (name, count) in COUNTED.iter().zip(counts) { td.n id={ (path) "-" (name) } { (count) } }
                     }
                 }
             }
+            script { (PreEscaped(LIVE)) }
         },
     )
 }

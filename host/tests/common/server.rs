@@ -305,10 +305,15 @@ pub fn python(script: &str) -> String {
 }
 
 /// Waits (at most 10 s) until `ready`, failing the test with `what`.
-pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, ready: impl FnMut() -> bool) {
+    wait_until_within(what, Duration::from_secs(10), ready)
+}
+
+/// As [`wait_until`], at most `limit`.
+pub fn wait_until_within(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     let started = Instant::now();
     while !ready() {
-        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+        assert!(started.elapsed() < limit, "{what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -385,4 +390,156 @@ pub fn browse(url: &str, screenshot: &Path) -> String {
     ]);
     assert!(screenshot.exists(), "no screenshot of {url}");
     run(&["--dump-dom"])
+}
+
+/// Headless Chromium driven over the DevTools protocol: a page stays open
+/// while the test acts, and its DOM is read as its scripts leave it.
+pub struct Browser {
+    _process: Killed,
+    page: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Starts Chromium on `url` and connects to its page.
+    pub fn open(url: &str) -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .arg("--window-size=1100,700")
+            .arg(format!("--remote-debugging-port={port}"))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromium runs (scripts/setup installs it)");
+        let process = Killed(child);
+        let mut address = None;
+        wait_until_within(
+            "Chromium's DevTools to list the page",
+            Duration::from_secs(30),
+            || {
+                let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+                    return false;
+                };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                // DevTools names the page's address after the Host header.
+                let request = format!("GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+                if std::io::Write::write_all(&mut stream, request.as_bytes()).is_err() {
+                    return false;
+                }
+                let targets: Vec<serde_json::Value> = devtools_body(&mut stream)
+                    .and_then(|body| serde_json::from_str(&body).ok())
+                    .unwrap_or_default();
+                address = targets
+                    .iter()
+                    .find(|t| {
+                        t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.starts_with(url))
+                    })
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_string));
+                address.is_some()
+            },
+        );
+        let (page, _) = tungstenite::connect(address.unwrap()).unwrap();
+        Browser {
+            _process: process,
+            page,
+            next_id: 0,
+            _profile: profile,
+        }
+    }
+
+    /// Calls a DevTools method; its result.
+    pub fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let request = serde_json::json!({ "id": id, "method": method, "params": params });
+        self.page
+            .send(tungstenite::Message::text(request.to_string()))
+            .unwrap();
+        loop {
+            let message = self.page.read().unwrap();
+            let Ok(text) = message.to_text() else {
+                continue;
+            };
+            let answer: serde_json::Value = serde_json::from_str(text).unwrap();
+            if answer["id"] == id {
+                assert!(answer.get("error").is_none(), "{method}: {answer}");
+                return answer["result"].clone();
+            }
+        }
+    }
+
+    /// The value of a JavaScript expression in the page.
+    pub fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let result = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({ "expression": expression, "returnByValue": true }),
+        );
+        result["result"]["value"].clone()
+    }
+
+    /// Waits (at most 15 s) until `expression` is true in the page.
+    pub fn wait_for(&mut self, expression: &str) {
+        let started = Instant::now();
+        while self.eval(expression) != serde_json::Value::Bool(true) {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "the page never had {expression}: {}",
+                self.eval("document.body.innerText")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A PNG of the page as it is now, kept in `path`.
+    pub fn screenshot(&mut self, path: &Path) {
+        use base64::Engine;
+        let shot = self.call(
+            "Page.captureScreenshot",
+            serde_json::json!({ "format": "png" }),
+        );
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+/// The body of a DevTools HTTP answer: it keeps the connection open, so
+/// read what its Content-Length says.
+fn devtools_body(stream: &mut TcpStream) -> Option<String> {
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        let read = std::io::Read::read(stream, &mut chunk).ok()?;
+        if read == 0 {
+            return None;
+        }
+        response.extend_from_slice(&chunk[..read]);
+        let text = String::from_utf8_lossy(&response);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        if body.len() >= length {
+            return Some(body.to_string());
+        }
+    }
 }
