@@ -14,6 +14,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::history::{AttemptOutcome, DeliveryPath};
+use crate::server::control::Status;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -198,13 +199,112 @@ impl Metrics {
     /// The registry in Prometheus's text format (0.0.4, what `promtool
     /// check metrics` and every scraper read), with the queue's size as it
     /// is now.
-    pub fn encode(&self, queued: usize) -> String {
+    /// The rule engine's figures (`policy`: its status now) follow, if it
+    /// runs.
+    pub fn encode(&self, queued: usize, policy: Option<&Status>) -> String {
         self.queue.set(queued as i64);
         let mut open_metrics = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut open_metrics, &self.registry);
+        let _ =
+            prometheus_client::encoding::text::encode_registry(&mut open_metrics, &self.registry);
+        if let Some(status) = policy {
+            let _ = prometheus_client::encoding::text::encode_registry(
+                &mut open_metrics,
+                &policy_registry(status),
+            );
+        }
         prometheus_text(&open_metrics)
     }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleKindLabels {
+    rule: String,
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GenerationLabel {
+    generation: String,
+}
+
+/// The rule engine's counters as a registry of their own, made at each
+/// scrape from the counters the engine keeps per rule (labels: the rule
+/// names of the configuration, a bounded set).
+fn policy_registry(status: &Status) -> Registry {
+    let mut registry = Registry::with_prefix("mailcall");
+    let evaluations = Family::<RuleLabel, Counter>::default();
+    let decisions = Family::<RuleKindLabels, Counter>::default();
+    let failures = Family::<RuleKindLabels, Counter>::default();
+    let disagreements = Family::<RuleLabel, Counter>::default();
+    let generation = Family::<GenerationLabel, Gauge>::default();
+    for rule in &status.rules {
+        let name = || rule.name.clone();
+        evaluations
+            .get_or_create(&RuleLabel { rule: name() })
+            .inc_by(rule.evaluations);
+        for (kind, count) in [
+            ("dial", rule.dials),
+            ("smtp", rule.smtp),
+            ("no-opinion", rule.no_opinion),
+        ] {
+            let labels = RuleKindLabels {
+                rule: name(),
+                kind: kind.into(),
+            };
+            decisions.get_or_create(&labels).inc_by(count);
+        }
+        for (kind, count) in [
+            ("error", rule.failures),
+            ("timeout", rule.timeouts),
+            ("memory", rule.memory_caps),
+        ] {
+            let labels = RuleKindLabels {
+                rule: name(),
+                kind: kind.into(),
+            };
+            failures.get_or_create(&labels).inc_by(count);
+        }
+        disagreements
+            .get_or_create(&RuleLabel { rule: name() })
+            .inc_by(rule.shadow_disagreements);
+    }
+    for (id, _, active) in &status.generations {
+        if *active {
+            generation
+                .get_or_create(&GenerationLabel {
+                    generation: id.clone(),
+                })
+                .set(1);
+        }
+    }
+    registry.register("rule_evaluations", "Rule evaluations, by rule", evaluations);
+    registry.register(
+        "rule_decisions",
+        "Rule decisions, by rule and kind (dial, smtp, no-opinion)",
+        decisions,
+    );
+    registry.register(
+        "rule_failures",
+        "Rule failures, by rule and kind (error, timeout, memory)",
+        failures,
+    );
+    registry.register(
+        "rule_shadow_disagreements",
+        "Shadow rule decisions unlike the chain's, by rule",
+        disagreements,
+    );
+    registry.register(
+        "policy_generation",
+        "The policy generation in force (1)",
+        generation,
+    );
+    registry
 }
 
 /// OpenMetrics text as Prometheus text: a counter's HELP and TYPE name its
@@ -241,7 +341,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.message(true);
         metrics.delivery(DeliveryPath::Call, AttemptOutcome::Delivered, None);
-        let text = metrics.encode(3);
+        let text = metrics.encode(3, None);
         assert!(
             text.contains("# HELP mailcall_smtp_messages_total Messages"),
             "{text}"

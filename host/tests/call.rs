@@ -1221,6 +1221,10 @@ fn the_console_draws_each_calls_ladder_and_the_metrics_count_what_was_sent() {
         "mailcall_call_setup_seconds_count 1\n",
         "mailcall_delivery_seconds_count{path=\"call\"} 1\n",
         "mailcall_queue_messages 0\n",
+        "mailcall_rule_decisions_total{rule=\"embedded-number\",kind=\"dial\"} 1\n",
+        "mailcall_rule_failures_total{rule=\"embedded-number\",kind=\"timeout\"} 0\n",
+        "mailcall_rule_evaluations_total{rule=\"embedded-number\"} ",
+        "mailcall_policy_generation{generation=\"1-",
     ] {
         assert!(metrics.contains(sample), "{sample:?} missing:\n{metrics}");
     }
@@ -1262,6 +1266,26 @@ fn the_console_draws_each_calls_ladder_and_the_metrics_count_what_was_sent() {
         overview.contains("<strong id=\"accepted\">3</strong>"),
         "{overview}"
     );
+    // The rules page: the chain's rule with the module that decided and
+    // its counters (it dialed for the call).
+    let rules = browse(&url("/rules"), &shots.join("rules.png"));
+    let counter = |name: &str| -> u64 {
+        let row = rules
+            .split("data-rule=\"embedded-number\"")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no embedded-number row in {rules}"));
+        let marker = format!("data-counter=\"{name}\">");
+        row[row.find(&marker).unwrap() + marker.len()..]
+            .split('<')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(counter("dials") >= 1, "{rules}");
+    assert!(counter("evaluations") >= counter("dials"), "{rules}");
+    assert_eq!(counter("failures"), 0, "{rules}");
+    assert!(rules.contains("in force"), "{rules}");
     // Bad requests get 4xx.
     assert_eq!(
         http(console, "GET", "/deliveries?path=nowhere", None, "").0,

@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::policy::PolicyEngine;
 use crate::queue::action::Action;
 use crate::queue::spool::{MessageId, Spool};
-use crate::server::control::QueueControl;
+use crate::server::control::{self, QueueControl};
 pub use session::Sessions;
 use session::{same_token, Session};
 
@@ -93,6 +93,7 @@ fn router(console: Arc<Console>) -> Router {
         .route("/deliveries", get(deliveries))
         .route("/deliveries/{id}", get(delivery))
         .route("/queue", get(queue))
+        .route("/rules", get(rules))
         .route("/queue/act", post(act))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
@@ -239,7 +240,10 @@ async fn delivery(State(console): State<Arc<Console>>, Path(id): Path<String>) -
 }
 
 async fn metrics(State(console): State<Arc<Console>>) -> Response {
-    let text = console.metrics.encode(console.spool.unfinished_count());
+    let policy = console.policy.as_deref().map(control::policy_status);
+    let text = console
+        .metrics
+        .encode(console.spool.unfinished_count(), policy.as_ref());
     (
         [(
             header::CONTENT_TYPE,
@@ -248,6 +252,11 @@ async fn metrics(State(console): State<Arc<Console>>) -> Response {
         text,
     )
         .into_response()
+}
+
+async fn rules(State(console): State<Arc<Console>>) -> Response {
+    let status = console.policy.as_deref().map(control::policy_status);
+    pages::rules(status.as_ref()).into_response()
 }
 
 fn cookie(headers: &HeaderMap) -> Option<&str> {

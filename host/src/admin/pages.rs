@@ -7,6 +7,7 @@ use super::session::Session;
 use crate::history::{Attempt, AttemptOutcome, DeliveryPath, Filter};
 use crate::queue::action::Action;
 use crate::queue::spool::{Outcome, Queued};
+use crate::server::control::Status;
 use mailcall_sip::Side;
 
 const STYLE: &str = "
@@ -30,7 +31,7 @@ fn page(title: &str, body: Markup) -> Markup {
                 style { (PreEscaped(STYLE)) }
             }
             body {
-                nav { a href="/" { "Overview" } a href="/deliveries" { "Deliveries" } a href="/queue" { "Queue" } a href="/metrics" { "Metrics" } }
+                nav { a href="/" { "Overview" } a href="/deliveries" { "Deliveries" } a href="/queue" { "Queue" } a href="/rules" { "Rules" } a href="/metrics" { "Metrics" } }
                 h1 { (title) }
                 (body)
             }
@@ -278,6 +279,56 @@ pub fn queue(queued: &[Queued], session: Option<&Session>) -> Markup {
                                             button type="submit" name="action" value=(action) { (action) } " "
                                         }
                                     }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The policy generations kept and each rule in force with its counters,
+/// as `mailcall rules status` prints them.
+pub fn rules(status: Option<&Status>) -> Markup {
+    page(
+        "Rules",
+        html! {
+            @match status {
+                None => p #no-policy { "This server runs no rule chain ([policy] chain is empty)." },
+                Some(status) => {
+                    h2 { "Generations" }
+                    table #generations {
+                        tr { th { "generation" } th { "built (UTC)" } th { "" } }
+                        @for (id, built_at, active) in status.generations.iter().rev() {
+                            tr data-generation=(id) {
+                                td { code { (id) } }
+                                td { (time(built_at * 1000)) }
+                                td { @if *active { strong.active { "in force" } } }
+                            }
+                        }
+                    }
+                    p { "Roll back with " code { "mailcall rules rollback [--to GENERATION]" } "." }
+                    h2 { "Rules in force, in chain order" }
+                    table #rules {
+                        tr {
+                            th { "rule" } th { "module (SHA-256)" } th { "evaluations" } th { "dials" } th { "smtp" }
+                            th { "no opinion" } th { "failures" } th { "timeouts" } th { "memory caps" }
+                            th { "shadow runs" } th { "shadow disagreements" } th { "deferrals" } th { "fallbacks" } th { "breaker trips" }
+                        }
+                        @for rule in &status.rules {
+                            tr data-rule=(rule.name) {
+                                td { (rule.name) }
+                                td { code title=(rule.digest.as_deref().unwrap_or("")) { (rule.digest.as_deref().map_or("-", |d| d.get(..16).unwrap_or(d))) } }
+                                @for (name, count) in [
+                                    ("evaluations", rule.evaluations), ("dials", rule.dials), ("smtp", rule.smtp),
+                                    ("no-opinion", rule.no_opinion), ("failures", rule.failures), ("timeouts", rule.timeouts),
+                                    ("memory-caps", rule.memory_caps), ("shadow-evaluations", rule.shadow_evaluations),
+                                    ("shadow-disagreements", rule.shadow_disagreements), ("deferrals", rule.deferrals),
+                                    ("fallbacks", rule.fallbacks), ("breaker-trips", rule.breaker_trips),
+                                ] {
+                                    td.n data-counter=(name) { (count) }
                                 }
                             }
                         }

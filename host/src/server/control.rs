@@ -298,49 +298,53 @@ fn answer(policy: Option<&PolicyEngine>, queue: &QueueControl, request: Request)
                 ..refused(error.to_string())
             },
         },
-        PolicyRequest::Status => {
-            let active = policy.active();
-            let generations = policy
-                .generations()
-                .iter()
-                .map(|g| {
-                    let at = g
-                        .built_at
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs());
-                    (g.id.to_string(), at, g.id == active.id)
-                })
-                .collect();
-            let digests = active.rules();
-            let rules = policy
-                .counters()
-                .into_iter()
-                .zip(digests)
-                .map(|((name, counters), (_, digest))| RuleStatus {
-                    name,
-                    digest,
-                    evaluations: counters.evaluations.load(Ordering::Relaxed),
-                    dials: counters.dials.load(Ordering::Relaxed),
-                    smtp: counters.smtp.load(Ordering::Relaxed),
-                    no_opinion: counters.no_opinion.load(Ordering::Relaxed),
-                    failures: counters.failures.load(Ordering::Relaxed),
-                    timeouts: counters.timeouts.load(Ordering::Relaxed),
-                    memory_caps: counters.memory_caps.load(Ordering::Relaxed),
-                    shadow_evaluations: counters.shadow_evaluations.load(Ordering::Relaxed),
-                    shadow_disagreements: counters.shadow_disagreements.load(Ordering::Relaxed),
-                    deferrals: counters.deferrals.load(Ordering::Relaxed),
-                    fallbacks: counters.fallbacks.load(Ordering::Relaxed),
-                    breaker_trips: counters.breaker_trips.load(Ordering::Relaxed),
-                })
-                .collect();
-            Answer {
-                ok: true,
-                generation: Some(active.id.to_string()),
-                error: None,
-                needs_restart: Vec::new(),
-                status: Some(Status { generations, rules }),
-                lines: Vec::new(),
-            }
-        }
+        PolicyRequest::Status => Answer {
+            ok: true,
+            generation: Some(policy.active().id.to_string()),
+            error: None,
+            needs_restart: Vec::new(),
+            status: Some(policy_status(policy)),
+            lines: Vec::new(),
+        },
     }
+}
+
+/// The policy's kept generations and the counters of each rule in force
+/// (`mailcall rules status`, the console's rules page).
+pub fn policy_status(policy: &PolicyEngine) -> Status {
+    let active = policy.active();
+    let generations = policy
+        .generations()
+        .iter()
+        .map(|g| {
+            let at = g
+                .built_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            (g.id.to_string(), at, g.id == active.id)
+        })
+        .collect();
+    let digests = active.rules();
+    let rules = policy
+        .counters()
+        .into_iter()
+        .zip(digests)
+        .map(|((name, counters), (_, digest))| RuleStatus {
+            name,
+            digest,
+            evaluations: counters.evaluations.load(Ordering::Relaxed),
+            dials: counters.dials.load(Ordering::Relaxed),
+            smtp: counters.smtp.load(Ordering::Relaxed),
+            no_opinion: counters.no_opinion.load(Ordering::Relaxed),
+            failures: counters.failures.load(Ordering::Relaxed),
+            timeouts: counters.timeouts.load(Ordering::Relaxed),
+            memory_caps: counters.memory_caps.load(Ordering::Relaxed),
+            shadow_evaluations: counters.shadow_evaluations.load(Ordering::Relaxed),
+            shadow_disagreements: counters.shadow_disagreements.load(Ordering::Relaxed),
+            deferrals: counters.deferrals.load(Ordering::Relaxed),
+            fallbacks: counters.fallbacks.load(Ordering::Relaxed),
+            breaker_trips: counters.breaker_trips.load(Ordering::Relaxed),
+        })
+        .collect();
+    Status { generations, rules }
 }
