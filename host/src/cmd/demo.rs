@@ -154,9 +154,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(demo(&dir, &rules_dir, &log_file(&args), args.stay))
 }
 
-/// A free loopback port (for both TCP and UDP, as far as can be told).
+/// A loopback port free for both TCP and UDP right now (SIP takes both).
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    for _ in 0..50 {
+        let tcp = TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no loopback port is free for both TCP and UDP")
 }
 
 struct Ports {

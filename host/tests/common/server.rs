@@ -22,12 +22,17 @@ pub struct Server {
     pub address: SocketAddr,
 }
 
+/// A loopback port free for both TCP and UDP right now: the same helper
+/// picks SMTP, POP3 and console ports (TCP) and SIP ports (UDP and TCP).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..50 {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no loopback port free for TCP and UDP");
 }
 
 /// Writes a configuration in `dir` (data in `dir/data`) and starts the
