@@ -67,11 +67,7 @@ impl Sessions {
 
     /// The live session a `Cookie` header names, if any.
     pub fn find(&self, cookie_header: Option<&str>) -> Option<Session> {
-        let token = cookie_header?
-            .split(';')
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == COOKIE)
-            .map(|(_, value)| value)?;
+        let token = token_in(cookie_header)?;
         let mut sessions = self.lock();
         match sessions.get(token) {
             Some(session) if session.started.elapsed() < LIFETIME => Some(session.clone()),
@@ -85,8 +81,8 @@ impl Sessions {
 
     /// Ends the session a `Cookie` header names.
     pub fn end(&self, cookie_header: Option<&str>) {
-        if let Some(session) = self.find(cookie_header) {
-            self.lock().retain(|_, s| s.csrf != session.csrf);
+        if let Some(token) = token_in(cookie_header) {
+            self.lock().remove(token);
         }
     }
 
@@ -96,6 +92,15 @@ impl Sessions {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The session token a `Cookie` header carries.
+fn token_in(cookie_header: Option<&str>) -> Option<&str> {
+    cookie_header?
+        .split(';')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
 }
 
 /// Compares two tokens in time independent of where they differ.

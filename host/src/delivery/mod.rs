@@ -538,18 +538,10 @@ impl Planner {
             Outcome::Held { .. } | Outcome::Deleted { .. } => None,
         };
         delivery.attempted.outcomes.push((path, outcome.clone()));
-        if let Some(action) = action.filter(|&a| bounce::wants_notice(&queued.envelope, index, a)) {
-            delivery.attempted.notices.push(Notice {
-                address: recipient.clone(),
-                original: queued
-                    .envelope
-                    .original_recipients
-                    .get(index)
-                    .cloned()
-                    .flatten(),
-                action,
-                detail: detail.to_string(),
-            });
+        if let Some(notice) =
+            action.and_then(|action| bounce::notice(&queued.envelope, index, action, detail))
+        {
+            delivery.attempted.notices.push(notice);
         }
         // The lines travel with the outcome: on disk together (S1's promise
         // covers the communication record too).

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::bounce::{self, Notice};
+use super::bounce;
 use super::spool::{MessageId, Outcome, Queued, Spool, SpoolError};
 use crate::history::{self, Attempt, AttemptOutcome, DeliveryPath};
 
@@ -197,20 +197,14 @@ pub fn apply(
         tracing::info!(%id, rcpt = %recipient, %action, by, "{}", outcome.detail());
         acted.changed += 1;
         acted.due_now |= matches!(outcome, Outcome::Deferred { .. });
-        if action == Action::Bounce
-            && bounce::wants_notice(&queued.envelope, index, bounce::Action::Failed)
-        {
-            notices.push(Notice {
-                address: recipient.clone(),
-                original: queued
-                    .envelope
-                    .original_recipients
-                    .get(index)
-                    .cloned()
-                    .flatten(),
-                action: bounce::Action::Failed,
-                detail: outcome.detail().to_string(),
-            });
+        if action == Action::Bounce {
+            let failed = bounce::Action::Failed;
+            notices.extend(bounce::notice(
+                &queued.envelope,
+                index,
+                failed,
+                outcome.detail(),
+            ));
         }
     }
     if !notices.is_empty() {

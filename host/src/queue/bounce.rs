@@ -41,6 +41,17 @@ pub struct Notice {
     pub detail: String,
 }
 
+/// The notice of `action` for recipient `index` of `envelope`, if the
+/// sender wants to hear of it ([`wants_notice`]).
+pub fn notice(envelope: &Envelope, index: usize, action: Action, detail: &str) -> Option<Notice> {
+    wants_notice(envelope, index, action).then(|| Notice {
+        address: envelope.recipients[index].clone(),
+        original: envelope.original_recipients.get(index).cloned().flatten(),
+        action,
+        detail: detail.to_string(),
+    })
+}
+
 /// True when the sender wants to hear of `action` for recipient `index`:
 /// not a notice itself, and `NOTIFY` asks for it (without `NOTIFY`: only
 /// failures, as RFC 3461 §4.1 says).
