@@ -172,8 +172,10 @@ pub enum RelayTls {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
     pub enabled: bool,
-    /// Loopback only for now: the console has no TLS yet.
     pub listen: std::net::SocketAddr,
+    /// HTTPS with the SMTP server's certificate (`[server] tls_certificate`
+    /// and `tls_key`, or the generated one). Required off loopback.
+    pub tls: bool,
 }
 
 impl Default for AdminSettings {
@@ -181,6 +183,7 @@ impl Default for AdminSettings {
         AdminSettings {
             enabled: true,
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8025)),
+            tls: false,
         }
     }
 }
@@ -631,6 +634,15 @@ impl Config {
         }
         if server.tls_certificate.is_some() != server.tls_key.is_some() {
             return Err("[server] tls_certificate and tls_key go together".into());
+        }
+        let admin = &self.admin;
+        if admin.enabled && !admin.tls && !admin.listen.ip().to_canonical().is_loopback() {
+            return Err(format!(
+                "[admin] listen = {}: a console reachable from other hosts needs TLS; \
+                 set [admin] tls = true (it uses the SMTP server's certificate), \
+                 or listen on loopback",
+                admin.listen
+            ));
         }
         let relay = &self.relay;
         for (name, value) in [

@@ -555,7 +555,7 @@ first.close()
 }
 
 #[test]
-fn a_console_off_loopback_is_refused_at_start() {
+fn a_console_off_loopback_without_tls_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("mailcall.toml");
     std::fs::write(
@@ -568,14 +568,148 @@ fn a_console_off_loopback_is_refused_at_start() {
         ),
     )
     .unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mailcall"))
-        .args(["serve", "--config"])
-        .arg(&config)
+    for command in ["serve", "check-config"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_mailcall"))
+            .args([command, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{command}: {text}");
+        assert!(
+            text.contains("reachable from other hosts needs TLS")
+                && text.contains("[admin] tls = true"),
+            "{command}: {text}"
+        );
+    }
+}
+
+/// `curl` run in the network namespace of process `pid`; the response's
+/// status, headers (lowercase names) and body. Status 0: no HTTP answer.
+fn curl_in(pid: u32, dir: &std::path::Path, args: &[&str]) -> (u16, String, String) {
+    let output = Command::new("nsenter")
+        .args(["--target", &pid.to_string(), "--net", "--", "curl", "-s"])
+        .args(["--max-time", "10", "-D", "-", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(dir.join("data/tls/certificate.pem"))
+        .args(args)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{text}");
-    assert!(text.contains("listens on loopback only"), "{text}");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let (response, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let (headers, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
+    (
+        status.trim().parse().unwrap_or(0),
+        headers.to_lowercase(),
+        body.to_string(),
+    )
+}
+
+/// The console listening on every address, with TLS, in a network
+/// namespace of the test's own where loopback also carries 10.9.9.1: a
+/// client from 10.9.9.1 is "elsewhere" and must log in; one from
+/// 127.0.0.1 reads freely. Nothing leaves the namespace.
+#[test]
+fn a_console_elsewhere_needs_tls_and_an_administrator() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mailcall.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhostname = \"mx.test\"\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:2525\"\npop3_listen = \"127.0.0.1:1110\"\nlocal_domains = [\"local.test\"]\n\n[users.taro]\npassword_hash = \"{}\"\nadmin = true\n\n[users.hanako]\npassword_hash = \"{}\"\n\n[admin]\nlisten = \"0.0.0.0:8443\"\ntls = true\n",
+            hash_password("secret"),
+            hash_password("hers"),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let child = Command::new("unshare")
+        .args(["--net", "--map-root-user", "sh", "-c"])
+        .arg("ip link set lo up && ip addr add 10.9.9.1/32 dev lo && exec \"$0\" serve --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_mailcall"))
+        .arg(&config)
+        .current_dir(dir.path())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _server = Killed(child);
+    let log = || std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    // The certificate names mx.test; `--resolve` says which address that is.
+    let get = |host: &str, path: &str, extra: &[&str]| {
+        let mut args = vec!["--resolve".to_string(), format!("mx.test:8443:{host}")];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.push(format!("https://mx.test:8443{path}"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl_in(pid, dir.path(), &args)
+    };
+    wait_until(&format!("the console answers: {}", log()), || {
+        get("127.0.0.1", "/", &[]).0 == 200
+    });
+    assert!(
+        log().contains("console listening: https://0.0.0.0:8443/"),
+        "{}",
+        log()
+    );
+
+    // On loopback, reading needs no login, even over TLS.
+    let (status, _, page) = get("127.0.0.1", "/", &[]);
+    assert_eq!(status, 200);
+    assert!(page.contains("Overview"), "{page}");
+
+    // From elsewhere: a page sends the browser to log in; the metrics ask
+    // for an administrator's credentials.
+    let (status, headers, _) = get("10.9.9.1", "/deliveries", &[]);
+    assert_eq!(
+        (status, headers.contains("location: /login")),
+        (303, true),
+        "{headers}"
+    );
+    let (status, headers, _) = get("10.9.9.1", "/metrics", &[]);
+    assert_eq!(status, 401);
+    assert!(headers.contains("www-authenticate: basic"), "{headers}");
+    for (credentials, expected) in [
+        ("taro:wrong", 401),
+        ("hanako:hers", 401),
+        ("taro:secret", 200),
+    ] {
+        let (status, _, body) = get("10.9.9.1", "/metrics", &["-u", credentials]);
+        assert_eq!(status, expected, "{credentials}: {body}");
+    }
+    let (_, _, metrics) = get("10.9.9.1", "/metrics", &["-u", "taro:secret"]);
+    assert!(metrics.contains("mailcall_queue_messages"), "{metrics}");
+
+    // The login page is open; a login gives a Secure cookie that opens
+    // the pages.
+    let (status, _, page) = get("10.9.9.1", "/login", &[]);
+    assert_eq!(status, 200);
+    assert!(page.contains("password"), "{page}");
+    let (status, headers, _) = get(
+        "10.9.9.1",
+        "/login",
+        &["--data", "user=taro&password=secret"],
+    );
+    assert_eq!(status, 303, "{headers}");
+    let cookie = headers
+        .lines()
+        .find_map(|line| line.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie: {headers}"))
+        .to_string();
+    assert!(
+        cookie.contains("secure")
+            && cookie.contains("httponly")
+            && cookie.contains("samesite=strict"),
+        "{cookie}"
+    );
+    // (The header was lowercased for the checks; the token is hex.)
+    let token = cookie.split(';').next().unwrap().to_string();
+    let (status, _, page) = get("10.9.9.1", "/queue", &["-H", &format!("Cookie: {token}")]);
+    assert_eq!(status, 200);
+    assert!(page.contains("Log out"), "{page}");
+
+    // Plain HTTP gets no page from a TLS listener.
+    let (status, _, _) = curl_in(pid, dir.path(), &["http://10.9.9.1:8443/"]);
+    assert_eq!(status, 0);
 }
 
 #[test]

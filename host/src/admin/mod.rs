@@ -3,11 +3,15 @@
 //! drawn, and `/metrics` for Prometheus. Served by the host's runtime with
 //! axum on `[admin] listen`.
 //!
-//! Reading needs no login, so the console listens on loopback only (a
-//! non-loopback address is refused at start: it has no TLS yet). Queue
-//! actions need a login as a `[users.NAME]` with `admin = true`, a session
-//! cookie and the session's CSRF token in the form.
+//! Reading needs no login on loopback; from elsewhere it needs an
+//! administrator (`access`), and such a listener needs TLS (`[admin] tls`,
+//! with the SMTP server's certificate: the configuration refuses a
+//! non-loopback address without it). Queue actions need a login as a
+//! `[users.NAME]` with `admin = true`, a session cookie (`Secure` over
+//! TLS) and the session's CSRF token in the form.
 
+mod access;
+mod listener;
 mod pages;
 mod session;
 
@@ -32,6 +36,7 @@ use crate::policy::PolicyEngine;
 use crate::queue::action::Action;
 use crate::queue::spool::{MessageId, Spool};
 use crate::server::control::{self, QueueControl};
+use listener::{Client, Incoming};
 pub use session::Sessions;
 use session::{same_token, Session};
 
@@ -41,8 +46,6 @@ const PAGE: usize = 50;
 /// The console could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("[admin] listen = {0}: the console has no TLS yet and listens on loopback only")]
-    NotLoopback(SocketAddr),
     #[error("[admin] listen = {address}: {error}")]
     Listen {
         address: SocketAddr,
@@ -66,24 +69,32 @@ pub struct Console {
     pub sessions: Sessions,
 }
 
-/// Binds `address` (loopback only) and returns the server to run.
+/// Binds `address` and returns the server to run: HTTPS with `tls`, else
+/// HTTP (the configuration allows that on loopback only).
 pub async fn bind(
     address: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     console: Console,
 ) -> Result<impl std::future::Future<Output = ()>, AdminError> {
-    if !address.ip().is_loopback() {
-        return Err(AdminError::NotLoopback(address));
-    }
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|error| AdminError::Listen { address, error })?;
     let app = router(Arc::new(console));
     Ok(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(error) = axum::serve(listener, app).await {
+        let incoming = Incoming::new(listener, tls);
+        let app = app.into_make_service_with_connect_info::<Client>();
+        if let Err(error) = axum::serve(incoming, app).await {
             tracing::error!("the console stopped: {error}");
         }
     })
+}
+
+/// The SMTP server's TLS settings (its certificate), offering HTTP/1.1
+/// by ALPN.
+pub fn https(smtp: &tokio_rustls::TlsAcceptor) -> tokio_rustls::TlsAcceptor {
+    let mut config = (**smtp.config()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 fn router(console: Arc<Console>) -> Router {
@@ -98,6 +109,10 @@ fn router(console: Arc<Console>) -> Router {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            console.clone(),
+            access::readers,
+        ))
         .with_state(console)
 }
 
@@ -281,12 +296,12 @@ struct LoginForm {
 
 async fn login(
     State(console): State<Arc<Console>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(client): ConnectInfo<Client>,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let verdict = console
         .auth
-        .verify(client.ip(), &form.user, &form.password)
+        .verify(client.address.ip(), &form.user, &form.password)
         .await;
     let user = match verdict {
         Verdict::Accepted(user) if console.admins.contains(&user) => user,
@@ -298,7 +313,7 @@ async fn login(
                 .into_response()
         }
         _ => {
-            tracing::info!(%client, user = form.user, "console login refused");
+            tracing::info!(client = %client.address, user = form.user, "console login refused");
             return (
                 StatusCode::FORBIDDEN,
                 pages::login(Some("wrong user name or password, or not an administrator")),
@@ -309,7 +324,9 @@ async fn login(
     let Some(token) = console.sessions.start(&user) else {
         return failure("no randomness for a session token".into());
     };
-    tracing::info!(%client, user, "console login");
+    tracing::info!(client = %client.address, user, "console login");
+    // Over TLS the browser must never send the cookie in clear.
+    let secure = if client.tls { "; Secure" } else { "" };
     (
         StatusCode::SEE_OTHER,
         [
@@ -317,7 +334,7 @@ async fn login(
             (
                 header::SET_COOKIE,
                 format!(
-                    "{}={token}; HttpOnly; SameSite=Strict; Path=/",
+                    "{}={token}; HttpOnly; SameSite=Strict; Path=/{secure}",
                     session::COOKIE
                 ),
             ),

@@ -62,7 +62,11 @@ enum Command {
     /// Check a configuration file and say what is wrong, with the line.
     CheckConfig {
         /// The configuration file (TOML).
-        file: PathBuf,
+        #[arg(required_unless_present = "config")]
+        file: Option<PathBuf>,
+        /// The same, spelt as every other command takes it.
+        #[arg(long, short, conflicts_with = "file")]
+        config: Option<PathBuf>,
     },
     /// Print the manual page (roff, for `man -l -`), or with --out write
     /// one page per command into a folder (for /usr/share/man/man1).
@@ -159,7 +163,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             command: RulesCommand::Status(args),
         } => reload::status(args),
         Command::Reload(args) => reload::reload(args),
-        Command::CheckConfig { file } => check_config::run(&file),
+        Command::CheckConfig { file, config } => {
+            // clap requires one of the two.
+            let file = file.or(config).unwrap_or_default();
+            check_config::run(&file)
+        }
         Command::Serve { config } => serve::run(config),
         Command::Man { out } => manual(out.as_deref()),
         Command::Completions { shell } => {

@@ -78,8 +78,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error(transparent)]
-    Admin(#[from] crate::admin::AdminError),
+    #[error("[admin] tls = true, but the server has no certificate (see the TLS error above)")]
+    ConsoleWithoutTls,
     #[error("cannot listen on {address}: {error}")]
     Listen {
         address: std::net::SocketAddr,
@@ -275,7 +275,8 @@ pub async fn serve(
     let pop3_listener = bind(server.pop3_listen).await?;
     tracing::info!(smtp = %server.smtp_listen, pop3 = %server.pop3_listen, "listening");
     // The operator console, on this runtime. A console that cannot bind is
-    // logged and mail goes on; one configured off loopback is refused.
+    // logged and mail goes on (the configuration has refused one off
+    // loopback without TLS).
     let _console = if config.admin.enabled {
         let console = admin::Console {
             metrics: metrics.clone(),
@@ -293,12 +294,16 @@ pub async fn serve(
             queue: queue_control.clone(),
             sessions: admin::Sessions::default(),
         };
-        match admin::bind(config.admin.listen, console).await {
+        let (console_tls, scheme) = match (&config.admin.tls, &tls) {
+            (false, _) => (None, "http"),
+            (true, Some(tls)) => (Some(admin::https(tls)), "https"),
+            (true, None) => return Err(ServerError::ConsoleWithoutTls),
+        };
+        match admin::bind(config.admin.listen, console_tls, console).await {
             Ok(serve) => {
-                tracing::info!(address = %config.admin.listen, "console listening: http://{}/", config.admin.listen);
+                tracing::info!(address = %config.admin.listen, "console listening: {scheme}://{}/", config.admin.listen);
                 Some(AbortOnDrop(tokio::spawn(serve)))
             }
-            Err(error @ admin::AdminError::NotLoopback(_)) => return Err(error.into()),
             Err(error) => {
                 tracing::error!("the console is not started: {error}");
                 None
