@@ -509,12 +509,29 @@ fn through_kamailio_swaks_to_a_and_pop3_at_b() {
     let unused_sink = sink(&a_dir.path().join("sink"), &[]);
 
     // B registers its number with Kamailio; A sends every call through it.
-    let registrar = format!("registrar = \"{proxy}\"\nregister_expires_secs = 60");
+    let b_console = free_port();
+    let registrar = format!(
+        "registrar = \"{proxy}\"\nregister_expires_secs = 60\n\n[admin]\nlisten = \"127.0.0.1:{b_console}\""
+    );
     let b_server = start_b_with(b_dir.path(), &b, "42020-42029", &registrar);
     assert!(
         wait_for_log(b_dir.path(), "registered at"),
         "B did not register:\n{}",
         log_of(b_dir.path())
+    );
+    // B's console shows the registration, and no call yet.
+    let (status, _, overview) = http(b_console, "GET", "/", None, "");
+    assert_eq!(status, 200);
+    let registration = &overview[overview.find("<table id=\"registrations\">").unwrap()..];
+    assert!(
+        registration.contains(B_NUMBER)
+            && registration.contains(&proxy)
+            && registration.contains("id=\"registration-0\">registered (200)<"),
+        "{registration}"
+    );
+    assert!(
+        overview.contains("<strong id=\"calls\">0</strong>"),
+        "{overview}"
     );
     let through_proxy = format!("registrar = \"{proxy}\"\noutbound_proxy = \"{proxy}\"");
     let rules = common::repo().join("build/rules");
@@ -1225,9 +1242,26 @@ fn the_console_draws_each_calls_ladder_and_the_metrics_count_what_was_sent() {
         "mailcall_rule_failures_total{rule=\"embedded-number\",kind=\"timeout\"} 0\n",
         "mailcall_rule_evaluations_total{rule=\"embedded-number\"} ",
         "mailcall_policy_generation{generation=\"1-",
+        "mailcall_rule_seconds_count{rule=\"embedded-number\"} ",
+        "mailcall_calls_in_progress 0\n",
+        "mailcall_queue_recipients{state=\"held\"} 0\n",
     ] {
         assert!(metrics.contains(sample), "{sample:?} missing:\n{metrics}");
     }
+    // The call's channel carried the message both ways (A's side).
+    let bytes = |direction: &str| -> u64 {
+        let marker = format!("mailcall_channel_bytes_total{{direction=\"{direction}\"}} ");
+        metrics[metrics
+            .find(&marker)
+            .unwrap_or_else(|| panic!("{marker}:\n{metrics}"))
+            + marker.len()..]
+            .split('\n')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(bytes("sent") > 200 && bytes("received") > 50, "{metrics}");
 
     // A real browser reads the pages; screenshots stay in the target
     // folder (target/tmp/console/).
@@ -1286,6 +1320,14 @@ fn the_console_draws_each_calls_ladder_and_the_metrics_count_what_was_sent() {
     assert!(counter("evaluations") >= counter("dials"), "{rules}");
     assert_eq!(counter("failures"), 0, "{rules}");
     assert!(rules.contains("in force"), "{rules}");
+    // Its mode, and latency percentiles from its evaluations.
+    let row = rules.split("data-rule=\"embedded-number\"").nth(1).unwrap();
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("<td data-mode=\"\">active</td>"), "{row}");
+    for quantile in ["p50", "p90", "p99"] {
+        let marker = format!("data-latency=\"{quantile}\">≤ ");
+        assert!(row.contains(&marker), "{quantile}: {row}");
+    }
     // Bad requests get 4xx.
     assert_eq!(
         http(console, "GET", "/deliveries?path=nowhere", None, "").0,

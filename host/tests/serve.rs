@@ -1097,6 +1097,26 @@ fn the_console_overview_counts_new_mail_live_without_a_reload() {
         "document.getElementById('accepted').textContent === '2' \
          && document.getElementById('local-delivered').textContent === '2'",
     );
+    // The last hour's figures and its plot follow too.
+    browser.wait_for(
+        "document.getElementById('hour-accepted').textContent === '2' \
+         && document.getElementById('hour-local-delivered').textContent === '2' \
+         && document.querySelector('#plot polyline.accepted').dataset.total === '2' \
+         && document.querySelector('#plot polyline.delivered').dataset.total === '2'",
+    );
+    assert_eq!(
+        browser.eval("document.querySelectorAll('#plot polyline').length"),
+        3
+    );
+    assert_eq!(
+        browser.eval("document.getElementById('waiting').textContent"),
+        "0"
+    );
+    // No [sip]: no calls to show.
+    assert_eq!(
+        browser.eval("document.getElementById('calls') === null"),
+        true
+    );
     assert_eq!(
         browser.eval("window.sameLoad === true"),
         true,

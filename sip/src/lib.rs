@@ -44,6 +44,7 @@ pub mod fuzzing {
 
 use crate::channel::PortPool;
 use crate::register::Registrations;
+pub use crate::register::{RegistrationState, Standing};
 use crate::stack::Stack;
 use crate::tls::ChannelIdentity;
 
@@ -111,6 +112,8 @@ pub(crate) struct Shared {
     handler: Option<Arc<dyn CallHandler>>,
     calls: Arc<AtomicUsize>,
     tasks: Arc<AtomicUsize>,
+    /// Each number's registration, for `registrations`.
+    standings: register::Standings,
 }
 
 /// Counts something (a call, a task) while it lives.
@@ -154,6 +157,7 @@ impl UserAgent {
             handler: callee,
             calls: Arc::new(AtomicUsize::new(0)),
             tasks: Arc::new(AtomicUsize::new(0)),
+            standings: Default::default(),
         });
         let tasks = vec![
             tokio::spawn(Stack::serve(endpoint)),
@@ -194,6 +198,12 @@ impl UserAgent {
     /// The UDP and TCP addresses SIP listens on.
     pub fn local_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
         (self.shared.stack.udp, self.shared.stack.tcp)
+    }
+
+    /// Where each of our numbers stands with the registrar (empty without
+    /// one).
+    pub fn registrations(&self) -> Vec<RegistrationState> {
+        self.shared.standings.lock().expect("not poisoned").clone()
     }
 
     pub fn stats(&self) -> Stats {

@@ -2,8 +2,8 @@
 //! before the granted expiry runs out (rsipstack's `keep_alive`: 75 % of
 //! it), and unbound (`Expires: 0`) on shutdown.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::registration::{RefreshOutcome, Registration};
@@ -16,6 +16,50 @@ use crate::caller::credential;
 use crate::stack::transport_of;
 use crate::Shared;
 
+/// Where one of our numbers stands with the registrar, for the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationState {
+    pub number: String,
+    pub registrar: String,
+    pub standing: Standing,
+    /// When the standing last changed or was refreshed.
+    pub since: SystemTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// Asked, not answered yet.
+    Pending,
+    /// Bound: the registrar's 2xx.
+    Registered(u16),
+    /// Refused with this status (after any digest challenge).
+    Refused(u16),
+    /// No answer, or a transport error.
+    Failed(String),
+}
+
+impl std::fmt::Display for Standing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Standing::Pending => write!(f, "pending"),
+            Standing::Registered(status) => write!(f, "registered ({status})"),
+            Standing::Refused(status) => write!(f, "refused ({status})"),
+            Standing::Failed(error) => write!(f, "failed: {error}"),
+        }
+    }
+}
+
+/// Each number's standing, by number.
+pub(crate) type Standings = Mutex<Vec<RegistrationState>>;
+
+fn note(standings: &Standings, number: &str, standing: Standing) {
+    let mut standings = standings.lock().expect("not poisoned");
+    if let Some(state) = standings.iter_mut().find(|state| state.number == number) {
+        state.standing = standing;
+        state.since = SystemTime::now();
+    }
+}
+
 /// The registration tasks, one per number.
 pub(crate) struct Registrations {
     stop: CancellationToken,
@@ -26,6 +70,17 @@ impl Registrations {
     /// Starts registering our numbers, when a registrar is configured.
     pub fn start(shared: &Arc<Shared>) -> Option<Registrations> {
         let registrar = shared.settings.registrar.clone()?;
+        *shared.standings.lock().expect("not poisoned") = shared
+            .settings
+            .numbers
+            .iter()
+            .map(|number| RegistrationState {
+                number: number.clone(),
+                registrar: registrar.clone(),
+                standing: Standing::Pending,
+                since: SystemTime::now(),
+            })
+            .collect();
         let stop = CancellationToken::new();
         let tasks = shared
             .settings
@@ -66,7 +121,10 @@ async fn keep_registered(
 ) {
     let server = match shared.stack.target(&registrar) {
         Ok(server) => server,
-        Err(e) => return warn!("registrar {e}"),
+        Err(e) => {
+            note(&shared.standings, &number, Standing::Failed(e.to_string()));
+            return warn!("registrar {e}");
+        }
     };
     let credential = credential(&shared, &number).unwrap_or_else(|| Credential {
         username: number.clone(),
@@ -83,16 +141,22 @@ async fn keep_registered(
     let expires = shared.settings.register_expires_secs;
     shared.stack.prepare_tcp(&server).await;
     registration
-        .keep_alive(server.clone(), expires, stop, |outcome| match outcome {
-            RefreshOutcome::Registered(response) => {
-                info!(number = %number, "registered at {registrar}: {}", response.status_code)
-            }
-            RefreshOutcome::Rejected(response) => {
-                warn!(number = %number, "registration refused by {registrar}: {}", response.status_code)
-            }
-            RefreshOutcome::Failed(error) => {
-                warn!(number = %number, "registration with {registrar} failed: {error}")
-            }
+        .keep_alive(server.clone(), expires, stop, |outcome| {
+            let standing = match outcome {
+                RefreshOutcome::Registered(response) => {
+                    info!(number = %number, "registered at {registrar}: {}", response.status_code);
+                    Standing::Registered(response.status_code.code())
+                }
+                RefreshOutcome::Rejected(response) => {
+                    warn!(number = %number, "registration refused by {registrar}: {}", response.status_code);
+                    Standing::Refused(response.status_code.code())
+                }
+                RefreshOutcome::Failed(error) => {
+                    warn!(number = %number, "registration with {registrar} failed: {error}");
+                    Standing::Failed(error.to_string())
+                }
+            };
+            note(&shared.standings, &number, standing);
         })
         .await;
     match registration.register(server, Some(0)).await {

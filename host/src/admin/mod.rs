@@ -31,7 +31,7 @@ use serde::Deserialize;
 
 use crate::auth::{Authenticator, Verdict};
 use crate::history::{self, AttemptOutcome, DeliveryPath, Filter};
-use crate::metrics::Metrics;
+use crate::metrics::{recent, Metrics};
 use crate::policy::PolicyEngine;
 use crate::queue::action::Action;
 use crate::queue::spool::{MessageId, Spool};
@@ -67,6 +67,9 @@ pub struct Console {
     /// Carries out the queue actions, as `mailcall queue` does.
     pub queue: QueueControl,
     pub sessions: Sessions,
+    /// The SIP user agent, if `[sip]` is set: calls in progress and
+    /// registrations.
+    pub sip: Option<Arc<mailcall_sip::UserAgent>>,
 }
 
 /// Binds `address` and returns the server to run: HTTPS with `tls`, else
@@ -116,32 +119,42 @@ fn router(console: Arc<Console>) -> Router {
         .with_state(console)
 }
 
+/// The gauges now.
+fn now(console: &Console) -> crate::metrics::Now {
+    crate::metrics::Now {
+        queued: console.spool.unfinished_count(),
+        states: console.spool.recipient_states(),
+        calls_in_progress: console.sip.as_ref().map_or(0, |sip| sip.stats().calls),
+    }
+}
+
 /// The overview's figures now.
 fn current(console: &Console) -> pages::Overview {
     let generation = console
         .policy
         .as_ref()
         .map(|policy| policy.active().id.to_string());
-    let counts: Vec<(DeliveryPath, [u64; 4])> =
-        [DeliveryPath::Local, DeliveryPath::Call, DeliveryPath::Relay]
-            .into_iter()
-            .map(|path| {
-                let count = |outcome| console.metrics.deliveries(path, outcome);
-                (
-                    path,
-                    [
-                        count(AttemptOutcome::Delivered),
-                        count(AttemptOutcome::Deferred),
-                        count(AttemptOutcome::Failed),
-                        count(AttemptOutcome::FellBack),
-                    ],
-                )
-            })
-            .collect();
+    let counts: Vec<(DeliveryPath, [u64; 4])> = recent::PATHS
+        .into_iter()
+        .map(|path| {
+            let count = |outcome| console.metrics.deliveries(path, outcome);
+            (path, recent::OUTCOMES.map(count))
+        })
+        .collect();
+    let now = recent::this_minute();
     pages::Overview {
         accepted: console.metrics.accepted(),
         counts,
+        last_hour: console.metrics.recent.last_hour(now),
+        series: console.metrics.recent.series(now),
         queued: console.spool.unfinished_count(),
+        states: console.spool.recipient_states(),
+        calls: console.sip.as_ref().map(|sip| sip.stats().calls),
+        registrations: console
+            .sip
+            .as_ref()
+            .map(|sip| sip.registrations())
+            .unwrap_or_default(),
         generation,
         uptime_secs: console.started.elapsed().as_secs(),
     }
@@ -256,9 +269,7 @@ async fn delivery(State(console): State<Arc<Console>>, Path(id): Path<String>) -
 
 async fn metrics(State(console): State<Arc<Console>>) -> Response {
     let policy = console.policy.as_deref().map(control::policy_status);
-    let text = console
-        .metrics
-        .encode(console.spool.unfinished_count(), policy.as_ref());
+    let text = console.metrics.encode(&now(&console), policy.as_ref());
     (
         [(
             header::CONTENT_TYPE,

@@ -5,10 +5,11 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::session::Session;
 use crate::history::{Attempt, AttemptOutcome, DeliveryPath, Filter};
+use crate::metrics::recent::{Figures, PATHS};
 use crate::queue::action::Action;
-use crate::queue::spool::{Outcome, Queued};
+use crate::queue::spool::{Outcome, Queued, RecipientStates};
 use crate::server::control::Status;
-use mailcall_sip::Side;
+use mailcall_sip::{RegistrationState, Side};
 
 const STYLE: &str = "
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
@@ -42,9 +43,16 @@ fn page(title: &str, body: Markup) -> Markup {
 /// What the overview shows.
 pub struct Overview {
     pub accepted: u64,
-    /// Per path: delivered, deferred, failed, fell back.
+    /// Per path: delivered, deferred, failed, fell back, since start.
     pub counts: Vec<(DeliveryPath, [u64; 4])>,
+    /// The last hour, summed and by minute (oldest first).
+    pub last_hour: Figures,
+    pub series: Vec<Figures>,
     pub queued: usize,
+    pub states: RecipientStates,
+    /// Calls in progress (as caller or callee); `None` without SIP.
+    pub calls: Option<usize>,
+    pub registrations: Vec<RegistrationState>,
     pub generation: Option<String>,
     pub uptime_secs: u64,
 }
@@ -53,13 +61,16 @@ pub struct Overview {
 const COUNTED: [&str; 4] = ["delivered", "deferred", "failed", "fell-back"];
 
 /// Keeps the overview current: each event of `/events` is the figures by
-/// element id; the script writes them in (and counts the updates).
+/// element id; the script writes them in (the plot as markup) and counts
+/// the updates.
 const LIVE: &str = "
 const live = new EventSource('/events');
 live.onmessage = (event) => {
   for (const [id, value] of Object.entries(JSON.parse(event.data))) {
-    const cell = document.getElementById(id);
-    if (cell) cell.textContent = value;
+    const element = document.getElementById(id);
+    if (!element) continue;
+    if (element.dataset.markup !== undefined) element.innerHTML = value;
+    else element.textContent = value;
   }
   document.body.dataset.updates = Number(document.body.dataset.updates || 0) + 1;
 };
@@ -70,44 +81,177 @@ impl Overview {
     /// sends them.
     pub fn values(&self) -> serde_json::Value {
         let mut values = serde_json::Map::new();
-        values.insert("uptime".into(), self.uptime_secs.to_string().into());
-        values.insert("accepted".into(), self.accepted.to_string().into());
-        values.insert("queued".into(), self.queued.to_string().into());
-        values.insert(
+        let mut put = |id: String, value: String| {
+            values.insert(id, value.into());
+        };
+        put("uptime".into(), self.uptime_secs.to_string());
+        put("accepted".into(), self.accepted.to_string());
+        put("hour-accepted".into(), self.last_hour.accepted.to_string());
+        put("queued".into(), self.queued.to_string());
+        put("waiting".into(), self.states.waiting.to_string());
+        put("deferred".into(), self.states.deferred.to_string());
+        put("held".into(), self.states.held.to_string());
+        put(
             "generation".into(),
             self.generation.as_deref().unwrap_or("none").into(),
         );
+        if let Some(calls) = self.calls {
+            put("calls".into(), calls.to_string());
+        }
+        for (index, registration) in self.registrations.iter().enumerate() {
+            put(
+                format!("registration-{index}"),
+                registration.standing.to_string(),
+            );
+        }
         for (path, counts) in &self.counts {
             for (name, count) in COUNTED.iter().zip(counts) {
-                values.insert(format!("{path}-{name}"), count.to_string().into());
+                put(format!("{path}-{name}"), count.to_string());
             }
         }
+        for (path, counts) in PATHS.iter().zip(&self.last_hour.attempts) {
+            for (name, count) in COUNTED.iter().zip(counts) {
+                put(format!("hour-{path}-{name}"), count.to_string());
+            }
+        }
+        put("plot".into(), plot(&self.series).into_string());
         values.into()
     }
 }
 
+/// The last hour by minute as an SVG chart: messages accepted, recipients
+/// delivered and failed (bounced), one point a minute.
+fn plot(series: &[Figures]) -> Markup {
+    const WIDTH: f64 = 600.0;
+    const HEIGHT: f64 = 120.0;
+    const LEFT: f64 = 40.0;
+    let lines: [(&str, &str, Vec<u64>); 3] = [
+        (
+            "accepted",
+            "#1f4fbf",
+            series.iter().map(|f| f.accepted).collect(),
+        ),
+        (
+            "delivered",
+            "#146c2e",
+            series
+                .iter()
+                .map(|f| f.outcome(AttemptOutcome::Delivered))
+                .collect(),
+        ),
+        (
+            "failed",
+            "#a4262c",
+            series
+                .iter()
+                .map(|f| f.outcome(AttemptOutcome::Failed))
+                .collect(),
+        ),
+    ];
+    let highest = lines
+        .iter()
+        .flat_map(|(_, _, values)| values.iter().copied())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let step = WIDTH / (series.len().max(2) - 1) as f64;
+    let points = |values: &[u64]| -> String {
+        values
+            .iter()
+            .enumerate()
+            .map(|(minute, value)| {
+                let y = HEIGHT - (*value as f64 / highest as f64) * HEIGHT;
+                format!("{:.1},{:.1}", LEFT + minute as f64 * step, 10.0 + y)
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    html! {
+        svg.plot xmlns="http://www.w3.org/2000/svg" width="700" height="170" viewBox="0 0 700 170" role="img" {
+            title { "The last hour, per minute" }
+            line x1=(LEFT) y1="10" x2=(LEFT) y2=(10.0 + HEIGHT) stroke="#999" {}
+            line x1=(LEFT) y1=(10.0 + HEIGHT) x2=(LEFT + WIDTH) y2=(10.0 + HEIGHT) stroke="#999" {}
+            text x="2" y="16" { (highest) }
+            text x="2" y=(14.0 + HEIGHT) { "0" }
+            text x=(LEFT) y=(28.0 + HEIGHT) { "60 min ago" }
+            text x=(LEFT + WIDTH - 24.0) y=(28.0 + HEIGHT) { "now" }
+            @for (index, (name, colour, values)) in lines.iter().enumerate() {
+                polyline class=(name) data-total=(values.iter().sum::<u64>()) fill="none" stroke=(colour) stroke-width="1.5" points=(points(values)) {}
+                text x=(LEFT + 120.0 + index as f64 * 110.0) y=(28.0 + HEIGHT) fill=(colour) { "— " (name) }
+            }
+        }
+    }
+}
+
+fn counts_table(id: &str, prefix: &str, rows: &[(DeliveryPath, [u64; 4])]) -> Markup {
+    html! {
+        table id=(id) {
+            tr { th { "path" } th { "delivered" } th { "deferred" } th { "failed" } th { "fell back" } }
+            @for (path, counts) in rows {
+                tr data-path=(path) {
+                    td { a href={ "/deliveries?path=" (path) } { (path) } }
+                    @for (name, count) in COUNTED.iter().zip(counts) { td.n id={ (prefix) (path) "-" (name) } { (count) } }
+                }
+            }
+        }
+    }
+}
+
 pub fn overview(overview: &Overview) -> Markup {
+    let hour: Vec<(DeliveryPath, [u64; 4])> = PATHS
+        .iter()
+        .copied()
+        .zip(overview.last_hour.attempts)
+        .collect();
     page(
         "Overview",
         html! {
             p {
                 "Since start (" span #uptime { (overview.uptime_secs) } " s ago): "
-                strong #accepted { (overview.accepted) } " messages accepted; "
-                strong #queued { (overview.queued) } " in the queue."
+                strong #accepted { (overview.accepted) } " messages accepted; in the last hour "
+                strong #hour-accepted { (overview.last_hour.accepted) } "."
             }
             p { "Rule policy in force: " code #generation { (overview.generation.as_deref().unwrap_or("none")) } }
-            table #counts {
-                tr { th { "path" } th { "delivered" } th { "deferred" } th { "failed" } th { "fell back" } }
-                @for (path, counts) in &overview.counts {
-                    tr data-path=(path) {
-                        td { a href={ "/deliveries?path=" (path) } { (path) } }
-                        @for (name, count) in COUNTED.iter().zip(counts) { td.n id={ (path) "-" (name) } { (count) } }
+            h2 { "Recipients since start" }
+            (counts_table("counts", "", &overview.counts))
+            h2 { "The last hour" }
+            (counts_table("hour", "hour-", &hour))
+            div #plot data-markup { (plot(&overview.series)) }
+            h2 { "Queue" }
+            p {
+                strong #queued { (overview.queued) } " messages unfinished; recipients: "
+                span #waiting { (overview.states.waiting) } " not tried yet or being tried, "
+                span #deferred { (overview.states.deferred) } " deferred, "
+                span #held { (overview.states.held) } " held. "
+                a href="/queue" { "The queue →" }
+            }
+            h2 { "Calls" }
+            @match overview.calls {
+                Some(calls) => p { strong #calls { (calls) } " calls in progress (as caller or callee)." },
+                None => p { "SIP is off: no " code { "[sip]" } " section." },
+            }
+            @if !overview.registrations.is_empty() {
+                table #registrations {
+                    tr { th { "number" } th { "registrar" } th { "standing" } th { "since (UTC)" } }
+                    @for (index, registration) in overview.registrations.iter().enumerate() {
+                        tr {
+                            td { (registration.number) }
+                            td { (registration.registrar) }
+                            td id={ "registration-" (index) } { (registration.standing) }
+                            td { (time(unix_ms(registration.since))) }
+                        }
                     }
                 }
             }
             script { (PreEscaped(LIVE)) }
         },
     )
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 fn outcome_options(selected: Option<AttemptOutcome>) -> Markup {
@@ -309,22 +453,47 @@ pub fn rules(status: Option<&Status>) -> Markup {
                             }
                         }
                     }
-                    p { "Roll back with " code { "mailcall rules rollback [--to GENERATION]" } "." }
+                    p {
+                        "Reloads since start: " span #reloads-applied { (status.reloads.0) } " put in force, "
+                        span #reloads-refused { (status.reloads.1) } " refused. Roll back with "
+                        code { "mailcall rules rollback [--to GENERATION]" } "."
+                    }
                     h2 { "Rules in force, in chain order" }
                     table #rules {
                         tr {
-                            th { "rule" } th { "module (SHA-256)" } th { "evaluations" } th { "dials" } th { "smtp" }
-                            th { "no opinion" } th { "failures" } th { "timeouts" } th { "memory caps" }
-                            th { "shadow runs" } th { "shadow disagreements" } th { "deferrals" } th { "fallbacks" } th { "breaker trips" }
+                            th { "rule" } th { "mode" } th { "module (SHA-256)" } th { "evaluations" } th { "dials" } th { "smtp" }
+                            th { "no opinion" } th { "failures" } th { "p50" } th { "p90" } th { "p99" }
                         }
                         @for rule in &status.rules {
                             tr data-rule=(rule.name) {
                                 td { (rule.name) }
+                                td data-mode { (rule.mode) }
                                 td { code title=(rule.digest.as_deref().unwrap_or("")) { (rule.digest.as_deref().map_or("-", |d| d.get(..16).unwrap_or(d))) } }
                                 @for (name, count) in [
                                     ("evaluations", rule.evaluations), ("dials", rule.dials), ("smtp", rule.smtp),
-                                    ("no-opinion", rule.no_opinion), ("failures", rule.failures), ("timeouts", rule.timeouts),
-                                    ("memory-caps", rule.memory_caps), ("shadow-evaluations", rule.shadow_evaluations),
+                                    ("no-opinion", rule.no_opinion), ("failures", rule.failures),
+                                ] {
+                                    td.n data-counter=(name) { (count) }
+                                }
+                                @for (name, quantile) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+                                    td.n data-latency=(name) { (latency(rule.latency.quantile_us(quantile), rule.latency.count())) }
+                                }
+                            }
+                        }
+                    }
+                    p { "Latency: the bucket bound under which that share of evaluations finished (buckets double from 10 µs)." }
+                    h2 { "Failures and shadows" }
+                    table #rule-failures {
+                        tr {
+                            th { "rule" } th { "timeouts" } th { "memory caps" } th { "shadow runs" }
+                            th { "shadow disagreements" } th { "deferrals" } th { "fallbacks" } th { "breaker trips" }
+                        }
+                        @for rule in &status.rules {
+                            tr data-failures-of=(rule.name) {
+                                td { (rule.name) }
+                                @for (name, count) in [
+                                    ("timeouts", rule.timeouts), ("memory-caps", rule.memory_caps),
+                                    ("shadow-evaluations", rule.shadow_evaluations),
                                     ("shadow-disagreements", rule.shadow_disagreements), ("deferrals", rule.deferrals),
                                     ("fallbacks", rule.fallbacks), ("breaker-trips", rule.breaker_trips),
                                 ] {
@@ -337,6 +506,16 @@ pub fn rules(status: Option<&Status>) -> Markup {
             }
         },
     )
+}
+
+/// A latency quantile for the rules page.
+fn latency(bound_us: Option<u64>, samples: u64) -> String {
+    match bound_us {
+        None if samples == 0 => "-".into(),
+        None => "> 10 s".into(),
+        Some(us) if us < 1000 => format!("≤ {us} µs"),
+        Some(us) => format!("≤ {:.1} ms", us as f64 / 1000.0),
+    }
 }
 
 pub fn login(refusal: Option<&str>) -> Markup {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use mailcall_sip::{CallFailure, CallInfo, Label, Ladder, Rung, UserAgent};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::smtp::client::{self, ClientSettings, Outgoing, Relayed};
 
 /// What one call achieved.
@@ -42,12 +43,14 @@ pub trait Caller: Send + Sync {
 pub struct SipCaller {
     agent: Arc<UserAgent>,
     client: ClientSettings,
+    metrics: Arc<Metrics>,
 }
 
 impl SipCaller {
-    pub fn new(agent: Arc<UserAgent>, config: &Config) -> SipCaller {
+    pub fn new(agent: Arc<UserAgent>, config: &Config, metrics: Arc<Metrics>) -> SipCaller {
         SipCaller {
             agent,
+            metrics,
             // No STARTTLS on the channel: its TLS, if any, came with the SDP.
             client: ClientSettings {
                 tls: None,
@@ -64,7 +67,7 @@ impl Caller for SipCaller {
         outgoing: Outgoing<'a>,
     ) -> Pin<Box<dyn Future<Output = CallReport> + Send + 'a>> {
         Box::pin(async move {
-            let client = &self.client;
+            let (client, metrics) = (&self.client, &self.metrics);
             let session = |channel, info: CallInfo| async move {
                 tracing::info!(step = "S6", call_id = %info.call_id, "SMTP over the call");
                 let recipients = outgoing.recipients.len();
@@ -76,7 +79,7 @@ impl Caller for SipCaller {
                         outgoing.message.len()
                     ),
                 );
-                let relayed = client::send_over(channel, client, outgoing).await;
+                let relayed = client::send_over(metrics.metered(channel), client, outgoing).await;
                 info.ladder.step(Label::T5, smtp_summary(&relayed));
                 relayed
             };

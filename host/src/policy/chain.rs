@@ -167,6 +167,15 @@ impl Link {
     }
 
     /// The SHA-256 of the rule's module, when it is loaded.
+    /// How it takes part: active, shadow, or canary for N %.
+    pub fn mode(&self) -> String {
+        match self.role.mode {
+            RuleMode::Active => "active".into(),
+            RuleMode::Shadow => "shadow".into(),
+            RuleMode::Canary => format!("canary {} %", self.role.canary),
+        }
+    }
+
     pub fn digest(&self) -> Option<&str> {
         match &self.rule {
             LinkRule::Ready(rule) => Some(&rule.digest),
@@ -216,6 +225,7 @@ impl Link {
         let started = Instant::now();
         let mut trace = EvaluationTrace::default();
         let outcome = run(self, module, &mut trace);
+        self.counters.latency.observe(started.elapsed());
         steps.push(Step {
             rule: self.name.clone(),
             module: match module {

@@ -291,11 +291,14 @@ impl Generation {
 
     /// The rules in chain order, with their module's SHA-256 (`None`: not
     /// loaded).
-    pub fn rules(&self) -> Vec<(String, Option<String>)> {
+    pub fn rules(&self) -> Vec<(String, Option<String>, String)> {
         self.chain
             .links
             .iter()
-            .map(|link| (link.name().to_string(), link.digest().map(str::to_string)))
+            .map(|link| {
+                let digest = link.digest().map(str::to_string);
+                (link.name().to_string(), digest, link.mode())
+            })
             .collect()
     }
 }

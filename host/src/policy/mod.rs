@@ -35,7 +35,7 @@ pub use bindings::mailcall::rule::types::{
     Decision, Dial, Envelope, Header, Mailbox, Message, NumberingPlan,
 };
 pub use chain::{canary_share, Route, ShadowDecision, Step, StepDecision, StepRole, Verdict};
-pub use counters::RuleCounters;
+pub use counters::{LatencySnapshot, RuleCounters, LATENCY_BOUNDS_US};
 pub use generation::{BuildError, Generation, GenerationId, PolicySpec};
 pub use message::{message_view, NotAMessage};
 pub use reload::ReloadWatcher;
@@ -114,6 +114,8 @@ pub struct PolicyEngine {
     body_limit: usize,
     slots: Slots,
     reloads: Mutex<Vec<ReloadReport>>,
+    /// Reloads since start: put in force, refused.
+    reload_counts: [AtomicU64; 2],
     hot_reload: bool,
     /// Where each evaluation of a queued message is recorded (servers).
     decisions: Option<DecisionLog>,
@@ -272,6 +274,7 @@ impl PolicyEngine {
             body_limit: policy.body_limit_kib as usize * 1024,
             slots: Slots::new(policy.max_concurrent_evaluations as usize),
             reloads: Mutex::new(Vec::new()),
+            reload_counts: Default::default(),
             hot_reload: policy.hot_reload,
             decisions: None,
         };
@@ -370,6 +373,15 @@ impl PolicyEngine {
     /// bytes (initial memory included).
     pub fn rule_peak_memory(&self, name: &str) -> Option<usize> {
         Some(self.active().rule(name)?.peak_memory())
+    }
+
+    /// Reloads since start: put in force, and refused.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        let [applied, refused] = &self.reload_counts;
+        (
+            applied.load(Ordering::Relaxed),
+            refused.load(Ordering::Relaxed),
+        )
     }
 
     /// The latest reload outcomes, oldest first.
@@ -583,6 +595,8 @@ impl PolicyEngine {
     }
 
     fn report(&self, report: ReloadReport) {
+        let refused = usize::from(report.outcome.is_err());
+        self.reload_counts[refused].fetch_add(1, Ordering::Relaxed);
         if let Ok(mut reports) = self.reloads.lock() {
             if reports.len() == RELOAD_REPORTS_KEPT {
                 reports.remove(0);

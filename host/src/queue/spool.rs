@@ -179,6 +179,14 @@ pub enum Outcome {
     Deleted { detail: String },
 }
 
+/// How many unfinished recipients are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecipientStates {
+    pub waiting: usize,
+    pub deferred: usize,
+    pub held: usize,
+}
+
 /// The code of a refusal recorded before codes were kept.
 fn refused_code() -> u16 {
     554
@@ -810,6 +818,24 @@ impl Spool {
             .values()
             .filter(|entry| entry.durable && !entry.queued.is_finished())
             .count()
+    }
+
+    /// The recipients not finished, by state: not tried yet (or being
+    /// tried), deferred, held.
+    pub fn recipient_states(&self) -> RecipientStates {
+        let writer = self.lock();
+        let mut states = RecipientStates::default();
+        for entry in writer.entries.values().filter(|entry| entry.durable) {
+            for outcome in &entry.queued.outcomes {
+                match outcome {
+                    None => states.waiting += 1,
+                    Some(Outcome::Deferred { .. }) => states.deferred += 1,
+                    Some(Outcome::Held { .. }) => states.held += 1,
+                    Some(_) => {}
+                }
+            }
+        }
+        states
     }
 
     /// The unfinished messages, oldest first.

@@ -29,7 +29,7 @@ impl CallHandler for SmtpOverCall {
                 session.set_encrypted();
             }
             tracing::info!(step = "T5", call_id = %call.call_id, from = %call.from, "SMTP over the call's channel");
-            let mut channel = channel;
+            let mut channel = shared.metrics.metered(channel);
             let greeting = session.greeting().to_string();
             if channel.write_all(greeting.as_bytes()).await.is_err() {
                 return;

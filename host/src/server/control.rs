@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::Work;
-use crate::policy::{PolicyEngine, ReloadReport};
+use crate::policy::{LatencySnapshot, PolicyEngine, ReloadReport};
 use crate::queue::action::{self, Action};
 use crate::queue::spool::{MessageId, Spool};
 
@@ -75,6 +75,9 @@ pub struct Status {
     /// seconds), whether it is in force.
     pub generations: Vec<(String, u64, bool)>,
     pub rules: Vec<RuleStatus>,
+    /// Reloads since start: put in force, refused.
+    #[serde(default)]
+    pub reloads: (u64, u64),
 }
 
 /// One rule of the active generation.
@@ -82,6 +85,12 @@ pub struct Status {
 pub struct RuleStatus {
     pub name: String,
     pub digest: Option<String>,
+    /// active, shadow, canary N %.
+    #[serde(default)]
+    pub mode: String,
+    /// How long its evaluations took.
+    #[serde(default)]
+    pub latency: LatencySnapshot,
     pub evaluations: u64,
     pub dials: u64,
     pub smtp: u64,
@@ -329,9 +338,11 @@ pub fn policy_status(policy: &PolicyEngine) -> Status {
         .counters()
         .into_iter()
         .zip(digests)
-        .map(|((name, counters), (_, digest))| RuleStatus {
+        .map(|((name, counters), (_, digest, mode))| RuleStatus {
             name,
             digest,
+            mode,
+            latency: counters.latency.snapshot(),
             evaluations: counters.evaluations.load(Ordering::Relaxed),
             dials: counters.dials.load(Ordering::Relaxed),
             smtp: counters.smtp.load(Ordering::Relaxed),
@@ -346,5 +357,9 @@ pub fn policy_status(policy: &PolicyEngine) -> Status {
             breaker_trips: counters.breaker_trips.load(Ordering::Relaxed),
         })
         .collect();
-    Status { generations, rules }
+    Status {
+        generations,
+        rules,
+        reloads: policy.reload_counts(),
+    }
 }

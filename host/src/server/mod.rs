@@ -236,7 +236,11 @@ pub async fn serve(
         None => None,
     };
     let caller = user_agent.clone().map(|agent| {
-        Arc::new(crate::delivery::call::SipCaller::new(agent, &config)) as Arc<dyn Caller>
+        Arc::new(crate::delivery::call::SipCaller::new(
+            agent,
+            &config,
+            metrics.clone(),
+        )) as Arc<dyn Caller>
     });
     // Deliveries run on a runtime of their own with one worker, as
     // Postfix runs them in processes of their own: however many are in
@@ -293,6 +297,7 @@ pub async fn serve(
                 .collect(),
             queue: queue_control.clone(),
             sessions: admin::Sessions::default(),
+            sip: user_agent.clone(),
         };
         let (console_tls, scheme) = match (&config.admin.tls, &tls) {
             (false, _) => (None, "http"),

@@ -3,17 +3,27 @@
 //! outcome, a result, a SIP status): never a recipient, a number or a
 //! message id.
 
+mod metered;
+pub mod recent;
+
+pub use metered::Metered;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::history::{AttemptOutcome, DeliveryPath};
+use crate::policy::{LatencySnapshot, LATENCY_BOUNDS_US};
+use crate::queue::spool::RecipientStates;
 use crate::server::control::Status;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,6 +48,16 @@ struct StatusLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
     service: String,
 }
@@ -49,6 +69,13 @@ fn seconds() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 25))
 }
 
+/// The gauges, as they are at a scrape.
+pub struct Now {
+    pub queued: usize,
+    pub states: RecipientStates,
+    pub calls_in_progress: usize,
+}
+
 /// Every counter of the server.
 pub struct Metrics {
     registry: Registry,
@@ -58,9 +85,14 @@ pub struct Metrics {
     delivery_seconds: Histograms<PathLabel>,
     calls: Family<StatusLabel, Counter>,
     call_setup_seconds: Histogram,
+    channel_bytes: Family<DirectionLabel, Counter>,
+    calls_in_progress: Gauge,
     queue: Gauge,
+    queue_recipients: Family<StateLabel, Gauge>,
     /// Since start, for the console: accepted, and final outcomes.
     accepted: AtomicU64,
+    /// The last hour by minute, for the console.
+    pub recent: recent::Recent,
 }
 
 impl Default for Metrics {
@@ -108,11 +140,29 @@ impl Metrics {
             "From a call's INVITE to its 200 OK",
             call_setup_seconds.clone(),
         );
+        let channel_bytes = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "channel_bytes",
+            "Bytes over calls' channels, by direction (sent, received), as caller and callee",
+            channel_bytes.clone(),
+        );
+        let calls_in_progress = Gauge::default();
+        registry.register(
+            "calls_in_progress",
+            "Calls in progress, as caller or callee",
+            calls_in_progress.clone(),
+        );
         let queue = Gauge::default();
         registry.register(
             "queue_messages",
             "Messages in the queue with a recipient not finished",
             queue.clone(),
+        );
+        let queue_recipients = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "queue_recipients",
+            "Unfinished recipients in the queue, by state (waiting, deferred, held)",
+            queue_recipients.clone(),
         );
         Metrics {
             registry,
@@ -122,8 +172,12 @@ impl Metrics {
             delivery_seconds,
             calls,
             call_setup_seconds,
+            channel_bytes,
+            calls_in_progress,
             queue,
+            queue_recipients,
             accepted: AtomicU64::new(0),
+            recent: recent::Recent::default(),
         }
     }
 
@@ -141,6 +195,7 @@ impl Metrics {
         let result = if accepted { "accepted" } else { "refused" };
         if accepted {
             self.accepted.fetch_add(1, Ordering::Relaxed);
+            self.recent.accepted();
         }
         self.messages
             .get_or_create(&ResultLabel {
@@ -157,6 +212,7 @@ impl Metrics {
         outcome: AttemptOutcome,
         since_accepted: Option<Duration>,
     ) {
+        self.recent.attempt(path, outcome);
         let path = path.as_str().to_string();
         self.deliveries
             .get_or_create(&DeliveryLabels {
@@ -181,6 +237,18 @@ impl Metrics {
         }
     }
 
+    /// `stream` (a call's channel) with its bytes counted.
+    pub fn metered<S>(&self, stream: S) -> Metered<S> {
+        let counter = |direction: &str| {
+            self.channel_bytes
+                .get_or_create(&DirectionLabel {
+                    direction: direction.to_string(),
+                })
+                .clone()
+        };
+        Metered::new(stream, counter("sent"), counter("received"))
+    }
+
     /// Messages accepted over SMTP since start.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
@@ -201,8 +269,20 @@ impl Metrics {
     /// is now.
     /// The rule engine's figures (`policy`: its status now) follow, if it
     /// runs.
-    pub fn encode(&self, queued: usize, policy: Option<&Status>) -> String {
-        self.queue.set(queued as i64);
+    pub fn encode(&self, now: &Now, policy: Option<&Status>) -> String {
+        self.queue.set(now.queued as i64);
+        for (state, count) in [
+            ("waiting", now.states.waiting),
+            ("deferred", now.states.deferred),
+            ("held", now.states.held),
+        ] {
+            self.queue_recipients
+                .get_or_create(&StateLabel {
+                    state: state.to_string(),
+                })
+                .set(count as i64);
+        }
+        self.calls_in_progress.set(now.calls_in_progress as i64);
         let mut open_metrics = String::new();
         // Writing into a String cannot fail.
         let _ =
@@ -243,7 +323,13 @@ fn policy_registry(status: &Status) -> Registry {
     let failures = Family::<RuleKindLabels, Counter>::default();
     let disagreements = Family::<RuleLabel, Counter>::default();
     let generation = Family::<GenerationLabel, Gauge>::default();
+    let latency = Family::<RuleLabel, RuleSeconds>::default();
     for rule in &status.rules {
+        latency
+            .get_or_create(&RuleLabel {
+                rule: rule.name.clone(),
+            })
+            .set(&rule.latency);
         let name = || rule.name.clone();
         evaluations
             .get_or_create(&RuleLabel { rule: name() })
@@ -299,12 +385,66 @@ fn policy_registry(status: &Status) -> Registry {
         "Shadow rule decisions unlike the chain's, by rule",
         disagreements,
     );
+    let reloads = Family::<ResultLabel, Counter>::default();
+    for (result, count) in [("applied", status.reloads.0), ("refused", status.reloads.1)] {
+        reloads
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc_by(count);
+    }
+    registry.register(
+        "policy_reloads",
+        "Policy reloads since start, by result (applied, refused)",
+        reloads,
+    );
+    registry.register(
+        "rule_seconds",
+        "How long a rule's evaluations took, by rule",
+        latency,
+    );
     registry.register(
         "policy_generation",
         "The policy generation in force (1)",
         generation,
     );
     registry
+}
+
+/// A rule's evaluation times as a histogram, from the engine's buckets
+/// (made at a scrape, as the other rule figures are).
+#[derive(Debug, Clone, Default)]
+struct RuleSeconds(Arc<Mutex<LatencySnapshot>>);
+
+impl RuleSeconds {
+    fn set(&self, snapshot: &LatencySnapshot) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
+    }
+}
+
+impl TypedMetric for RuleSeconds {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for RuleSeconds {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let bounds = LATENCY_BOUNDS_US
+            .iter()
+            .map(|us| *us as f64 / 1e6)
+            .chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds.zip(snapshot.counts.iter().copied()).collect();
+        encoder.encode_histogram::<NoLabelSet>(
+            snapshot.sum_us as f64 / 1e6,
+            snapshot.count(),
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 /// OpenMetrics text as Prometheus text: a counter's HELP and TYPE name its
@@ -341,7 +481,16 @@ mod tests {
         let metrics = Metrics::new();
         metrics.message(true);
         metrics.delivery(DeliveryPath::Call, AttemptOutcome::Delivered, None);
-        let text = metrics.encode(3, None);
+        let now = Now {
+            queued: 3,
+            states: RecipientStates {
+                waiting: 1,
+                deferred: 2,
+                held: 0,
+            },
+            calls_in_progress: 1,
+        };
+        let text = metrics.encode(&now, None);
         assert!(
             text.contains("# HELP mailcall_smtp_messages_total Messages"),
             "{text}"
@@ -359,10 +508,65 @@ mod tests {
             text.contains("# TYPE mailcall_queue_messages gauge\nmailcall_queue_messages 3\n"),
             "{text}"
         );
+        assert!(
+            text.contains("mailcall_queue_recipients{state=\"deferred\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("mailcall_calls_in_progress 1\n"), "{text}");
         assert!(!text.contains("# EOF"), "{text}");
         assert_eq!(
             metrics.deliveries(DeliveryPath::Call, AttemptOutcome::Delivered),
             1
         );
+    }
+
+    #[test]
+    fn rule_latency_is_a_histogram_and_reloads_are_counted() {
+        use crate::server::control::RuleStatus;
+        let mut latency = LatencySnapshot {
+            counts: vec![0; LATENCY_BOUNDS_US.len() + 1],
+            sum_us: 45,
+        };
+        latency.counts[0] = 2; // ≤ 10 µs
+        latency.counts[2] = 1; // ≤ 40 µs
+        let status = Status {
+            generations: vec![("3-abc".into(), 0, true)],
+            rules: vec![RuleStatus {
+                name: "keywords".into(),
+                digest: None,
+                mode: "active".into(),
+                latency,
+                evaluations: 3,
+                dials: 0,
+                smtp: 0,
+                no_opinion: 3,
+                failures: 0,
+                timeouts: 0,
+                memory_caps: 0,
+                shadow_evaluations: 0,
+                shadow_disagreements: 0,
+                deferrals: 0,
+                fallbacks: 0,
+                breaker_trips: 0,
+            }],
+            reloads: (2, 1),
+        };
+        let now = Now {
+            queued: 0,
+            states: RecipientStates::default(),
+            calls_in_progress: 0,
+        };
+        let text = Metrics::new().encode(&now, Some(&status));
+        for sample in [
+            "# TYPE mailcall_rule_seconds histogram\n",
+            "mailcall_rule_seconds_bucket{le=\"0.00001\",rule=\"keywords\"} 2\n",
+            "mailcall_rule_seconds_bucket{le=\"0.00004\",rule=\"keywords\"} 3\n",
+            "mailcall_rule_seconds_bucket{le=\"+Inf\",rule=\"keywords\"} 3\n",
+            "mailcall_rule_seconds_count{rule=\"keywords\"} 3\n",
+            "mailcall_policy_reloads_total{result=\"applied\"} 2\n",
+            "mailcall_policy_reloads_total{result=\"refused\"} 1\n",
+        ] {
+            assert!(text.contains(sample), "{sample:?} missing:\n{text}");
+        }
     }
 }
