@@ -69,6 +69,9 @@ pub enum AttemptOutcome {
     Released,
     Retried,
     Deleted,
+    /// The callee's record of a message that came in over a call (with
+    /// [`DeliveryPath::Call`] and the ladder as this side saw it).
+    Received,
 }
 
 impl AttemptOutcome {
@@ -83,6 +86,7 @@ impl AttemptOutcome {
             AttemptOutcome::Released => "released",
             AttemptOutcome::Retried => "retried",
             AttemptOutcome::Deleted => "deleted",
+            AttemptOutcome::Received => "received",
         }
     }
 
@@ -229,10 +233,12 @@ impl History {
     }
 }
 
-impl Companion for History {
-    /// A line that cannot be written is logged and cut back off, so the
-    /// next line is whole; the spool gives it back before its record goes.
-    fn append(&self, lines: &str) -> u64 {
+impl History {
+    /// Writes `lines` at the end; a write that fails is cut back off, so
+    /// the next line is whole. Where they went, or would have gone (past
+    /// any end if the file could not be opened or cut back), and whether
+    /// they were written.
+    fn write(&self, lines: &str) -> (u64, std::io::Result<()>) {
         let mut appender = self.lock();
         let written = self.open(&mut appender).and_then(|file| {
             let at = appender.size;
@@ -243,21 +249,35 @@ impl Companion for History {
                 }
             })
         });
-        // Where they went, or would have gone; unknown (past any end) if
-        // the file could not be opened or cut back.
         let at = match appender.file {
             Some(_) => appender.size,
             None => u64::MAX,
         };
-        match written {
-            Ok(()) => {
-                appender.size += lines.len() as u64;
-                self.dirty.store(true, Ordering::SeqCst);
-            }
-            Err(error) => {
-                tracing::warn!(path = %self.path.display(), "cannot write the history: {error}");
-                self.lost.store(true, Ordering::SeqCst);
-            }
+        if written.is_ok() {
+            appender.size += lines.len() as u64;
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+        (at, written)
+    }
+
+    /// Appends lines that no spool record carries (the callee's record of
+    /// a call), at best: a line that cannot be written is logged and
+    /// dropped, and never holds up the spool's syncs.
+    pub fn note(&self, lines: &str) {
+        if let (_, Err(error)) = self.write(lines) {
+            tracing::warn!(path = %self.path.display(), "cannot write the history: {error}");
+        }
+    }
+}
+
+impl Companion for History {
+    /// A line that cannot be written is logged; the spool gives it back
+    /// before its record goes (until then, syncs fail).
+    fn append(&self, lines: &str) -> u64 {
+        let (at, written) = self.write(lines);
+        if let Err(error) = written {
+            tracing::warn!(path = %self.path.display(), "cannot write the history: {error}");
+            self.lost.store(true, Ordering::SeqCst);
         }
         at
     }

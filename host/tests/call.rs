@@ -139,6 +139,9 @@ relay_networks = ["127.0.0.0/8"]
 [policy]
 rules_dir = "{rules}"
 chain = ["embedded-number"]
+# These tests are about calls: a rule slowed by a loaded machine (the
+# whole suite at once on 2 cores) must not turn a call into a relay.
+deadline_ms = 1000
 
 [call]
 {call}
@@ -266,6 +269,40 @@ sys.stdout.buffer.write(b"".join(line + b"\r\n" for line in lines))
         ladder.contains("T5 the final server: 250"),
         "the final server's reply: {ladder}"
     );
+
+    // B recorded its own side of the same call in its own history: the
+    // message it received, with the ladder as B saw it.
+    let b_attempts = wait_for_history(b_dir.path(), "hanako@b.example", "received");
+    let received = b_attempts
+        .iter()
+        .find(|a| a["outcome"] == "received")
+        .unwrap();
+    assert_eq!(received["path"], "call", "{received}");
+    assert_eq!(received["call_id"], call_id.as_str(), "{received}");
+    assert_eq!(received["number"], B_NUMBER, "{received}");
+    let b_labels: Vec<&str> = received["ladder"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rung| rung["label"].as_str().unwrap())
+        .collect();
+    // B's view: INVITE in, offer, its 100/180/200 and answer; then the
+    // channel and its session, the ACK (which may come at any point
+    // there: it races the channel), the channel's end and A's BYE (A
+    // closes its side, then says BYE: B may see either first); B's 200 to
+    // the BYE last.
+    assert_eq!(b_labels.len(), 12, "{received}");
+    assert_eq!(
+        b_labels[..6],
+        ["T1", "T3", "R1", "R1", "R2", "R3"],
+        "{received}"
+    );
+    let mut rest: Vec<&str> = b_labels[6..11].to_vec();
+    rest.sort();
+    assert_eq!(rest, ["T2", "T4", "T5", "T6", "T7"], "{received}");
+    let at = |label: &str| b_labels.iter().position(|l| *l == label).unwrap();
+    assert!(at("T4") < at("T5") && at("T5") < at("T6"), "{received}");
+    assert_eq!(b_labels[11], "R4", "{received}");
 }
 
 #[test]
@@ -432,62 +469,6 @@ s.quit()
     );
 }
 
-/// Kamailio (Debian package `kamailio`) as registrar and proxy on a free
-/// loopback port, with the configuration the SIP crate's tests use;
-/// stopped when dropped.
-struct Kamailio {
-    process: std::process::Child,
-    port: u16,
-    _run_dir: tempfile::TempDir,
-}
-
-impl Drop for Kamailio {
-    /// SIGTERM, so the main process stops its children too; SIGKILL if it
-    /// lingers.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.process.id().to_string()])
-            .status();
-        let started = std::time::Instant::now();
-        while started.elapsed() < std::time::Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.process.try_wait() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-fn kamailio() -> Kamailio {
-    let port = free_port();
-    let run_dir = tempfile::tempdir().unwrap();
-    let config = common::repo().join("sip/tests/kamailio/kamailio.cfg");
-    let child = Command::new("kamailio")
-        .arg("-f")
-        .arg(&config)
-        .args(["-DD", "-E", "-m", "64", "-M", "8", "-Y"])
-        .arg(run_dir.path())
-        .arg("-P")
-        .arg(run_dir.path().join("kamailio.pid"))
-        .args(["-l", &format!("udp:127.0.0.1:{port}")])
-        .args(["-l", &format!("tcp:127.0.0.1:{port}")])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("kamailio (scripts/setup installs it)");
-    wait_until("kamailio did not start", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    Kamailio {
-        process: child,
-        port,
-        _run_dir: run_dir,
-    }
-}
-
 /// Waits (at most 10 s) for `needle` in the server log in `dir`.
 fn wait_for_log(dir: &Path, needle: &str) -> bool {
     let started = std::time::Instant::now();
@@ -502,7 +483,7 @@ fn wait_for_log(dir: &Path, needle: &str) -> bool {
 
 #[test]
 fn through_kamailio_swaks_to_a_and_pop3_at_b() {
-    let kamailio = kamailio();
+    let kamailio = Kamailio::start(KamailioAuth::None);
     let proxy = format!("sip:127.0.0.1:{}", kamailio.port);
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (Host::new(), Host::new());
@@ -598,7 +579,7 @@ print("\n".join(line.decode() for line in lines))
     assert!(text.contains("Call me at 050-2222-0000."), "{text}");
 
     // B stops (SIGTERM) and unregisters its number.
-    let pid = b_server._process.0.id().to_string();
+    let pid = b_server._process.child.id().to_string();
     let stopped = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(stopped.success());
     assert!(
@@ -610,7 +591,7 @@ print("\n".join(line.decode() for line in lines))
 
 /// A sipp UAS (Debian package `sip-tester`) on a free UDP port running a
 /// scenario of the SIP crate's tests for one call; killed when dropped.
-fn sipp_uas(scenario: &str, replacements: &[(&str, &str)]) -> (u16, Killed, tempfile::TempDir) {
+fn sipp_uas(scenario: &str, replacements: &[(&str, &str)]) -> (u16, Process, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     // The host's own scenarios, else the SIP crate's.
     let own = common::repo().join("host/tests/sipp").join(scenario);
@@ -647,7 +628,7 @@ fn sipp_uas(scenario: &str, replacements: &[(&str, &str)]) -> (u16, Killed, temp
     wait_until("sipp did not start", || {
         std::net::UdpSocket::bind(("127.0.0.1", port)).is_err()
     });
-    (port, Killed(child), dir)
+    (port, Process::of("sipp", child), dir)
 }
 
 #[test]
@@ -1087,7 +1068,7 @@ fn a_callee_killed_after_its_250_before_the_bye_loses_and_doubles_nothing() {
     // its way. If B saw the BYE first (A finished within one slice), the
     // moment was missed and the next message tries again (bounded: 20
     // messages, 500 slices each).
-    let a_pid = a_server._process.0.id() as libc::pid_t;
+    let a_pid = a_server._process.child.id() as libc::pid_t;
     let freeze = |stop: bool| {
         let signal = if stop { libc::SIGSTOP } else { libc::SIGCONT };
         // SAFETY: kill(2) on our own child; no memory is involved.

@@ -268,7 +268,7 @@ fn mpop_fetches_over_stls_with_a_pinned_certificate_and_ends_cleanly() {
 /// service: stopped when dropped.
 struct Dovecot {
     config: PathBuf,
-    _process: Killed,
+    _process: Process,
 }
 
 impl Dovecot {
@@ -333,7 +333,7 @@ impl Dovecot {
         wait_until("Dovecot did not start", || socket.exists());
         Dovecot {
             config,
-            _process: Killed(process),
+            _process: Process::of("dovecot", process),
         }
     }
 

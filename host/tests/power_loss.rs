@@ -122,9 +122,9 @@ fn after_a_power_cut_every_acknowledged_message_is_delivered_once() {
     // the same moment (handles of the killed process die with the cut, so
     // nothing it still had in flight lands afterwards).
     let mut server = server;
-    server._process.0.kill().unwrap();
+    server._process.child.kill().unwrap();
     let lost = mounted.switch.cut();
-    server._process.0.wait().unwrap();
+    server._process.child.wait().unwrap();
     for client in clients {
         client.join().unwrap();
     }

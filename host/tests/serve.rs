@@ -633,7 +633,7 @@ fn a_console_elsewhere_needs_tls_and_an_administrator() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let _server = Killed(child);
+    let _server = Process::of("mailcall", child);
     let log = || std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
     // The certificate names mx.test; `--resolve` says which address that is.
     let get = |host: &str, path: &str, extra: &[&str]| {
@@ -1043,7 +1043,7 @@ fn serve_tells_systemd_when_it_is_ready_and_stopping_and_logs_json_lines() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let server = Killed(child);
+    let server = Process::of("mailcall", child);
     let mut said = [0u8; 512];
     let length = systemd.recv(&mut said).expect("no READY=1 from the server");
     let ready = String::from_utf8_lossy(&said[..length]).into_owned();
@@ -1054,7 +1054,7 @@ fn serve_tells_systemd_when_it_is_ready_and_stopping_and_logs_json_lines() {
     // Ready means ready: the port takes a connection at once.
     TcpStream::connect(("127.0.0.1", port)).expect("READY=1 before listening");
 
-    unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
     let length = systemd.recv(&mut said).expect("no STOPPING=1");
     assert_eq!(&said[..length], b"STOPPING=1");
     drop(server);

@@ -267,10 +267,10 @@ fn a_configured_certificate_that_does_not_load_stops_the_start() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut child = Killed(child);
+    let mut child = Process::of("mailcall", child);
     let started = std::time::Instant::now();
     let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
+        if let Some(status) = child.child.try_wait().unwrap() {
             break status;
         }
         assert!(
@@ -280,7 +280,7 @@ fn a_configured_certificate_that_does_not_load_stops_the_start() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    std::io::Read::read_to_string(&mut child.child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(!status.success());
     assert!(
         stderr.contains(&format!("{}: No such file", key.display())),

@@ -14,7 +14,7 @@ use rsipstack::transaction::TransactionReceiver;
 use tracing::{debug, info, warn};
 
 use crate::config::in_network;
-use crate::ladder::Ladder;
+use crate::ladder::{Label, Ladder};
 use crate::sdp::{ChannelDescription, Setup};
 use crate::stack::{ip_of, Stack, ALLOWED_METHODS};
 use crate::tls::ChannelIdentity;
@@ -42,6 +42,10 @@ pub trait CallHandler: Send + Sync + 'static {
     /// Runs until the session is done; the call ends when it returns (we
     /// send BYE) or when the caller hangs up and it returns.
     fn handle(&self, channel: Channel, call: CallInfo) -> HandlerFuture;
+
+    /// An answered call is over: its ladder as this side saw it (the
+    /// callee's record of Fig. 4). Does nothing unless overridden.
+    fn ended(&self, _call: &CallInfo) {}
 }
 
 /// Reads incoming requests until the stack stops.
@@ -76,9 +80,11 @@ async fn dispatch(shared: Arc<Shared>, mut tx: Transaction) {
             }
             Method::Options => answer_options(&mut tx).await,
             Method::Bye => {
-                info!(call_id = %call_id, "T7 BYE from the peer");
+                let call = shared.call_of(&call_id);
+                call.ladder.step(Label::T7, "BYE from the peer");
                 let result = dialog.handle(&mut tx).await;
-                info!(call_id = %call_id, "R4 200 to BYE");
+                call.ladder.step(Label::R4, "200 to BYE");
+                call.bye_answered.notify_one();
                 result
             }
             _ => dialog.handle(&mut tx).await,
@@ -198,7 +204,9 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
         .and_then(|h| h.uri().ok())
         .map(|uri| uri.to_string())
         .unwrap_or_default();
-    info!(call_id = %call_id, "T1 INVITE {} from {from}", request.uri);
+    let ladder = Ladder::new();
+    ladder.set_call_id(&call_id);
+    ladder.step(Label::T1, format!("INVITE {} from {from}", request.uri));
 
     match source_of(&request) {
         Some(source) if source_allowed(&shared, source) => {}
@@ -236,7 +244,11 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
             .await;
         }
     };
-    info!(call_id = %call_id, "T3 offer: smtp over {} from {}", if offer.tls { "TCP/TLS" } else { "TCP" }, offer.address);
+    let over = if offer.tls { "TCP/TLS" } else { "TCP" };
+    ladder.step(
+        Label::T3,
+        format!("offer: smtp over {over} from {}", offer.address),
+    );
     let tls = match (offer.tls, &shared.identity, offer.fingerprint) {
         (false, _, _) => None,
         (true, Some(identity), Some(fingerprint)) => Some((identity, fingerprint)),
@@ -274,14 +286,16 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
     // Runs the INVITE transaction: 100, our answers, then ACK or CANCEL.
     let mut invite_dialog = dialog.clone();
     let invite = tokio::spawn(async move { invite_dialog.handle(&mut tx).await });
-    info!(call_id = %call_id, "R1 100 Trying");
+    ladder.step(Label::R1, "100 Trying");
+    // In-dialog requests (the caller's BYE) step into the same ladder.
+    let known = shared.know_ladder(&call_id, &ladder);
 
-    match ring(&dialog, &call_id) {
+    match ring(&dialog, &ladder) {
         Err(e) => warn!(call_id = %call_id, "cannot ring: {e}"),
         Ok(()) => {
             let admitted = tokio::select! {
                 admission = handler.admit(&number, &from) => Some(admission),
-                () = until_ended(&mut states, &call_id) => None,
+                () = until_ended(&mut states, &ladder) => None,
             };
             match admitted {
                 None => info!(call_id = %call_id, "the caller gave up while ringing"),
@@ -292,6 +306,8 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
                         call_id: &call_id,
                         number,
                         from,
+                        ladder: ladder.clone(),
+                        bye_answered: known.bye_answered.clone(),
                     };
                     call.run(handler, offer.address, tls, &mut states).await;
                 }
@@ -314,9 +330,9 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
 }
 
 /// R1 180.
-fn ring(dialog: &InviteDialog, call_id: &str) -> Result<(), String> {
+fn ring(dialog: &InviteDialog, ladder: &Ladder) -> Result<(), String> {
     dialog.ringing(None, None).map_err(|e| e.to_string())?;
-    info!(call_id = %call_id, "R1 180 Ringing");
+    ladder.step(Label::R1, "180 Ringing");
     Ok(())
 }
 
@@ -335,6 +351,8 @@ struct Answered<'a> {
     call_id: &'a str,
     number: String,
     from: String,
+    ladder: Ladder,
+    bye_answered: Arc<tokio::sync::Notify>,
 }
 
 impl Answered<'_> {
@@ -365,24 +383,26 @@ impl Answered<'_> {
         if let Err(e) = accepted {
             return warn!(call_id = %call_id, "cannot answer: {e}");
         }
-        info!(call_id = %call_id, "R2 200 OK");
-        info!(call_id = %call_id, "R3 answer: smtp at {} (setup:passive)", answer.socket_addr());
+        let ladder = self.ladder;
+        ladder.step(Label::R2, "200 OK");
+        ladder.step(
+            Label::R3,
+            format!("answer: smtp at {} (setup:passive)", answer.socket_addr()),
+        );
 
         // The caller's channel may arrive before its ACK: accept at once.
         let timeout = shared.settings.channel_accept_timeout();
         let accepted = tokio::select! {
             accepted = listener.accept(caller, tls, timeout) => Some(accepted),
-            () = until_ended(states, call_id) => None,
+            () = until_ended(states, &ladder) => None,
         };
         match accepted {
             None => info!(call_id = %call_id, "call ended before the channel opened"),
             Some(Err(e)) => {
                 warn!(call_id = %call_id, "channel: {e}");
-                hang_up(&shared.stack, dialog, call_id, "no channel").await;
+                hang_up(&shared.stack, dialog, &ladder, "no channel").await;
             }
             Some(Ok(channel)) => {
-                let ladder = Ladder::new();
-                ladder.set_call_id(call_id);
                 let info = CallInfo {
                     call_id: call_id.to_string(),
                     number: self.number,
@@ -390,7 +410,8 @@ impl Answered<'_> {
                     peer: channel.peer(),
                     ladder,
                 };
-                run_session(shared, handler, channel, info, dialog, states).await;
+                let bye_answered = &self.bye_answered;
+                run_session(shared, handler, channel, info, dialog, states, bye_answered).await;
             }
         }
     }
@@ -409,13 +430,15 @@ async fn run_session(
     info: CallInfo,
     dialog: &InviteDialog,
     states: &mut DialogStateReceiver,
+    bye_answered: &tokio::sync::Notify,
 ) {
     let call_id = info.call_id.clone();
-    info!(call_id = %call_id, "T4 channel opened from {}", channel.peer());
-    info!(call_id = %call_id, "T5 session running");
+    let ladder = info.ladder.clone();
+    ladder.step(Label::T4, format!("channel opened from {}", channel.peer()));
+    ladder.step(Label::T5, "session running");
     let session = tokio::time::timeout(
         shared.settings.session_timeout(),
-        handler.handle(channel, info),
+        handler.handle(channel, info.clone()),
     );
     tokio::pin!(session);
     let caller_hung_up = tokio::select! {
@@ -423,14 +446,14 @@ async fn run_session(
         // BYE a moment before hanging up ourselves, so that the two ends do
         // not both send BYE.
         _ = &mut session => {
-            tokio::time::timeout(BYE_GRACE, until_ended(states, &call_id))
+            tokio::time::timeout(BYE_GRACE, until_ended(states, &ladder))
                 .await
                 .is_ok()
         }
         // A BYE does not cut the handler short at once: the caller closed
         // the channel first, so the handler sees its end and finishes what
         // it received. One still waiting for more is ended with the call.
-        () = until_ended(states, &call_id) => {
+        () = until_ended(states, &ladder) => {
             match tokio::time::timeout(SESSION_AFTER_BYE, &mut session).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => warn!(call_id = %call_id, "session timed out"),
@@ -439,19 +462,27 @@ async fn run_session(
             true
         }
     };
-    info!(call_id = %call_id, "T6 channel closed");
-    if !caller_hung_up {
-        hang_up(&shared.stack, dialog, &call_id, "session done").await;
+    ladder.step(Label::T6, "channel closed");
+    let bye_seen = ladder.rungs().iter().any(|rung| rung.label == Label::T7);
+    if caller_hung_up {
+        // The dialog ends as the caller's BYE is answered: let that answer
+        // (R4) reach the ladder first.
+        if bye_seen {
+            let _ = tokio::time::timeout(BYE_GRACE, bye_answered.notified()).await;
+        }
+    } else {
+        hang_up(&shared.stack, dialog, &ladder, "session done").await;
     }
+    handler.ended(&info);
 }
 
-/// Logs the ACK and returns when the dialog ends (BYE, CANCEL, timeout).
-async fn until_ended(states: &mut DialogStateReceiver, call_id: &str) {
+/// Records the ACK and returns when the dialog ends (BYE, CANCEL, timeout).
+async fn until_ended(states: &mut DialogStateReceiver, ladder: &Ladder) {
     while let Some(state) = states.recv().await {
         match state {
-            DialogState::Confirmed(..) => info!(call_id = %call_id, "T2 ACK received"),
+            DialogState::Confirmed(..) => ladder.step(Label::T2, "ACK received"),
             DialogState::Terminated(_, reason) => {
-                debug!(call_id = %call_id, "dialog ended: {reason:?}");
+                debug!(call_id = %ladder.call_id(), "dialog ended: {reason:?}");
                 return;
             }
             _ => {}
@@ -459,13 +490,14 @@ async fn until_ended(states: &mut DialogStateReceiver, call_id: &str) {
     }
 }
 
-async fn hang_up(stack: &Stack, dialog: &InviteDialog, call_id: &str, reason: &str) {
+async fn hang_up(stack: &Stack, dialog: &InviteDialog, ladder: &Ladder, reason: &str) {
     if matches!(dialog.state(), DialogState::Terminated(..)) {
         return;
     }
-    info!(call_id = %call_id, "T7 BYE ({reason})");
+    let call_id = ladder.call_id();
+    ladder.step(Label::T7, format!("BYE ({reason})"));
     match stack.unless_stopped(dialog.bye()).await {
-        Some(Ok(())) => info!(call_id = %call_id, "R4 BYE answered"),
+        Some(Ok(())) => ladder.step(Label::R4, "BYE answered"),
         Some(Err(e)) => warn!(call_id = %call_id, "BYE failed: {e}"),
         None => info!(call_id = %call_id, "R4 not awaited: the user agent stopped"),
     }

@@ -104,6 +104,14 @@ impl Ladder {
         *self.call_id.lock().unwrap_or_else(|p| p.into_inner()) = call_id.to_string();
     }
 
+    /// The call it is the ladder of.
+    pub(crate) fn call_id(&self) -> String {
+        self.call_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Records (and logs) one step.
     pub fn step(&self, label: Label, text: impl Into<String>) {
         let text = text.into();

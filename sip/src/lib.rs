@@ -114,6 +114,68 @@ pub(crate) struct Shared {
     tasks: Arc<AtomicUsize>,
     /// Each number's registration, for `registrations`.
     standings: register::Standings,
+    /// The ladders of the calls we answer, by Call-ID: the caller's BYE
+    /// comes as a request of its own and steps into its call's.
+    ladders: std::sync::Mutex<std::collections::HashMap<String, KnownCall>>,
+}
+
+/// A call we answer, as in-dialog requests find it.
+#[derive(Clone)]
+pub(crate) struct KnownCall {
+    pub ladder: Ladder,
+    /// Told when the caller's BYE has been answered (R4).
+    pub bye_answered: Arc<tokio::sync::Notify>,
+}
+
+/// Keeps a call's ladder known to in-dialog requests while it lives.
+pub(crate) struct KnownLadder<'a> {
+    shared: &'a Shared,
+    call_id: String,
+    pub bye_answered: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for KnownLadder<'_> {
+    fn drop(&mut self) {
+        self.shared.lock_ladders().remove(&self.call_id);
+    }
+}
+
+impl Shared {
+    fn lock_ladders(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, KnownCall>> {
+        self.ladders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn know_ladder(&self, call_id: &str, ladder: &Ladder) -> KnownLadder<'_> {
+        let bye_answered = Arc::new(tokio::sync::Notify::new());
+        let known = KnownCall {
+            ladder: ladder.clone(),
+            bye_answered: bye_answered.clone(),
+        };
+        self.lock_ladders().insert(call_id.to_string(), known);
+        KnownLadder {
+            shared: self,
+            call_id: call_id.to_string(),
+            bye_answered,
+        }
+    }
+
+    /// The call `call_id` we answer; one of its own (its ladder still
+    /// logging its steps) for a call that is not ours or is over.
+    pub(crate) fn call_of(&self, call_id: &str) -> KnownCall {
+        self.lock_ladders()
+            .get(call_id)
+            .cloned()
+            .unwrap_or_else(|| {
+                let ladder = Ladder::new();
+                ladder.set_call_id(call_id);
+                KnownCall {
+                    ladder,
+                    bye_answered: Arc::default(),
+                }
+            })
+    }
 }
 
 /// Counts something (a call, a task) while it lives.
@@ -158,6 +220,7 @@ impl UserAgent {
             calls: Arc::new(AtomicUsize::new(0)),
             tasks: Arc::new(AtomicUsize::new(0)),
             standings: Default::default(),
+            ladders: Default::default(),
         });
         let tasks = vec![
             tokio::spawn(Stack::serve(endpoint)),

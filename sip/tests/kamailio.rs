@@ -5,90 +5,18 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{
-    free_port, init_logs, send_and_read_back, settings, settle, wait_for_tcp, Echo, Peer,
-};
+use common::{init_logs, send_and_read_back, settings, settle, Echo};
 use mailcall_sip::{CallFailure, Ladder, SipSettings, Stats, Transport, UserAgent};
+use mailcall_testbed::{Kamailio, KamailioAuth as Auth};
 
 const PORTS: u16 = 43000;
 
-struct Kamailio {
-    port: u16,
-    run_dir: PathBuf,
-    _process: Peer,
-}
-
-/// The digest Kamailio asks for, if any.
-#[derive(Clone, Copy, PartialEq)]
-enum Auth {
-    None,
-    Md5,
-    Sha256,
-}
-
-impl Kamailio {
-    fn start(auth: Auth) -> Kamailio {
-        let port = free_port();
-        let run_dir = std::env::temp_dir().join(format!("mailcall-kamailio-{port}"));
-        std::fs::create_dir_all(&run_dir).unwrap();
-        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kamailio/kamailio.cfg");
-        let mut command = Command::new("kamailio");
-        command
-            .args(["-f", config, "-DD", "-E", "-m", "64", "-M", "8"])
-            .arg("-Y")
-            .arg(&run_dir)
-            .arg("-P")
-            .arg(run_dir.join("kamailio.pid"))
-            .args(["-l", &format!("udp:127.0.0.1:{port}")])
-            .args(["-l", &format!("tcp:127.0.0.1:{port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        match auth {
-            Auth::None => {}
-            Auth::Md5 => {
-                command.args(["-A", "WITH_AUTH"]);
-            }
-            Auth::Sha256 => {
-                command.args(["-A", "WITH_AUTH", "-A", "WITH_SHA256"]);
-            }
-        }
-        if std::env::var_os("KAMAILIO_LOG").is_none() {
-            command.stderr(Stdio::null());
-        }
-        let process = Peer {
-            child: command
-                .spawn()
-                .expect("kamailio (scripts/setup installs it)"),
-            name: "kamailio",
-        };
-        assert!(
-            wait_for_tcp(port, Duration::from_secs(10)),
-            "kamailio did not start"
-        );
-        Kamailio {
-            port,
-            run_dir,
-            _process: process,
-        }
-    }
-
-    fn uri(&self, transport: Transport) -> String {
-        match transport {
-            Transport::Udp => format!("sip:127.0.0.1:{}", self.port),
-            Transport::Tcp => format!("sip:127.0.0.1:{};transport=tcp", self.port),
-        }
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.run_dir).ok();
-    }
+/// The Kamailio URI for `transport`.
+fn uri(kamailio: &Kamailio, transport: Transport) -> String {
+    kamailio.uri(transport == Transport::Tcp)
 }
 
 fn through(
@@ -98,8 +26,8 @@ fn through(
     password: Option<&str>,
 ) -> SipSettings {
     SipSettings {
-        registrar: Some(kamailio.uri(transport)),
-        outbound_proxy: Some(kamailio.uri(transport)),
+        registrar: Some(uri(kamailio, transport)),
+        outbound_proxy: Some(uri(kamailio, transport)),
         password: password.map(String::from),
         register_expires_secs: 60,
         transport,

@@ -255,6 +255,10 @@ async fn delivery(State(console): State<Arc<Console>>, Path(id): Path<String>) -
     match read {
         Ok(Ok((mut attempts, _))) if !attempts.is_empty() || queued.is_some() => {
             attempts.reverse();
+            // By time (a call's record on the callee is dated by its INVITE,
+            // before the local delivery it led to); stable, so file order
+            // stays among equals.
+            attempts.sort_by_key(|attempt| attempt.at_ms);
             pages::delivery(&id, &attempts, queued.as_ref()).into_response()
         }
         Ok(Ok(_)) => (

@@ -264,6 +264,7 @@ fn outcome_options(selected: Option<AttemptOutcome>) -> Markup {
         AttemptOutcome::Released,
         AttemptOutcome::Retried,
         AttemptOutcome::Deleted,
+        AttemptOutcome::Received,
     ];
     html! {
         option value="" { "any outcome" }
@@ -573,8 +574,14 @@ fn ladder(attempt: &Attempt) -> Markup {
                     path d="M 0 0 L 10 5 L 0 10 z" fill="#444" {}
                 }
             }
-            text x=(A) y="20" text-anchor="middle" { "A (this server)" }
-            text x=(B) y="20" text-anchor="middle" { "B " (attempt.number.as_deref().unwrap_or("")) }
+            @if attempt.outcome == AttemptOutcome::Received {
+                // The callee's record: we are B.
+                text x=(A) y="20" text-anchor="middle" { "A " (attempt.peer.as_deref().unwrap_or("")) }
+                text x=(B) y="20" text-anchor="middle" { "B (this server) " (attempt.number.as_deref().unwrap_or("")) }
+            } @else {
+                text x=(A) y="20" text-anchor="middle" { "A (this server)" }
+                text x=(B) y="20" text-anchor="middle" { "B " (attempt.number.as_deref().unwrap_or("")) }
+            }
             line x1=(A) y1="30" x2=(A) y2=(height - 10) stroke="#888" {}
             line x1=(B) y1="30" x2=(B) y2=(height - 10) stroke="#888" {}
             @for (index, rung) in attempt.ladder.iter().enumerate() {

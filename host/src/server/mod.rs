@@ -142,7 +142,7 @@ pub async fn serve(
         Disk::shared(),
         &data_dir.join("queue"),
         options,
-        Some(history),
+        Some(history.clone()),
     )?;
     let spool = Arc::new(spool);
     tracing::info!(messages = recovery.messages.len(), damaged = recovery.damage.len(), dir = %data_dir.display(), "queue recovered");
@@ -227,9 +227,7 @@ pub async fn serve(
     // calls to our numbers with the SMTP server (local domains only).
     let user_agent = match &config.sip {
         Some(settings) => {
-            let callee = Arc::new(callee::SmtpOverCall {
-                shared: shared.clone(),
-            });
+            let callee = Arc::new(callee::SmtpOverCall::new(shared.clone(), history.clone()));
             let agent = UserAgent::start(settings.clone(), Some(callee)).await?;
             Some(Arc::new(agent))
         }

@@ -108,8 +108,16 @@ where
             }
             Step::Commit(accepted) => {
                 let synchronous = accepted.synchronous;
+                let recipients = accepted
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.clone())
+                    .collect();
                 let committed = commit(shared, peer, *accepted, synchronous).await;
                 shared.metrics.message(committed.is_ok());
+                if let Ok(id) = &committed {
+                    session.note_queued(*id, recipients);
+                }
                 match committed {
                     Ok(id) if synchronous => {
                         let reply = wait_for_delivery(shared, id).await;

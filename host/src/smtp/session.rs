@@ -161,6 +161,8 @@ pub struct Session {
     /// The user logged in with `AUTH`.
     authenticated: Option<String>,
     tls: bool,
+    /// The messages queued in this session, with their recipients.
+    queued: Vec<(MessageId, Vec<String>)>,
 }
 
 impl Session {
@@ -175,7 +177,18 @@ impl Session {
             errors: 0,
             authenticated: None,
             tls: false,
+            queued: Vec::new(),
         }
+    }
+
+    /// The caller queued a message of this session as `id`.
+    pub fn note_queued(&mut self, id: MessageId, recipients: Vec<String>) {
+        self.queued.push((id, recipients));
+    }
+
+    /// The messages queued in this session so far, with their recipients.
+    pub fn queued(&self) -> &[(MessageId, Vec<String>)] {
+        &self.queued
     }
 
     /// The `220` greeting.

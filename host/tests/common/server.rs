@@ -1,38 +1,19 @@
 //! `mailcall serve` and its real peers, started and stopped by tests:
 //! the server on free loopback ports, swaks, Postfix's smtp-sink.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A child process killed (SIGKILL) when dropped.
-pub struct Killed(pub Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+// Each test binary uses its own part of the test bed.
+#[allow(unused_imports)]
+pub use mailcall_testbed::{free_port, Kamailio, KamailioAuth, Process};
 
 /// A running `mailcall serve`.
 pub struct Server {
-    pub _process: Killed,
+    pub _process: Process,
     pub address: SocketAddr,
-}
-
-/// A loopback port free for both TCP and UDP right now: the same helper
-/// picks SMTP, POP3 and console ports (TCP) and SIP ports (UDP and TCP).
-pub fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no loopback port free for TCP and UDP");
 }
 
 /// Writes a configuration in `dir` (data in `dir/data`) and starts the
@@ -83,7 +64,7 @@ pub fn start_config(dir: &Path, port: u16, config: &str) -> Server {
         std::thread::sleep(Duration::from_millis(50));
     }
     Server {
-        _process: Killed(child),
+        _process: Process::of("mailcall", child),
         address,
     }
 }
@@ -134,7 +115,7 @@ pub fn swaks(server: &Server, args: &[&str]) -> (bool, String) {
 /// Postfix's smtp-sink on a free port, dumping each transaction into
 /// `dump`; `options` make it refuse commands (`-f rcpt`: 5xx, `-r rcpt`: 4xx).
 pub struct Sink {
-    pub _process: Killed,
+    pub _process: Process,
     pub port: u16,
 }
 
@@ -175,7 +156,7 @@ pub fn sink_on(dump: &Path, options: &[&str], port: u16) -> Sink {
         std::thread::sleep(Duration::from_millis(20));
     }
     Sink {
-        _process: Killed(child),
+        _process: Process::of("smtp-sink", child),
         port,
     }
 }
@@ -315,12 +296,8 @@ pub fn wait_until(what: &str, ready: impl FnMut() -> bool) {
 }
 
 /// As [`wait_until`], at most `limit`.
-pub fn wait_until_within(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ready() {
-        assert!(started.elapsed() < limit, "{what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+pub fn wait_until_within(what: &str, limit: Duration, ready: impl FnMut() -> bool) {
+    mailcall_testbed::wait_until(what, limit, ready)
 }
 
 /// One HTTP/1.1 request to the console at `port` (`form`: a POST's
@@ -400,7 +377,7 @@ pub fn browse(url: &str, screenshot: &Path) -> String {
 /// Headless Chromium driven over the DevTools protocol: a page stays open
 /// while the test acts, and its DOM is read as its scripts leave it.
 pub struct Browser {
-    _process: Killed,
+    _process: Process,
     page: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
     next_id: u64,
     _profile: tempfile::TempDir,
@@ -426,7 +403,7 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("chromium runs (scripts/setup installs it)");
-        let process = Killed(child);
+        let process = Process::of("chromium", child);
         let mut address = None;
         wait_until_within(
             "Chromium's DevTools to list the page",

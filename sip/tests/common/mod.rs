@@ -11,6 +11,9 @@ use std::time::Duration;
 use mailcall_sip::{CallHandler, CallInfo, Channel, HandlerFuture, SipSettings, Stats, UserAgent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[allow(unused_imports)]
+pub use mailcall_testbed::free_port;
+
 /// Channel port ranges, 20 ports per user agent, distinct per test binary
 /// (`base`) and per user agent within it.
 pub fn channel_ports(base: u16) -> String {
@@ -95,53 +98,4 @@ pub async fn settle(agent: &UserAgent, within: Duration) -> Stats {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A loopback port free for both UDP and TCP right now.
-pub fn free_port() -> u16 {
-    for _ in 0..50 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port for UDP and TCP");
-}
-
-/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
-pub struct Peer {
-    pub child: std::process::Child,
-    pub name: &'static str,
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        // SIGTERM lets Kamailio stop its own worker processes.
-        std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .ok();
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-/// Waits (bounded) until something listens on TCP `port`.
-pub fn wait_for_tcp(port: u16, within: Duration) -> bool {
-    let deadline = std::time::Instant::now() + within;
-    while std::time::Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
