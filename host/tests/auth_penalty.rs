@@ -12,11 +12,9 @@ fn failures_from_one_address_slow_it_while_another_logs_in_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let hash = hash_password(PASSWORD);
     let pop3_port = free_port();
-    let server = start_with(
+    let server = start_file(
         dir.path(),
-        free_port(),
-        pop3_port,
-        &format!("password_hash = {hash:?}\n"),
+        &host(free_port(), pop3_port).set("users.taro", "password_hash", hash.as_str()),
     );
     let smtp_port = server.address.port();
     // Events are printed in the order they happen; the test reads the order.

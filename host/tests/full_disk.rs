@@ -122,7 +122,10 @@ fn log_of(dir: &Path) -> String {
 
 /// The `[queue]` settings of these tests: small segments, so the full
 /// disk also meets segment rotation.
-const QUEUE: &str = "\n[queue]\nsegment_size_kib = 64\n";
+/// Segments of 64 KiB, so that rotation and compaction run under load.
+fn small_segments(file: ConfigFile) -> ConfigFile {
+    file.set("queue", "segment_size_kib", 64)
+}
 
 #[test]
 fn a_full_spool_disk_refuses_with_4xx_and_every_250_arrives_once_intact() {
@@ -134,7 +137,7 @@ fn a_full_spool_disk_refuses_with_4xx_and_every_250_arrives_once_intact() {
     let data = dir.path().join("data");
     let _tmpfs = Tmpfs::mount(&data, "4m");
     let port = free_port();
-    let server = start_full(dir.path(), port, free_port(), "", QUEUE);
+    let server = start_file(dir.path(), &small_segments(host(port, free_port())));
     let maildir = data.join("mail/taro");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let send = |token: String, size: usize| {
@@ -214,7 +217,7 @@ fn a_full_spool_disk_refuses_with_4xx_and_every_250_arrives_once_intact() {
     // A restart (SIGKILL, start again) delivers nothing twice and finds
     // nothing left.
     drop(server);
-    let _server = start_full(dir.path(), port, free_port(), "", QUEUE);
+    let _server = start_file(dir.path(), &small_segments(host(port, free_port())));
     let listing = queue_is_empty(dir.path());
     queue(dir.path(), "flush");
     std::thread::sleep(Duration::from_millis(500));
@@ -239,7 +242,7 @@ fn a_full_mailbox_disk_defers_then_delivers_once_and_never_again_after_a_restart
     let mail = dir.path().join("data/mail");
     let _tmpfs = Tmpfs::mount(&mail, "1m");
     let port = free_port();
-    let server = start_full(dir.path(), port, free_port(), "", QUEUE);
+    let server = start_file(dir.path(), &small_segments(host(port, free_port())));
     let filler = Filler::fill(&mail.join(".filler"));
     // Some room, less than one message: deliveries fail part-way.
     filler.leave_free(8 << 10);
@@ -299,7 +302,7 @@ fn a_full_mailbox_disk_defers_then_delivers_once_and_never_again_after_a_restart
 
     // A restart delivers none of them again.
     drop(server);
-    let _server = start_full(dir.path(), port, free_port(), "", QUEUE);
+    let _server = start_file(dir.path(), &small_segments(host(port, free_port())));
     queue(dir.path(), "flush");
     std::thread::sleep(Duration::from_millis(500));
     let again = load::delivered(&maildir);

@@ -38,11 +38,9 @@ fn installed(tool: &str) -> bool {
 fn server_with_mail(dir: &Path) -> (Server, u16) {
     let hash = hash_password(PASSWORD);
     let pop3_port = free_port();
-    let server = start_with(
+    let server = start_file(
         dir,
-        free_port(),
-        pop3_port,
-        &format!("password_hash = {hash:?}\n"),
+        &host(free_port(), pop3_port).set("users.taro", "password_hash", hash.as_str()),
     );
     for (subject, body) in [("dotted", ".a line with a leading dot"), ("plain", "hello")] {
         let (ok, transcript) = swaks(

@@ -50,7 +50,10 @@ fn settle_folders(root: &Path) {
 
 /// The `[queue]` settings of this test: small segments, so the load also
 /// rotates and deletes segments before the cut.
-const QUEUE: &str = "\n[queue]\nsegment_size_kib = 64\n";
+/// Segments of 64 KiB, so that rotation and compaction run under load.
+fn small_segments(file: ConfigFile) -> ConfigFile {
+    file.set("queue", "segment_size_kib", 64)
+}
 
 /// Never leaves a mount behind, even when the test fails.
 struct Unmount<'a>(&'a Path);
@@ -80,7 +83,7 @@ fn after_a_power_cut_every_acknowledged_message_is_delivered_once() {
     let maildir = data.join("mail/taro");
 
     // First start: the folders, the certificate, one message delivered.
-    let server = start_full(dir.path(), port, free_port(), "", QUEUE);
+    let server = start_file(dir.path(), &small_segments(host(port, free_port())));
     let first = load::message("first", 500);
     assert_eq!(
         load::send(
@@ -142,7 +145,7 @@ fn after_a_power_cut_every_acknowledged_message_is_delivered_once() {
 
     // Reboot: remount, start again, deliver what is queued.
     let mounted = mounted.remount(&data).expect("remounting lossyfs");
-    let server = start_full(dir.path(), port, free_port(), "", QUEUE);
+    let server = start_file(dir.path(), &small_segments(host(port, free_port())));
     queue(dir.path(), "flush");
     let found = load::wait_delivered(&maildir, &ledger, Duration::from_secs(20));
     let verdict = load::check(&ledger, &found);

@@ -55,13 +55,12 @@ fn a_deferred_recipient_is_delivered_when_the_server_recovers_with_the_notices_a
     let dir = tempfile::tempdir().unwrap();
     let deferring = sink(&dir.path().join("soft"), &["-r", "rcpt"]);
     let port = deferring.port;
-    let server = start_full(
-        dir.path(),
-        free_port(),
-        free_port(),
-        "relay_networks = [\"127.0.0.0/8\"]",
-        &format!("\n[routes]\n\"remote.test\" = \"127.0.0.1:{port}\"\n"),
+    let file = relaying(host(free_port(), free_port())).set(
+        "routes",
+        "remote.test",
+        format!("127.0.0.1:{port}"),
     );
+    let server = start_file(dir.path(), &file);
     let replies = smtp(
         &server,
         &[
@@ -250,17 +249,10 @@ fn mail_goes_to_the_mx_hosts_in_order_or_bounces_when_there_is_none() {
             a: Some([127, 0, 0, 1]),
         },
     ]);
-    let relay = format!(
-        "\n[relay]\nmx_port = {}\ndns_servers = [\"{}\"]\n",
-        accepting.port, dns.address
-    );
-    let server = start_full(
-        dir.path(),
-        free_port(),
-        free_port(),
-        "relay_networks = [\"127.0.0.0/8\"]",
-        &relay,
-    );
+    let file = relaying(host(free_port(), free_port()))
+        .set("relay", "mx_port", i64::from(accepting.port))
+        .set("relay", "dns_servers", vec![dns.address.to_string()]);
+    let server = start_file(dir.path(), &file);
     let (ok, transcript) = swaks(
         &server,
         &[

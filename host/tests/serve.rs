@@ -85,11 +85,9 @@ fn final_delivery_adds_the_return_path_and_drops_the_senders_own() {
     let dir = tempfile::tempdir().unwrap();
     let pop3_port = free_port();
     let hash = hash_password("pw");
-    let server = start_with(
+    let server = start_file(
         dir.path(),
-        free_port(),
-        pop3_port,
-        &format!("password_hash = {hash:?}\n"),
+        &host(free_port(), pop3_port).set("users.taro", "password_hash", hash.as_str()),
     );
     // A null sender (a bounce), with Return-Path headers of its own.
     let replies = converse(
@@ -158,13 +156,16 @@ fn smuggled_end_of_data_over_a_socket_never_queues_a_second_message() {
 
 /// The `[queue]` settings of the crash test: small segments, so the load
 /// rotates (and deletes) segments before and after the kill.
-const SMALL_SEGMENTS: &str = "\n[queue]\nsegment_size_kib = 64\n";
+/// Segments of 64 KiB, so that rotation and compaction run under load.
+fn small_segments(file: ConfigFile) -> ConfigFile {
+    file.set("queue", "segment_size_kib", 64)
+}
 
 #[test]
 fn after_kill_9_every_acknowledged_message_is_delivered_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = start_full(dir.path(), port, free_port(), "", SMALL_SEGMENTS);
+    let server = start_file(dir.path(), &small_segments(host(port, free_port())));
     // Bounded: 4 clients, at most 100 messages each, 20 s; each stops when
     // the server is gone. Sizes from 300 bytes to 9 KB.
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -193,7 +194,7 @@ fn after_kill_9_every_acknowledged_message_is_delivered_exactly_once() {
         ledger.accepted()
     );
 
-    let _server = start_full(dir.path(), port, free_port(), "", SMALL_SEGMENTS);
+    let _server = start_file(dir.path(), &small_segments(host(port, free_port())));
     let maildir = dir.path().join("data/mail/taro");
     let found = load::wait_delivered(&maildir, &ledger, Duration::from_secs(15));
     let verdict = load::check(&ledger, &found);
@@ -224,11 +225,9 @@ fn poplib_reads_and_deletes_local_mail() {
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     let dir = tempfile::tempdir().unwrap();
     let pop3_port = free_port();
-    let server = start_with(
+    let server = start_file(
         dir.path(),
-        free_port(),
-        pop3_port,
-        &format!("password_hash = {hash:?}\n"),
+        &host(free_port(), pop3_port).set("users.taro", "password_hash", hash.as_str()),
     );
     for (subject, body) in [("first", "line one\n.leading dot"), ("second", "a\nb\nc")] {
         let (ok, transcript) = swaks(
@@ -345,11 +344,23 @@ fn relay_networks_relay_over_static_routes_with_per_recipient_outcomes() {
     let accepting = sink(&dir.path().join("ok"), &[]);
     let refusing = sink(&dir.path().join("hard"), &["-f", "rcpt"]);
     let deferring = sink(&dir.path().join("soft"), &["-r", "rcpt"]);
-    let extra = format!(
-        "relay_networks = [\"127.0.0.0/8\"]\n\n[routes]\n\"remote.test\" = \"127.0.0.1:{}\"\n\"hard.test\" = \"127.0.0.1:{}\"\n\"soft.test\" = \"127.0.0.1:{}\"\n",
-        accepting.port, refusing.port, deferring.port
-    );
-    let server = start_full(dir.path(), free_port(), free_port(), &extra, "");
+    let file = relaying(host(free_port(), free_port()))
+        .set(
+            "routes",
+            "remote.test",
+            format!("127.0.0.1:{}", accepting.port),
+        )
+        .set(
+            "routes",
+            "hard.test",
+            format!("127.0.0.1:{}", refusing.port),
+        )
+        .set(
+            "routes",
+            "soft.test",
+            format!("127.0.0.1:{}", deferring.port),
+        );
+    let server = start_file(dir.path(), &file);
     let (ok, transcript) = swaks(
         &server,
         &[
@@ -535,7 +546,10 @@ fn no_address_trick_relays_for_an_outside_client() {
 fn pop3_sessions_beyond_the_limit_are_refused_for_now() {
     let dir = tempfile::tempdir().unwrap();
     let pop3_port = free_port();
-    let _server = start_full(dir.path(), free_port(), pop3_port, "max_sessions = 1", "");
+    let _server = start_file(
+        dir.path(),
+        &host(free_port(), pop3_port).set("server", "max_sessions", 1),
+    );
     let script = format!(
         r#"
 import socket
@@ -773,11 +787,12 @@ fn an_operator_holds_releases_deletes_and_bounces_queued_mail_and_a_hold_outlast
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on the relay's port yet: every relay attempt defers.
     let relay_port = free_port();
-    let extra = format!(
-        "relay_networks = [\"127.0.0.0/8\"]\n\n[routes]\n\"remote.test\" = \"127.0.0.1:{relay_port}\"\n"
+    let file = relaying(host(free_port(), free_port())).set(
+        "routes",
+        "remote.test",
+        format!("127.0.0.1:{relay_port}"),
     );
-    let (smtp_port, pop3_port) = (free_port(), free_port());
-    let server = start_full(dir.path(), smtp_port, pop3_port, &extra, "");
+    let server = start_file(dir.path(), &file);
     for (to, subject) in [
         ("held@remote.test", "kept"),
         ("deleted@remote.test", "removed"),
@@ -835,7 +850,7 @@ fn an_operator_holds_releases_deletes_and_bounces_queued_mail_and_a_hold_outlast
 
     // A restart keeps the hold; a flush does not deliver held mail.
     drop(server);
-    let server = start_full(dir.path(), smtp_port, pop3_port, &extra, "");
+    let server = start_file(dir.path(), &file);
     let listing = queue(dir.path(), "list");
     assert!(
         listing.contains("held@remote.test  HELD (1 attempts)"),
@@ -900,15 +915,12 @@ fn console_queue_actions_need_an_administrators_login_and_the_sessions_token() {
     let dir = tempfile::tempdir().unwrap();
     let relay_port = free_port();
     let console_port = free_port();
-    let extra = format!(
-        "relay_networks = [\"127.0.0.0/8\"]\n\n[routes]\n\"remote.test\" = \"127.0.0.1:{relay_port}\"\n"
-    );
-    let users = format!(
-        "password_hash = \"{}\"\nadmin = true\n\n[users.hanako]\npassword_hash = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{console_port}\"\n",
-        hash_password("secret"),
-        hash_password("hers"),
-    );
-    let server = start_full(dir.path(), free_port(), free_port(), &extra, &users);
+    let file = relaying(host(free_port(), free_port()))
+        .set("routes", "remote.test", format!("127.0.0.1:{relay_port}"))
+        .set("users.taro", "password_hash", hash_password("secret"))
+        .set("users.taro", "admin", true)
+        .set("users.hanako", "password_hash", hash_password("hers"));
+    let server = start_file(dir.path(), &console(file, console_port));
     let (ok, transcript) = swaks(&server, &["--to", "far@remote.test"]);
     assert!(ok, "{transcript}");
     let listing = wait_for_queue(dir.path(), &["far@remote.test  deferred"]);
@@ -1077,8 +1089,10 @@ fn serve_tells_systemd_when_it_is_ready_and_stopping_and_logs_json_lines() {
 fn the_console_overview_counts_new_mail_live_without_a_reload() {
     let dir = tempfile::tempdir().unwrap();
     let console_port = free_port();
-    let console = format!("\n[admin]\nlisten = \"127.0.0.1:{console_port}\"\n");
-    let server = start_full(dir.path(), free_port(), free_port(), "", &console);
+    let server = start_file(
+        dir.path(),
+        &console(host(free_port(), free_port()), console_port),
+    );
     let mut browser = Browser::open(&format!("http://127.0.0.1:{console_port}/"));
     // The page is up and its event stream delivers.
     browser.wait_for("Number(document.body.dataset.updates || 0) >= 1");

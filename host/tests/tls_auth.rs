@@ -12,16 +12,14 @@ fn swaks_authenticates_over_starttls_and_relays() {
     let dir = tempfile::tempdir().unwrap();
     let accepting = sink(&dir.path().join("sink"), &[]);
     let hash = hash_password(PASSWORD);
-    let server = start_full(
-        dir.path(),
-        free_port(),
-        free_port(),
-        "",
-        &format!(
-            "password_hash = {hash:?}\n\n[routes]\n\"remote.test\" = \"127.0.0.1:{}\"\n",
-            accepting.port
-        ),
-    );
+    let file = host(free_port(), free_port())
+        .set("users.taro", "password_hash", hash.as_str())
+        .set(
+            "routes",
+            "remote.test",
+            format!("127.0.0.1:{}", accepting.port),
+        );
+    let server = start_file(dir.path(), &file);
     // The certificate was generated on first start, its key private.
     let key = dir.path().join("data/tls/key.pem");
     assert!(dir.path().join("data/tls/certificate.pem").is_file());
@@ -90,11 +88,9 @@ fn poplib_logs_in_after_stls() {
     let dir = tempfile::tempdir().unwrap();
     let hash = hash_password(PASSWORD);
     let pop3_port = free_port();
-    let server = start_with(
+    let server = start_file(
         dir.path(),
-        free_port(),
-        pop3_port,
-        &format!("password_hash = {hash:?}\n"),
+        &host(free_port(), pop3_port).set("users.taro", "password_hash", hash.as_str()),
     );
     let (ok, transcript) = swaks(&server, &["--to", "taro@local.test"]);
     assert!(ok, "{transcript}");
@@ -138,13 +134,12 @@ fn relaying_uses_starttls_when_the_next_server_offers_it() {
     );
     // A relays for loopback clients, to B by a static route.
     let a_dir = tempfile::tempdir().unwrap();
-    let a = start_full(
-        a_dir.path(),
-        free_port(),
-        free_port(),
-        "relay_networks = [\"127.0.0.0/8\"]",
-        &format!("\n[routes]\n\"b.test\" = \"127.0.0.1:{b_port}\"\n"),
+    let file = relaying(host(free_port(), free_port())).set(
+        "routes",
+        "b.test",
+        format!("127.0.0.1:{b_port}"),
     );
+    let a = start_file(a_dir.path(), &file);
     let (ok, transcript) = swaks(
         &a,
         &["--to", "hanako@b.test", "--h-Subject", "over TLS to B"],

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use mailcall::config::Config;
+use mailcall::config::{Config, ConfigFile};
 use mailcall::history::{self, Attempt, AttemptOutcome, DeliveryPath, History};
 use mailcall::smtp::client::{self, ClientSettings, Outgoing, Relayed};
 
@@ -406,99 +406,69 @@ async fn wait_for_port(
     Ok(())
 }
 
-fn server_section(name: &str, ports: &Ports, domain: &str) -> String {
-    format!(
-        "[server]\nhostname = \"mx.{domain}\"\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:{smtp}\"\npop3_listen = \"127.0.0.1:{pop3}\"\nlocal_domains = [\"{domain}\"]\n# host {name}\n",
-        smtp = ports.smtp,
-        pop3 = ports.pop3,
-    )
+/// A host of the demo: `mx.DOMAIN` on its ports, local domain `DOMAIN`.
+fn host(ports: &Ports, domain: &str) -> ConfigFile {
+    ConfigFile::host(&format!("mx.{domain}"), ports.smtp, ports.pop3, &[domain])
+}
+
+/// `[sip]` on the host's port, for `domain` and its one number.
+fn sip(file: ConfigFile, ports: &Ports, domain: &str, number: &str) -> ConfigFile {
+    let address = format!("127.0.0.1:{}", ports.sip);
+    file.set("sip", "udp_listen", address.as_str())
+        .set("sip", "tcp_listen", address.as_str())
+        .set("sip", "domain", domain)
+        .set("sip", "numbers", vec![number])
 }
 
 /// A: relays for loopback clients; the stock rule chain; calls B directly;
 /// mail for b.example falls back to B's SMTP port, the rest goes to C.
 fn config_a(a: &Ports, b: &Ports, c: &Ports, rules_dir: &Path) -> String {
-    format!(
-        r#"{server}relay_networks = ["127.0.0.0/8"]
-
-[users.taro]
-
-[routes]
-"b.example" = "127.0.0.1:{b_smtp}"
-"*" = "127.0.0.1:{c_smtp}"
-
-[policy]
-rules_dir = "{rules}"
-chain = ["embedded-number", "address-table", "keyword-table", "custom"]
-
-[tables.addresses]
-file = "tables/addresses.toml"
-
-[tables.keywords]
-file = "tables/keywords.toml"
-
-[rules.address-table.config]
-table = "addresses"
-
-[rules.keyword-table.config]
-table = "keywords"
-
-[rules.custom.config]
-sender."a.example" = "{B_NUMBER}"
-
-[sip]
-udp_listen = "127.0.0.1:{sip}"
-tcp_listen = "127.0.0.1:{sip}"
-domain = "a.example"
-numbers = ["05011110000"]
-invite_timeout_secs = 10
-
-[sip.routes]
-"*" = "sip:127.0.0.1:{b_sip}"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-"#,
-        admin = a.admin,
-        server = server_section("A", a, "a.example"),
-        b_smtp = b.smtp,
-        c_smtp = c.smtp,
-        rules = rules_dir.display(),
-        sip = a.sip,
-        b_sip = b.sip,
-    )
+    let file = host(a, "a.example")
+        .set("server", "relay_networks", vec!["127.0.0.0/8"])
+        .section("users.taro")
+        .set("routes", "b.example", format!("127.0.0.1:{}", b.smtp))
+        .set("routes", "*", format!("127.0.0.1:{}", c.smtp))
+        .set("policy", "rules_dir", rules_dir.display().to_string())
+        .set(
+            "policy",
+            "chain",
+            vec![
+                "embedded-number",
+                "address-table",
+                "keyword-table",
+                "custom",
+            ],
+        )
+        .set("tables.addresses", "file", "tables/addresses.toml")
+        .set("tables.keywords", "file", "tables/keywords.toml")
+        .set("rules.address-table.config", "table", "addresses")
+        .set("rules.keyword-table.config", "table", "keywords")
+        .set("rules.custom.config.sender", "a.example", B_NUMBER);
+    sip(file, a, "a.example", "05011110000")
+        .set("sip", "invite_timeout_secs", 10)
+        .set("sip.routes", "*", format!("sip:127.0.0.1:{}", b.sip))
+        .set("admin", "listen", format!("127.0.0.1:{}", a.admin))
+        .to_toml()
 }
 
 /// B: the final server for b.example, answering calls to its number.
 fn config_b(b: &Ports) -> String {
-    format!(
-        r#"{server}
-[users.hanako]
-aliases = ["{B_NUMBER}", "050-2222-0000"]
-
-[users.sales]
-[users.boss]
-[users.jiro]
-
-[sip]
-udp_listen = "127.0.0.1:{sip}"
-tcp_listen = "127.0.0.1:{sip}"
-domain = "b.example"
-numbers = ["{B_NUMBER}"]
-allowed_sources = ["127.0.0.0/8"]
-channel_ports = "47000-47049"
-
-[admin]
-enabled = false
-"#,
-        server = server_section("B", b, "b.example"),
-        sip = b.sip,
-    )
+    let file = host(b, "b.example")
+        .set("users.hanako", "aliases", vec![B_NUMBER, "050-2222-0000"])
+        .section("users.sales")
+        .section("users.boss")
+        .section("users.jiro");
+    sip(file, b, "b.example", B_NUMBER)
+        .set("sip", "allowed_sources", vec!["127.0.0.0/8"])
+        .set("sip", "channel_ports", "47000-47049")
+        .set("admin", "enabled", false)
+        .to_toml()
 }
 
 /// C: everyone else's mail server.
 fn config_c(c: &Ports) -> String {
-    format!(
-        "{server}\n[users.someone]\n\n[admin]\nenabled = false\n",
-        server = server_section("C", c, "c.example"),
-    )
+    host(c, "c.example")
+        .section("users.someone")
+        .set("admin", "enabled", false)
+        .to_toml()
 }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 // Each test binary uses its own part of the test bed.
 #[allow(unused_imports)]
+pub use mailcall::config::ConfigFile;
+#[allow(unused_imports)]
 pub use mailcall_testbed::{free_port, Kamailio, KamailioAuth, Process};
 
 /// A running `mailcall serve`.
@@ -16,27 +18,43 @@ pub struct Server {
     pub address: SocketAddr,
 }
 
-/// Writes a configuration in `dir` (data in `dir/data`) and starts the
-/// server; waits until it accepts connections.
+/// The tests' server: `mx.test`, SMTP on `port` and POP3 on `pop3_port`,
+/// local domains `localhost` and `local.test`, users `postmaster` and
+/// `taro` (alias `info`), no console (a test that wants one calls
+/// [`console`]).
+pub fn host(port: u16, pop3_port: u16) -> ConfigFile {
+    ConfigFile::host("mx.test", port, pop3_port, &["localhost", "local.test"])
+        .section("users.postmaster")
+        .set("users.taro", "aliases", vec!["info"])
+        .set("admin", "enabled", false)
+}
+
+/// `file` relaying for loopback clients.
+pub fn relaying(file: ConfigFile) -> ConfigFile {
+    file.set("server", "relay_networks", vec!["127.0.0.0/8"])
+}
+
+/// `file` with the console on loopback `port`.
+pub fn console(file: ConfigFile, port: u16) -> ConfigFile {
+    file.set("admin", "enabled", true)
+        .set("admin", "listen", format!("127.0.0.1:{port}"))
+}
+
+/// [`host`] on `port` (POP3 on a free port), started in `dir` (data in
+/// `dir/data`); waits until it accepts connections.
 pub fn start(dir: &Path, port: u16) -> Server {
-    start_with(dir, port, free_port(), "")
+    start_file(dir, &host(port, free_port()))
 }
 
-/// As [`start`], with the POP3 port and more for `[users.taro]`.
-pub fn start_with(dir: &Path, port: u16, pop3_port: u16, taro: &str) -> Server {
-    start_full(dir, port, pop3_port, "", taro)
-}
-
-/// As [`start_with`], with more `[server]` settings (`server_extra`, then
-/// any further sections after the users).
-pub fn start_full(dir: &Path, port: u16, pop3_port: u16, server_extra: &str, taro: &str) -> Server {
-    start_config(
-        dir,
-        port,
-        &format!(
-            "[server]\nhostname = \"mx.test\"\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:{port}\"\npop3_listen = \"127.0.0.1:{pop3_port}\"\nlocal_domains = [\"localhost\", \"local.test\"]\n{server_extra}\n[users.postmaster]\n[users.taro]\naliases = [\"info\"]\n{taro}"
-        ),
-    )
+/// Starts the server on `file` in `dir`; waits until its SMTP port takes
+/// connections.
+pub fn start_file(dir: &Path, file: &ConfigFile) -> Server {
+    let smtp: SocketAddr = file
+        .get("server", "smtp_listen")
+        .and_then(|value| value.as_str())
+        .and_then(|text| text.parse().ok())
+        .expect("[server] smtp_listen is set");
+    start_config(dir, smtp.port(), &file.to_toml())
 }
 
 /// Writes `config` to `dir/mailcall.toml`, starts the server on it (its

@@ -3,10 +3,14 @@
 //! Relative paths in the file are resolved against the file's own folder, so
 //! a configuration and the tables next to it can be moved together.
 
+mod file;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use file::ConfigFile;
 
 /// A configuration that could not be used.
 #[derive(Debug, thiserror::Error)]
