@@ -1063,10 +1063,22 @@ fn serve_tells_systemd_when_it_is_ready_and_stopping_and_logs_json_lines() {
         ready.starts_with("READY=1\nSTATUS=SMTP on 127.0.0.1:"),
         "{ready}"
     );
-    // Ready means ready: the port takes a connection at once.
+    // Ready means ready: the port takes a connection at once, and the
+    // signals an operator sends from then on are handled (not the default
+    // action, which would end the process).
     TcpStream::connect(("127.0.0.1", port)).expect("READY=1 before listening");
+    let pid = server.child.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    std::thread::sleep(Duration::from_millis(200));
+    let mut server = server;
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "SIGHUP or SIGUSR1 ended the server"
+    );
+    TcpStream::connect(("127.0.0.1", port)).expect("still serving after SIGHUP and SIGUSR1");
 
-    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(pid, libc::SIGTERM) };
     let length = systemd.recv(&mut said).expect("no STOPPING=1");
     assert_eq!(&said[..length], b"STOPPING=1");
     drop(server);

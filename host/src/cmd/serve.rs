@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context;
 use mailcall::config::Config;
 
 /// Runs until interrupted (Ctrl-C or SIGTERM). Without a configuration:
@@ -15,21 +16,24 @@ pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(mailcall::server::serve(Arc::new(config), shutdown_signal()))?;
-    Ok(())
+    runtime.block_on(async {
+        let shutdown = shutdown_signal().context("cannot take SIGTERM and SIGINT")?;
+        mailcall::server::serve(Arc::new(config), shutdown).await?;
+        anyhow::Ok(())
+    })
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT (Ctrl-C), taken at once: one that comes after the
+/// server said it is ready (`READY=1`) but before it waits for them must
+/// stop it cleanly, not by the default action.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }

@@ -329,10 +329,14 @@ pub async fn serve(
         command_timeout: Duration::from_secs(server.command_timeout_secs.into()),
         max_sessions: server.max_sessions,
     });
+    // The signals are taken now, before READY=1: a SIGHUP or SIGUSR1 sent
+    // once systemd (or a script) hears we are ready must not find the
+    // default action (which ends the process) still in place.
+    use tokio::signal::unix::{signal, SignalKind};
     // SIGUSR1 asks for a queue run now, as `postqueue -f` does.
+    let flush_signal = signal(SignalKind::user_defined1());
     let flush_requests = async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut requests) = signal(SignalKind::user_defined1()) else {
+        let Ok(mut requests) = flush_signal else {
             return std::future::pending().await;
         };
         while requests.recv().await.is_some() {
@@ -342,11 +346,11 @@ pub async fn serve(
     };
     // SIGHUP rebuilds the policy from the configuration file, as it makes
     // Postfix and Kamailio re-read theirs.
+    let hangup_signal = signal(SignalKind::hangup());
     let hangups = {
         let policy = policy.clone();
         async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Some(policy), Ok(mut hangups)) = (policy, signal(SignalKind::hangup())) else {
+            let (Some(policy), Ok(mut hangups)) = (policy, hangup_signal) else {
                 return std::future::pending().await;
             };
             while hangups.recv().await.is_some() {
