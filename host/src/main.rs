@@ -19,7 +19,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let json = cli.log_format() == mailcall::config::LogFormat::Json;
+    let serve_config = match cli.serve_config().transpose() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("mailcall: error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = serve_config
+        .as_ref()
+        .is_some_and(|config| config.log.format == mailcall::config::LogFormat::Json);
     match log_file.map(std::fs::File::create) {
         Some(Ok(file)) => init_log(std::sync::Mutex::new(file), false, json, filter),
         Some(Err(error)) => {
@@ -31,13 +40,24 @@ fn main() -> ExitCode {
             init_log(std::io::stderr, ansi, json, filter)
         }
     }
-    match cmd::run(cli) {
+    match cmd::run(cli, serve_config) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`mailcall man | head`): it has what it
+        // wanted, as with any Unix filter.
+        Err(error) if broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("mailcall: error: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Installs the log: text (colored on a terminal) or a JSON object a line.

@@ -270,6 +270,10 @@ fn the_manual_and_the_completions_come_from_the_commands() {
     // groff reads the page with every warning on, and has nothing to say.
     let (text, warnings) = bash(r#""$1" man | groff -man -Tutf8 -ww -z"#);
     assert_eq!((text.as_str(), warnings.as_str()), ("", ""));
+    // A reader that has gone (`| head` that has read enough; here one that
+    // reads nothing) ends it quietly, with success.
+    let (nothing, complaint) = bash(r#"set -o pipefail; "$1" man | true"#);
+    assert_eq!((nothing.as_str(), complaint.as_str()), ("", ""));
     let page = stdout(&mailcall(&["man"]));
     assert!(page.contains(".TH mailcall 1"), "{page}");
     for command in ["serve", "demo", "queue", "history", "reload", "completions"] {

@@ -15,7 +15,7 @@ mod serve;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
-use mailcall::config::{Config, LogFormat};
+use mailcall::config::Config;
 
 /// mailcall: an email server that delivers mail by calling the destination
 /// server over SIP.
@@ -115,14 +115,14 @@ impl Cli {
         }
     }
 
-    /// The log's format: `[log] format` of the file `serve` runs on (a
-    /// file that does not load is reported by `serve` itself, in text).
-    pub fn log_format(&self) -> LogFormat {
+    /// The configuration `serve` runs on, read once, before the log
+    /// starts (its `[log] format` decides the log's); `None` for the other
+    /// commands.
+    pub fn serve_config(&self) -> Option<anyhow::Result<Config>> {
         match &self.command {
-            Command::Serve { config: Some(path) } => {
-                Config::load(path).map_or(LogFormat::Text, |config| config.log.format)
-            }
-            _ => LogFormat::Text,
+            Command::Serve { config: Some(path) } => Some(Config::load(path).map_err(Into::into)),
+            Command::Serve { config: None } => Some(Ok(Config::defaults())),
+            _ => None,
         }
     }
 
@@ -139,7 +139,8 @@ impl Cli {
     }
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; `serve_config` is what [`Cli::serve_config`] read.
+pub fn run(cli: Cli, serve_config: Option<Config>) -> anyhow::Result<()> {
     match cli.command {
         Command::Rules {
             command: RulesCommand::Test(args),
@@ -168,7 +169,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let file = file.or(config).unwrap_or_default();
             check_config::run(&file)
         }
-        Command::Serve { config } => serve::run(config),
+        Command::Serve { .. } => serve::run(serve_config.unwrap_or_else(Config::defaults)),
         Command::Man { out } => manual(out.as_deref()),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

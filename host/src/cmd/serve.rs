@@ -1,18 +1,13 @@
 //! `mailcall serve`: run the mail server.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use mailcall::config::Config;
 
-/// Runs until interrupted (Ctrl-C or SIGTERM). Without a configuration:
-/// the embedded default, on loopback only.
-pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = match config {
-        Some(path) => Config::load(&path)?,
-        None => Config::defaults(),
-    };
+/// Runs until interrupted (Ctrl-C or SIGTERM). Without a configuration
+/// file: the embedded default, on loopback only.
+pub fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
