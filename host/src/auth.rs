@@ -110,6 +110,21 @@ impl Authenticator {
     /// Checks `login` and `password` from `client`: after the client's
     /// penalty delay, if it has one, and a bounded wait for a verifier.
     pub async fn verify(&self, client: IpAddr, login: &str, password: &str) -> Verdict {
+        self.verify_as(client, login, password, |_| true).await
+    }
+
+    /// As [`verify`](Self::verify), for a door only some users may pass
+    /// (the console: administrators). Another user's right password is
+    /// refused and counted as a failure: it must not wipe the address's
+    /// penalty, or guessing an administrator's password could go on
+    /// unslowed between logins with a known one.
+    pub async fn verify_as(
+        &self,
+        client: IpAddr,
+        login: &str,
+        password: &str,
+        may_pass: impl Fn(&str) -> bool,
+    ) -> Verdict {
         let delay = self.penalties().delay(client, Instant::now());
         if !delay.is_zero() {
             tracing::debug!(%client, ?delay, "login delayed after failures");
@@ -131,11 +146,11 @@ impl Authenticator {
         drop(permit);
         match user {
             None => Verdict::Unavailable,
-            Some(Some(user)) => {
+            Some(Some(user)) if may_pass(&user) => {
                 self.penalties().succeeded(client);
                 Verdict::Accepted(user)
             }
-            Some(None) => {
+            Some(_) => {
                 self.penalties().failed(client, Instant::now());
                 tracing::info!(%client, login, "login failed");
                 Verdict::Refused
@@ -360,5 +375,21 @@ mod tests {
             authenticator.penalties().delay(ip("192.0.2.3"), now),
             Duration::ZERO
         );
+    }
+
+    #[tokio::test]
+    async fn a_right_password_behind_a_door_it_may_not_pass_is_a_failure() {
+        let authenticator = Authenticator::new(config_with_taro()).unwrap();
+        let client = ip("192.0.2.9");
+        let admins_only = |user: &str| user == "root";
+        assert_eq!(
+            authenticator
+                .verify_as(client, "taro", "right", admins_only)
+                .await,
+            Verdict::Refused
+        );
+        // Counted: the address now waits, and it was not forgiven.
+        let now = Instant::now();
+        assert_eq!(authenticator.penalties().delay(client, now).as_secs(), 2);
     }
 }

@@ -36,14 +36,13 @@ pub async fn readers(
         return next.run(request).await;
     }
     if let Some((user, password)) = basic(request.headers()) {
-        match console
+        let is_admin = |user: &str| console.admins.iter().any(|admin| admin == user);
+        let verdict = console
             .auth
-            .verify(client.address.ip(), &user, &password)
-            .await
-        {
-            Verdict::Accepted(user) if console.admins.contains(&user) => {
-                return next.run(request).await
-            }
+            .verify_as(client.address.ip(), &user, &password, is_admin)
+            .await;
+        match verdict {
+            Verdict::Accepted(_) => return next.run(request).await,
             Verdict::Unavailable => {
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,

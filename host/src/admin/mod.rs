@@ -314,12 +314,13 @@ async fn login(
     ConnectInfo(client): ConnectInfo<Client>,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    let is_admin = |user: &str| console.admins.iter().any(|admin| admin == user);
     let verdict = console
         .auth
-        .verify(client.address.ip(), &form.user, &form.password)
+        .verify_as(client.address.ip(), &form.user, &form.password, is_admin)
         .await;
     let user = match verdict {
-        Verdict::Accepted(user) if console.admins.contains(&user) => user,
+        Verdict::Accepted(user) => user,
         Verdict::Unavailable => {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
