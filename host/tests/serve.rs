@@ -572,16 +572,10 @@ first.close()
 fn a_console_off_loopback_without_tls_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("mailcall.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:{}\"\npop3_listen = \"127.0.0.1:{}\"\n\n[admin]\nlisten = \"0.0.0.0:{}\"\n",
-            free_port(),
-            free_port(),
-            free_port()
-        ),
-    )
-    .unwrap();
+    let file = host(free_port(), free_port())
+        .set("admin", "enabled", true)
+        .set("admin", "listen", format!("0.0.0.0:{}", free_port()));
+    std::fs::write(&config, file.to_toml()).unwrap();
     for command in ["serve", "check-config"] {
         let output = Command::new(env!("CARGO_BIN_EXE_mailcall"))
             .args([command, "--config"])
@@ -627,15 +621,15 @@ fn curl_in(pid: u32, dir: &std::path::Path, args: &[&str]) -> (u16, String, Stri
 fn a_console_elsewhere_needs_tls_and_an_administrator() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("mailcall.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nhostname = \"mx.test\"\ndata_dir = \"data\"\nsmtp_listen = \"127.0.0.1:2525\"\npop3_listen = \"127.0.0.1:1110\"\nlocal_domains = [\"local.test\"]\n\n[users.taro]\npassword_hash = \"{}\"\nadmin = true\n\n[users.hanako]\npassword_hash = \"{}\"\n\n[admin]\nlisten = \"0.0.0.0:8443\"\ntls = true\n",
-            hash_password("secret"),
-            hash_password("hers"),
-        ),
-    )
-    .unwrap();
+    // Fixed ports: the namespace has nothing else in it.
+    let file = host(2525, 1110)
+        .set("users.taro", "password_hash", hash_password("secret"))
+        .set("users.taro", "admin", true)
+        .set("users.hanako", "password_hash", hash_password("hers"))
+        .set("admin", "enabled", true)
+        .set("admin", "listen", "0.0.0.0:8443")
+        .set("admin", "tls", true);
+    std::fs::write(&config, file.to_toml()).unwrap();
     let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
     let child = Command::new("unshare")
         .args(["--net", "--map-root-user", "sh", "-c"])

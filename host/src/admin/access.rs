@@ -36,7 +36,7 @@ pub async fn readers(
         return next.run(request).await;
     }
     if let Some((user, password)) = basic(request.headers()) {
-        let is_admin = |user: &str| console.admins.iter().any(|admin| admin == user);
+        let is_admin = |user: &str| console.is_admin(user);
         let verdict = console
             .auth
             .verify_as(client.address.ip(), &user, &password, is_admin)

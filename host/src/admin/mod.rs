@@ -72,6 +72,13 @@ pub struct Console {
     pub sip: Option<Arc<mailcall_sip::UserAgent>>,
 }
 
+impl Console {
+    /// Whether `user` may use the console (`[users.NAME] admin = true`).
+    fn is_admin(&self, user: &str) -> bool {
+        self.admins.iter().any(|admin| admin == user)
+    }
+}
+
 /// Binds `address` and returns the server to run: HTTPS with `tls`, else
 /// HTTP (the configuration allows that on loopback only).
 pub async fn bind(
@@ -314,7 +321,7 @@ async fn login(
     ConnectInfo(client): ConnectInfo<Client>,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let is_admin = |user: &str| console.admins.iter().any(|admin| admin == user);
+    let is_admin = |user: &str| console.is_admin(user);
     let verdict = console
         .auth
         .verify_as(client.address.ip(), &form.user, &form.password, is_admin)

@@ -334,27 +334,32 @@ fn policy_registry(status: &Status) -> Registry {
         evaluations
             .get_or_create(&RuleLabel { rule: name() })
             .inc_by(rule.evaluations);
-        for (kind, count) in [
-            ("dial", rule.dials),
-            ("smtp", rule.smtp),
-            ("no-opinion", rule.no_opinion),
-        ] {
-            let labels = RuleKindLabels {
-                rule: name(),
-                kind: kind.into(),
-            };
-            decisions.get_or_create(&labels).inc_by(count);
-        }
-        for (kind, count) in [
-            ("error", rule.failures),
-            ("timeout", rule.timeouts),
-            ("memory", rule.memory_caps),
-        ] {
-            let labels = RuleKindLabels {
-                rule: name(),
-                kind: kind.into(),
-            };
-            failures.get_or_create(&labels).inc_by(count);
+        let by_kind = [
+            (
+                &decisions,
+                [
+                    ("dial", rule.dials),
+                    ("smtp", rule.smtp),
+                    ("no-opinion", rule.no_opinion),
+                ],
+            ),
+            (
+                &failures,
+                [
+                    ("error", rule.failures),
+                    ("timeout", rule.timeouts),
+                    ("memory", rule.memory_caps),
+                ],
+            ),
+        ];
+        for (family, counts) in by_kind {
+            for (kind, count) in counts {
+                let labels = RuleKindLabels {
+                    rule: name(),
+                    kind: kind.into(),
+                };
+                family.get_or_create(&labels).inc_by(count);
+            }
         }
         disagreements
             .get_or_create(&RuleLabel { rule: name() })
