@@ -17,19 +17,13 @@
 //! export_rule!(Always);
 //! ```
 //!
-//! Besides the bindings, the SDK carries the logic the stock rules share:
-//! [`number`] finds and normalizes phone numbers of the numbering plan,
-//! [`text`] folds and searches text, [`address`] splits addresses and lists
-//! the keys of a domain look-up, [`headers`] tells human-written headers from
-//! trace headers, and [`embedded`] is the whole search of the
-//! `embedded-number` rule (so it can also run natively, in benchmarks).
+//! The SDK is thin on purpose: the bindings of the contract
+//! (`mailcall:rule@0.2.0`), and in [`host`] its imports with plain Rust
+//! signatures. The hard parts — folding text, telling human-written headers
+//! from trace headers, finding numbers of the plan, searching tables — are
+//! the host's helpers, the same for a rule in every language.
 
-pub mod address;
-pub mod embedded;
-pub mod headers;
 pub mod host;
-pub mod number;
-pub mod text;
 
 /// The bindings generated from `wit/rule.wit`.
 pub mod bindings {
@@ -44,7 +38,8 @@ pub mod bindings {
 
 pub use bindings::export_rule;
 pub use bindings::mailcall::rule::types::{
-    Decision, Dial, Envelope, Header, LogLevel, Mailbox, Message, NumberingPlan, TableEntry,
+    AddressMatch, Decision, Dial, Envelope, FoundNumber, Header, KeyKind, KeywordMatch, LogLevel,
+    Mailbox, Message, NumberingPlan, TableEntry,
 };
 /// The trait a rule implements: one `resolve` function per recipient.
 pub use bindings::Guest as Rule;
@@ -56,5 +51,16 @@ impl Decision {
             number: number.into(),
             reason: reason.into(),
         })
+    }
+}
+
+impl KeyKind {
+    /// How a reason names this kind of address-table entry.
+    pub fn describe(self) -> &'static str {
+        match self {
+            KeyKind::Address => "address",
+            KeyKind::Domain => "domain",
+            KeyKind::Wildcard => "wildcard",
+        }
     }
 }

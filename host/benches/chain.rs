@@ -8,19 +8,17 @@
 //! found by the last rule, at the end of the body, so every rule reads all
 //! of it.
 //!
-//! - `native/*`: the SDK's code compiled for the host and called directly.
+//! - `native/*`: the host's helpers the rules call, called directly.
 //! - `wasm/*/warm`: rules in `isolation = "pooled"`: one warm instance.
 //! - `wasm/*/fresh`: the default, a fresh instance per evaluation; the
 //!   difference with `warm` is the isolation cost per rule.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use mailcall::config::Config;
-use mailcall::policy::{Envelope, Message, PolicyEngine};
-use mailcall_guest_sdk as sdk;
+use mailcall::policy::{numbers, text, Envelope, Message, NumberingPlan, PolicyEngine, Table};
 
 const ADDRESSES: &str = "\"abc@efg.com\" = \"050-1234-5678\"\n\"muratec.co.jp\" = \"050-2222-3333\"\n\"*.example.net\" = \"080-0000-1111\"\n";
 const KEYWORDS: &str = "KYOTOSITEN = \"050-1234-5678\"\nOSAKASITEN = \"050-2222-3333\"\nTOKYOSITEN = \"080-0000-1111\"\n";
@@ -60,70 +58,49 @@ fn engine(dir: &Path, isolation: &str) -> PolicyEngine {
     PolicyEngine::from_config(&Config::load(&path).unwrap()).unwrap()
 }
 
-/// The host's message view as the SDK's type, for the native runs.
-fn sdk_message(message: &Message) -> sdk::Message {
-    let mailboxes = |list: &[mailcall::policy::Mailbox]| {
-        list.iter()
-            .map(|m| sdk::Mailbox {
-                name: m.name.clone(),
-                address: m.address.clone(),
-            })
-            .collect()
-    };
-    sdk::Message {
-        headers: message
-            .headers
-            .iter()
-            .map(|h| sdk::Header {
-                name: h.name.clone(),
-                value: h.value.clone(),
-            })
-            .collect(),
-        subject: message.subject.clone(),
-        from: mailboxes(&message.from),
-        to: mailboxes(&message.to),
-        cc: mailboxes(&message.cc),
-        body_text: message.body_text.clone(),
-        body_truncated: message.body_truncated,
-    }
-}
-
-/// The three stock rules' logic, natively: the same SDK helpers, tables
-/// in hash maps.
+/// The three stock rules' logic, natively: the host's helpers the rules
+/// call, without the component boundary.
 fn native_chain(
-    envelope: &sdk::Envelope,
-    message: &sdk::Message,
-    plan: &sdk::NumberingPlan,
-    addresses: &HashMap<String, String>,
-    keywords: &[(sdk::text::Keyword, String)],
+    envelope: &Envelope,
+    message: &Message,
+    plan: &NumberingPlan,
+    addresses: &Table,
+    keywords: &Table,
 ) -> Option<String> {
-    if let Some(found) = sdk::embedded::find(envelope, message, plan) {
-        return Some(found.number);
+    if let Some(found) = native_embedded(envelope, message, plan) {
+        return Some(found);
     }
-    for (_, key) in sdk::address::table_keys(&envelope.rcpt_to) {
-        if let Some(value) = addresses.get(&key) {
-            return sdk::number::normalize(value, plan);
-        }
+    if let Some(found) = addresses.match_address("addresses", &envelope.rcpt_to, plan) {
+        return Some(found.number);
     }
     let places = std::iter::once(envelope.rcpt_to.as_str())
         .chain(
             message
                 .headers
                 .iter()
-                .filter(|h| sdk::headers::is_human_header(&h.name))
+                .filter(|h| text::is_human_header(&h.name))
                 .map(|h| h.value.as_str()),
         )
         .chain(std::iter::once(message.body_text.as_str()));
-    for text in places {
-        let folded = sdk::text::fold(text);
-        if let Some((_, value)) = keywords
-            .iter()
-            .find(|(keyword, _)| keyword.find_in_folded(&folded).is_some())
-        {
-            return sdk::number::normalize(value, plan);
-        }
-    }
-    None
+    places
+        .filter_map(|text| keywords.search_keywords("keywords", text, plan))
+        .map(|found| found.number)
+        .next()
+}
+
+/// The places `embedded-number` reads, natively.
+fn native_embedded(envelope: &Envelope, message: &Message, plan: &NumberingPlan) -> Option<String> {
+    let headers = message
+        .headers
+        .iter()
+        .filter(|h| text::is_human_header(&h.name))
+        .map(|h| h.value.as_str());
+    std::iter::once(envelope.rcpt_to.as_str())
+        .chain(message.subject.as_deref())
+        .chain(headers)
+        .chain(std::iter::once(message.body_text.as_str()))
+        .find_map(|text| numbers::find_first(text, plan))
+        .map(|found| found.number)
 }
 
 fn bench(c: &mut Criterion) {
@@ -147,41 +124,28 @@ fn bench(c: &mut Criterion) {
         Some("05012345678")
     );
 
-    let plan = sdk::NumberingPlan {
+    let plan = NumberingPlan {
         country_code: "81".into(),
         trunk_prefix: "0".into(),
         prefixes: vec!["050".into(), "080".into()],
         digits: 11,
     };
-    let sdk_envelope = sdk::Envelope {
-        mail_from: envelope.mail_from.clone(),
-        rcpt_to: envelope.rcpt_to.clone(),
-        client_address: envelope.client_address.clone(),
-        helo: envelope.helo.clone(),
-    };
-    let native_message = sdk_message(&message);
-    let addresses: HashMap<String, String> =
-        toml::from_str::<HashMap<String, String>>(ADDRESSES).unwrap();
-    let keywords: Vec<(sdk::text::Keyword, String)> =
-        toml::from_str::<HashMap<String, String>>(KEYWORDS)
-            .unwrap()
-            .into_iter()
-            .map(|(k, v)| (sdk::text::Keyword::new(&k).unwrap(), v))
-            .collect();
+    let addresses = Table::parse(ADDRESSES).unwrap();
+    let keywords = Table::parse(KEYWORDS).unwrap();
     assert_eq!(
-        native_chain(&sdk_envelope, &native_message, &plan, &addresses, &keywords).as_deref(),
+        native_chain(&envelope, &message, &plan, &addresses, &keywords).as_deref(),
         Some("05012345678")
     );
 
     let mut group = c.benchmark_group("10KB message");
     group.bench_function("native/embedded-number", |b| {
-        b.iter(|| sdk::embedded::find(black_box(&sdk_envelope), black_box(&native_message), &plan))
+        b.iter(|| native_embedded(black_box(&envelope), black_box(&message), &plan))
     });
     group.bench_function("native/chain of 3", |b| {
         b.iter(|| {
             native_chain(
-                black_box(&sdk_envelope),
-                black_box(&native_message),
+                black_box(&envelope),
+                black_box(&message),
                 &plan,
                 &addresses,
                 &keywords,

@@ -42,7 +42,7 @@ fn create(parent: &Path, lang: &str) -> PathBuf {
 
 #[test]
 fn new_projects_build_and_pass_rules_test_in_every_language() {
-    for lang in ["rust", "js", "python"] {
+    for lang in ["rust", "js", "python", "c"] {
         let parent = tempfile::tempdir().unwrap();
         let project = create(parent.path(), lang);
         let build = Command::new("./build.sh")
@@ -54,6 +54,12 @@ fn new_projects_build_and_pass_rules_test_in_every_language() {
                 tools().join("js/node_modules/.bin/componentize-js"),
             )
             .env("COMPONENTIZE_PY", tools().join("py/bin/componentize-py"))
+            .env("WIT_BINDGEN", tools().join("c/bin/wit-bindgen"))
+            .env("WASM_TOOLS", tools().join("c/bin/wasm-tools"))
+            .env(
+                "WASI_ADAPTER",
+                tools().join("c/wasi_snapshot_preview1.reactor.wasm"),
+            )
             .output()
             .unwrap();
         assert!(

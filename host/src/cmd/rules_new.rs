@@ -1,5 +1,5 @@
-//! `mailcall rules new`: a ready-to-build rule project in Rust, JavaScript
-//! or Python, with the WIT contract, a build script, a test message and the
+//! `mailcall rules new`: a ready-to-build rule project in Rust, JavaScript,
+//! Python or C, with the WIT contract, a build script, a test message and the
 //! settings to try it with `mailcall rules test`.
 
 use std::path::{Path, PathBuf};
@@ -24,6 +24,7 @@ pub enum Language {
     Rust,
     Js,
     Python,
+    C,
 }
 
 impl Language {
@@ -32,6 +33,7 @@ impl Language {
             Language::Rust => "Rust",
             Language::Js => "JavaScript",
             Language::Python => "Python",
+            Language::C => "C",
         }
     }
 
@@ -78,14 +80,20 @@ impl Language {
                 ),
                 (".gitignore", "*.wasm\n__pycache__/\nwit_world/\n", false),
             ],
+            Language::C => &[
+                ("rule.c", include_str!("../../templates/c/rule.c"), false),
+                ("build.sh", include_str!("../../templates/c/build.sh"), true),
+                (".gitignore", "*.wasm\nbindings/\n", false),
+            ],
         }
     }
 
     /// Limits to try the rule with: JavaScript and Python runtimes need
-    /// more memory and a few milliseconds per fresh instance.
+    /// more memory and a few milliseconds per fresh instance; C needs no
+    /// more than Rust.
     fn limits(self) -> (u32, u32) {
         match self {
-            Language::Rust => (16, 10),
+            Language::Rust | Language::C => (16, 10),
             Language::Js | Language::Python => (64, 200),
         }
     }

@@ -10,18 +10,22 @@
 //! A rule that traps, loops, runs out of memory or does not implement the
 //! world is logged with its name, counted, and treated as having no opinion.
 
+mod address;
 mod bindings;
 mod chain;
 mod counters;
 pub mod decisions;
 pub mod fixtures;
 mod generation;
+mod keywords;
 mod message;
+pub mod numbers;
 mod reload;
 mod rule;
 mod runtime;
 mod sandbox;
 mod tables;
+pub mod text;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

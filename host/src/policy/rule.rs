@@ -8,7 +8,7 @@ use std::time::Duration;
 use wasmtime::{Store, Trap};
 
 use super::bindings::mailcall::rule::types::{Decision, Envelope, Message};
-use super::bindings::{Rule, RulePre};
+use super::bindings::{LinkedRule, RuleInstance};
 use super::runtime::{Runtime, EPOCH_TICK};
 use super::sandbox::{EvaluationTrace, RuleContext, RuleState};
 use super::tables::TableSet;
@@ -49,7 +49,7 @@ pub struct RuleLimits {
 /// A warm instance kept between evaluations (`isolation = "pooled"`).
 struct WarmInstance {
     store: Store<RuleState>,
-    bindings: Rule,
+    bindings: RuleInstance,
     calls: u32,
 }
 
@@ -58,7 +58,7 @@ pub struct LoadedRule {
     context: Arc<RuleContext>,
     /// SHA-256 of the module, to tell versions apart in the log.
     pub digest: String,
-    pre: RulePre<RuleState>,
+    pre: LinkedRule<RuleState>,
     limits: RuleLimits,
     warm: Mutex<Vec<WarmInstance>>,
 }
@@ -67,7 +67,7 @@ impl LoadedRule {
     pub fn new(
         context: RuleContext,
         digest: String,
-        pre: RulePre<RuleState>,
+        pre: LinkedRule<RuleState>,
         limits: RuleLimits,
     ) -> LoadedRule {
         LoadedRule {

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceType};
+use wasmtime::component::{Component, Linker, ResourceType};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::{Rule, RulePre};
+use super::bindings::{self, LinkedRule};
 use super::sandbox::RuleState;
 
 /// How often the epoch advances: the resolution of rule deadlines.
@@ -90,8 +90,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        Rule::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        bindings::add_to_linker(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
 
         let stop_ticking = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();
@@ -127,9 +126,9 @@ impl Runtime {
     }
 
     /// Compiles (or loads from the cache) the component at `path` and links
-    /// it against the rule world. Slow for large modules: call it off the
+    /// it against the rule world of the contract version it was built for. Slow for large modules: call it off the
     /// hot path.
-    pub fn load(&self, path: &Path) -> Result<(RulePre<RuleState>, String), LoadError> {
+    pub fn load(&self, path: &Path) -> Result<(LinkedRule<RuleState>, String), LoadError> {
         let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
             path: path.to_path_buf(),
             error,
@@ -155,9 +154,8 @@ impl Runtime {
         };
         let mut linker = self.linker.clone();
         stub_foreign_imports(&mut linker, &component, &self.engine).map_err(wrong_world)?;
-        let instance_pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
-        let pre = RulePre::new(instance_pre).map_err(wrong_world)?;
-        Ok((pre, digest))
+        let rule = LinkedRule::new(&linker, &component, &self.engine).map_err(wrong_world)?;
+        Ok((rule, digest))
     }
 
     /// The component for `bytes`, from the cache when a compiled artifact

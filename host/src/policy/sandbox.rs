@@ -21,8 +21,11 @@ use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
 
-use super::bindings::mailcall::rule::types::{LogLevel, NumberingPlan, TableEntry};
-use super::bindings::mailcall::rule::{config, log, numbering, tables, types};
+use super::bindings::mailcall::rule::types::{
+    AddressMatch, FoundNumber, KeywordMatch, LogLevel, NumberingPlan, TableEntry,
+};
+use super::bindings::mailcall::rule::{config, log, numbering, numbers, tables, text, types};
+use super::bindings::v0_1;
 use super::tables::TableSet;
 
 /// Bytes of a rule's standard error kept for the log.
@@ -128,8 +131,8 @@ impl RuleState {
         if self.imports.len() < IMPORTS_KEPT {
             self.imports.push(ImportCall {
                 import: import.to_string(),
-                args: args.iter().map(|a| a.to_string()).collect(),
-                result,
+                args: args.iter().map(|a| shown(a)).collect(),
+                result: shown(&result),
             });
         }
     }
@@ -183,6 +186,39 @@ impl ResourceLimiter for RuleState {
     }
 }
 
+/// Longest argument or result kept in a record as it is: a rule may pass a
+/// whole message body to a helper.
+const SHOWN_MAX: usize = 120;
+
+fn shown(text: &str) -> String {
+    if text.len() <= SHOWN_MAX {
+        return text.to_string();
+    }
+    let cut = text.floor_char_boundary(SHOWN_MAX);
+    format!("{}… ({} bytes)", &text[..cut], text.len())
+}
+
+fn shown_option(value: &Option<String>) -> String {
+    value.clone().unwrap_or_else(|| "none".into())
+}
+
+fn shown_found(found: &FoundNumber) -> String {
+    format!("{} ({:?} at {})", found.number, found.written, found.offset)
+}
+
+/// A character offset as the contract's `u32` (texts are far smaller).
+fn offset(chars: usize) -> u32 {
+    u32::try_from(chars).unwrap_or(u32::MAX)
+}
+
+fn found_number(found: super::numbers::Found) -> FoundNumber {
+    FoundNumber {
+        number: found.number,
+        written: found.written,
+        offset: offset(found.char_offset),
+    }
+}
+
 /// A clock that always reads zero: rules get no clock of their own.
 struct FrozenClock;
 
@@ -213,8 +249,7 @@ impl tables::Host for RuleState {
             .get(&table)
             .and_then(|t| t.get(&key))
             .map(str::to_string);
-        let shown = value.clone().unwrap_or_else(|| "none".into());
-        self.called("tables.get", &[&table, &key], shown);
+        self.called("tables.get", &[&table, &key], shown_option(&value));
         value
     }
 
@@ -237,6 +272,81 @@ impl tables::Host for RuleState {
         );
         entries
     }
+
+    fn match_address(&mut self, table: String, address: String) -> Option<AddressMatch> {
+        let found = self
+            .tables
+            .get(&table)
+            .and_then(|t| t.match_address(&table, &address, &self.context.plan))
+            .map(|m| AddressMatch {
+                key: m.key,
+                kind: m.kind,
+                value: m.value,
+                number: m.number,
+            });
+        let result = found.as_ref().map_or("none".into(), |m| {
+            format!("{:?} {} = {}", m.kind, m.key, m.value)
+        });
+        self.called("tables.match-address", &[&table, &address], result);
+        found
+    }
+
+    fn search_keywords(&mut self, table: String, text: String) -> Option<KeywordMatch> {
+        let found = self
+            .tables
+            .get(&table)
+            .and_then(|t| t.search_keywords(&table, &text, &self.context.plan))
+            .map(|m| KeywordMatch {
+                keyword: m.keyword,
+                value: m.value,
+                number: m.number,
+                offset: offset(m.offset),
+            });
+        let result = found.as_ref().map_or("none".into(), |m| {
+            format!("{} = {} at {}", m.keyword, m.value, m.offset)
+        });
+        self.called("tables.search-keywords", &[&table, &text], result);
+        found
+    }
+}
+
+impl text::Host for RuleState {
+    fn fold(&mut self, text: String) -> String {
+        let folded = super::text::fold(&text);
+        self.called("text.fold", &[&text], folded.clone());
+        folded
+    }
+
+    fn is_human_header(&mut self, name: String) -> bool {
+        let human = super::text::is_human_header(&name);
+        self.called("text.is-human-header", &[&name], human.to_string());
+        human
+    }
+}
+
+impl numbers::Host for RuleState {
+    fn find_all(&mut self, text: String) -> Vec<FoundNumber> {
+        let found: Vec<FoundNumber> = super::numbers::find_all(&text, &self.context.plan)
+            .into_iter()
+            .map(found_number)
+            .collect();
+        let result = found.iter().map(shown_found).collect::<Vec<_>>().join(", ");
+        self.called("numbers.find-all", &[&text], format!("[{result}]"));
+        found
+    }
+
+    fn find_first(&mut self, text: String) -> Option<FoundNumber> {
+        let found = super::numbers::find_first(&text, &self.context.plan).map(found_number);
+        let result = found.as_ref().map_or("none".into(), shown_found);
+        self.called("numbers.find-first", &[&text], result);
+        found
+    }
+
+    fn normalize(&mut self, written: String) -> Option<String> {
+        let number = super::numbers::normalize(&written, &self.context.plan);
+        self.called("numbers.normalize", &[&written], shown_option(&number));
+        number
+    }
 }
 
 impl numbering::Host for RuleState {
@@ -257,8 +367,7 @@ impl numbering::Host for RuleState {
 impl config::Host for RuleState {
     fn get(&mut self, key: String) -> Option<String> {
         let value = self.context.config.get(&key).cloned();
-        let shown = value.clone().unwrap_or_else(|| "none".into());
-        self.called("config.get", &[&key], shown);
+        self.called("config.get", &[&key], shown_option(&value));
         value
     }
 }
@@ -281,5 +390,35 @@ impl log::Host for RuleState {
             LogLevel::Warn => tracing::warn!(rule, "{line}"),
             LogLevel::Error => tracing::error!(rule, "{line}"),
         }
+    }
+}
+
+// The 0.1.0 contract's imports are the same functions as 0.2.0's.
+
+impl v0_1::mailcall::rule::tables::Host for RuleState {
+    fn get(&mut self, table: String, key: String) -> Option<String> {
+        tables::Host::get(self, table, key)
+    }
+
+    fn entries(&mut self, table: String) -> Vec<TableEntry> {
+        tables::Host::entries(self, table)
+    }
+}
+
+impl v0_1::mailcall::rule::numbering::Host for RuleState {
+    fn plan(&mut self) -> NumberingPlan {
+        numbering::Host::plan(self)
+    }
+}
+
+impl v0_1::mailcall::rule::config::Host for RuleState {
+    fn get(&mut self, key: String) -> Option<String> {
+        config::Host::get(self, key)
+    }
+}
+
+impl v0_1::mailcall::rule::log::Host for RuleState {
+    fn write(&mut self, level: LogLevel, message: String) {
+        log::Host::write(self, level, message)
     }
 }

@@ -7,16 +7,23 @@
 //! "*.example.net" = "080-0000-1111"
 //! ```
 //!
-//! The host does not interpret keys or values: rules do. It keeps the file
-//! order and answers look-ups case-insensitively. A changed table file
+//! The host keeps the file order and answers look-ups case-insensitively;
+//! for the searches of the rule contract (`tables.match-address`,
+//! `tables.search-keywords`) it reads the values as numbers of the plan,
+//! once per table version, and indexes the keywords. A changed table file
 //! builds a new policy generation; a file that fails to parse leaves the
 //! generation in force as it is.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
+
+use super::address::table_keys;
+use super::bindings::mailcall::rule::types::{KeyKind, NumberingPlan};
+use super::keywords::{KeywordIndex, KeywordMatch};
+use super::numbers::normalize;
 
 /// A table file that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +49,28 @@ pub struct Table {
     entries: Vec<(String, String)>,
     /// Lower-cased key to index in `entries`.
     index: HashMap<String, usize>,
+    /// The values read as numbers and the keyword index, made at the first
+    /// search (most tables are only ever searched one way or not at all).
+    prepared: OnceLock<Prepared>,
+}
+
+/// A table read for the searches under one numbering plan.
+#[derive(Debug, Clone)]
+struct Prepared {
+    plan: NumberingPlan,
+    /// Each entry's value as a number in national form, by entry.
+    numbers: Vec<Option<String>>,
+    keywords: OnceLock<KeywordIndex>,
+}
+
+/// The entry of an address table that decides for an address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddressMatch {
+    /// The key as looked up (lower-cased).
+    pub key: String,
+    pub kind: KeyKind,
+    pub value: String,
+    pub number: String,
 }
 
 impl Table {
@@ -84,6 +113,79 @@ impl Table {
     /// Every entry in file order.
     pub fn entries(&self) -> &[(String, String)] {
         &self.entries
+    }
+
+    /// The most specific entry for `address` whose value is a number.
+    pub fn match_address(
+        &self,
+        name: &str,
+        address: &str,
+        plan: &NumberingPlan,
+    ) -> Option<AddressMatch> {
+        let prepared = self.prepared(name, plan);
+        table_keys(address).into_iter().find_map(|(kind, key)| {
+            let index = *self.index.get(&key)?;
+            let number = prepared.numbers[index].clone()?;
+            Some(AddressMatch {
+                kind,
+                value: self.entries[index].1.clone(),
+                number,
+                key,
+            })
+        })
+    }
+
+    /// The keyword `text` mentions first, of the entries whose value is a
+    /// number.
+    pub fn search_keywords(
+        &self,
+        name: &str,
+        text: &str,
+        plan: &NumberingPlan,
+    ) -> Option<KeywordMatch> {
+        let prepared = self.prepared(name, plan);
+        let index = prepared.keywords.get_or_init(|| {
+            KeywordIndex::new(self.entries.iter().zip(&prepared.numbers).filter_map(
+                |((key, value), number)| Some((key.as_str(), value.as_str(), number.clone()?)),
+            ))
+        });
+        index.search(text)
+    }
+
+    /// The table read under `plan`. Every policy generation has one plan,
+    /// so this is made once; a caller with another plan (never the server)
+    /// gets its own, uncached.
+    fn prepared(&self, name: &str, plan: &NumberingPlan) -> std::borrow::Cow<'_, Prepared> {
+        let prepared = self.prepared.get_or_init(|| self.prepare(name, plan));
+        if prepared.plan == *plan {
+            std::borrow::Cow::Borrowed(prepared)
+        } else {
+            std::borrow::Cow::Owned(self.prepare(name, plan))
+        }
+    }
+
+    fn prepare(&self, name: &str, plan: &NumberingPlan) -> Prepared {
+        let numbers = self
+            .entries
+            .iter()
+            .map(|(key, value)| {
+                let number = normalize(value, plan);
+                if number.is_none() {
+                    tracing::warn!(
+                        table = name,
+                        key,
+                        value,
+                        "table entry is not a number; skipped"
+                    );
+                }
+                number
+            })
+            .collect();
+        Prepared {
+            plan: plan.clone(),
+            numbers,
+            keywords: OnceLock::new(),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 // {{name}}: a mailcall rule. Dials the configured `number` when the Subject
 // mentions the configured `keyword`; otherwise has no opinion.
 
-import { get } from 'mailcall:rule/config@0.1.0';
+import { get } from 'mailcall:rule/config@0.2.0';
 
 export function resolve(envelope, message) {
   const keyword = get('keyword') ?? 'CALL-ME';

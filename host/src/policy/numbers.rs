@@ -1,4 +1,5 @@
-//! Phone numbers of the numbering plan, as people write them.
+//! Phone numbers of the numbering plan, as people write them: the rule
+//! contract's `numbers.find-all`, `find-first` and `normalize`.
 //!
 //! A number is one of the plan's prefixes (`050`, `080`) followed by the
 //! rest of its digits (11 in all for Japan's IP phones). People write it
@@ -12,8 +13,8 @@
 //! - a number whose first group is not exactly a prefix when it is written
 //!   in groups (`0800-123-4567` is a toll-free number, not an `080` one).
 
-use crate::text::fold_char;
-use crate::NumberingPlan;
+use super::bindings::mailcall::rule::types::NumberingPlan;
+use super::text::fold_char;
 
 /// A number found in a text.
 #[derive(Debug, Clone, PartialEq, Eq)]

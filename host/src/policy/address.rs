@@ -1,8 +1,11 @@
-//! Mail addresses: split them and list the keys of a domain look-up.
+//! The keys of an address-table look-up (the patent's claim 3), most
+//! specific first.
+
+use super::bindings::mailcall::rule::types::KeyKind;
 
 /// Splits `local@domain` at the last `@`. An address without `@` is all
 /// local part.
-pub fn split(address: &str) -> (&str, &str) {
+fn split(address: &str) -> (&str, &str) {
     match address.rfind('@') {
         Some(at) => (&address[..at], &address[at + 1..]),
         None => (address, ""),
@@ -37,28 +40,6 @@ pub fn table_keys(address: &str) -> Vec<(KeyKind, String)> {
     }
     keys.push((KeyKind::Wildcard, "*".to_string()));
     keys
-}
-
-/// What kind of table entry a key is, for the reason of a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyKind {
-    /// A whole address, `abc@efg.com`.
-    Address,
-    /// An exact domain, `muratec.co.jp`.
-    Domain,
-    /// A wildcard domain, `*.example.net`, or the catch-all `*`.
-    Wildcard,
-}
-
-impl KeyKind {
-    /// How a reason names this kind of entry.
-    pub fn describe(self) -> &'static str {
-        match self {
-            KeyKind::Address => "address",
-            KeyKind::Domain => "domain",
-            KeyKind::Wildcard => "wildcard",
-        }
-    }
 }
 
 #[cfg(test)]

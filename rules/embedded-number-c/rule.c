@@ -1,0 +1,143 @@
+/* embedded-number (claim 2), in C: the same rule as rules/embedded-number
+ * (Rust). Dials a number of the numbering plan written in the recipient
+ * address, in the recipient's display name, in the Subject, in another
+ * human-written header (only when the recipient is not listed in To/Cc) or
+ * in the body; the first place that holds one wins.
+ *
+ * The host finds the numbers (`numbers.find-first`) and folds text for
+ * comparing (`text.fold`), so this rule decides exactly as the other
+ * languages' do. Memory: strings the host returns are ours to free, and so
+ * are `envelope` and `message`; the decision we return is freed by the
+ * bindings after the call, so its strings must be allocated. */
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rule.h"
+
+/* A borrowed view of a C string (nothing to free). */
+static rule_string_t lit(const char *s) {
+    rule_string_t view;
+    rule_string_set(&view, s);
+    return view;
+}
+
+/* The `count` strings given, joined into one newly allocated string. */
+static rule_string_t concat(int count, ...) {
+    va_list args;
+    size_t len = 0;
+    va_start(args, count);
+    for (int i = 0; i < count; i++) len += va_arg(args, rule_string_t).len;
+    va_end(args);
+    rule_string_t joined = {NULL, 0};
+    if (len == 0) return joined;
+    joined.ptr = malloc(len);
+    va_start(args, count);
+    for (int i = 0; i < count; i++) {
+        rule_string_t piece = va_arg(args, rule_string_t);
+        memcpy(joined.ptr + joined.len, piece.ptr, piece.len);
+        joined.len += piece.len;
+    }
+    va_end(args);
+    return joined;
+}
+
+/* `text` without its leading and trailing ASCII spaces (a view into it). */
+static rule_string_t strip(rule_string_t text) {
+    while (text.len > 0 && text.ptr[0] == ' ') text.ptr++, text.len--;
+    while (text.len > 0 && text.ptr[text.len - 1] == ' ') text.len--;
+    return text;
+}
+
+static bool equal(rule_string_t a, rule_string_t b) {
+    return a.len == b.len && memcmp(a.ptr, b.ptr, a.len) == 0;
+}
+
+/* If `text` holds a number, sets *ret to dial it for the reason
+ * "number {as written} in {place}" and returns true. */
+static bool dial_number_in(rule_string_t text, rule_string_t place, rule_decision_t *ret) {
+    mailcall_rule_numbers_found_number_t found;
+    if (!mailcall_rule_numbers_find_first(&text, &found)) return false;
+    ret->tag = MAILCALL_RULE_TYPES_DECISION_DIAL;
+    rule_string_dup_n(&ret->val.dial.number, (const char *)found.number.ptr, found.number.len);
+    ret->val.dial.reason = concat(4, lit("number "), found.written, lit(" in "), place);
+    mailcall_rule_numbers_found_number_free(&found);
+    return true;
+}
+
+/* Sets *ret when the recipient `folded_rcpt` is listed in `field` (To or
+ * Cc) with a number in its display name; tells whether it is listed. */
+static bool listed_in(mailcall_rule_types_list_mailbox_t list, const char *field,
+                      rule_string_t folded_rcpt, rule_decision_t *ret) {
+    bool listed = false;
+    for (size_t i = 0; i < list.len && ret->tag != MAILCALL_RULE_TYPES_DECISION_DIAL; i++) {
+        mailcall_rule_types_mailbox_t *mailbox = &list.ptr[i];
+        if (!mailbox->address.is_some) continue;
+        rule_string_t address = strip(mailbox->address.val), folded;
+        mailcall_rule_text_fold(&address, &folded);
+        bool same = equal(folded, folded_rcpt);
+        rule_string_free(&folded);
+        if (!same) continue;
+        listed = true;
+        if (mailbox->name.is_some) {
+            rule_string_t place = concat(2, lit("the display name of the recipient in "), lit(field));
+            dial_number_in(mailbox->name.val, place, ret);
+            rule_string_free(&place);
+        }
+    }
+    return listed;
+}
+
+/* Decides into *ret (which starts as no-opinion). */
+static void decide(rule_envelope_t *envelope, rule_message_t *message, rule_decision_t *ret) {
+    /* 1. The recipient address, split at its last `@`. */
+    rule_string_t local = envelope->rcpt_to, domain = {NULL, 0};
+    for (size_t i = local.len; i > 0; i--) {
+        if (local.ptr[i - 1] == '@') {
+            domain = (rule_string_t){local.ptr + i, local.len - i};
+            local.len = i - 1;
+            break;
+        }
+    }
+    if (dial_number_in(local, lit("the recipient address (local part)"), ret)) return;
+    if (dial_number_in(domain, lit("the recipient address (domain)"), ret)) return;
+
+    /* 2. The recipient's display name in To, then Cc. */
+    rule_string_t rcpt = strip(envelope->rcpt_to), folded_rcpt;
+    mailcall_rule_text_fold(&rcpt, &folded_rcpt);
+    bool listed = listed_in(message->to, "To", folded_rcpt, ret);
+    if (ret->tag == MAILCALL_RULE_TYPES_DECISION_NO_OPINION)
+        listed |= listed_in(message->cc, "Cc", folded_rcpt, ret);
+    rule_string_free(&folded_rcpt);
+    if (ret->tag == MAILCALL_RULE_TYPES_DECISION_DIAL) return;
+
+    /* 3. The Subject. */
+    if (message->subject.is_some && dial_number_in(message->subject.val, lit("Subject"), ret))
+        return;
+
+    /* 4. Other human-written headers, unless the recipient is listed. */
+    for (size_t i = 0; !listed && i < message->headers.len; i++) {
+        mailcall_rule_types_header_t *header = &message->headers.ptr[i];
+        if (!mailcall_rule_text_is_human_header(&header->name)) continue;
+        rule_string_t folded_name;
+        mailcall_rule_text_fold(&header->name, &folded_name);
+        bool is_subject = equal(folded_name, lit("subject"));
+        rule_string_free(&folded_name);
+        if (is_subject) continue;
+        rule_string_t place = concat(3, lit("the "), header->name, lit(" header"));
+        bool found = dial_number_in(header->value, place, ret);
+        rule_string_free(&place);
+        if (found) return;
+    }
+
+    /* 5. The body. */
+    dial_number_in(message->body_text, lit("the message body"), ret);
+}
+
+void exports_rule_resolve(rule_envelope_t *envelope, rule_message_t *message, rule_decision_t *ret) {
+    ret->tag = MAILCALL_RULE_TYPES_DECISION_NO_OPINION;
+    decide(envelope, message, ret);
+    rule_envelope_free(envelope);
+    rule_message_free(message);
+}
