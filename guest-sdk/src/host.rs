@@ -2,7 +2,7 @@
 //! `wit/rule.wit`.
 
 use crate::bindings::mailcall::rule::{config, log, numbering, numbers, tables, text};
-use crate::{AddressMatch, FoundNumber, KeywordMatch, LogLevel, NumberingPlan, TableEntry};
+use crate::{AddressMatch, FoundNumber, KeywordMatch, LogLevel, NumberingPlan, Part, TableEntry};
 
 /// The value of `key` in the operator's table `table` (keys compare
 /// case-insensitively).
@@ -27,6 +27,12 @@ pub fn search_keywords(table: &str, text: &str) -> Option<KeywordMatch> {
     tables::search_keywords(table, text)
 }
 
+/// The keyword of the keyword table `table` that a part of the message
+/// being decided mentions first (the host reads the part itself).
+pub fn search_keywords_in(table: &str, part: Part) -> Option<KeywordMatch> {
+    tables::search_keywords_in(table, part)
+}
+
 /// The host's numbering plan.
 pub fn numbering_plan() -> NumberingPlan {
     numbering::plan()
@@ -35,6 +41,12 @@ pub fn numbering_plan() -> NumberingPlan {
 /// The first number of the plan written in `text`.
 pub fn find_number(text: &str) -> Option<FoundNumber> {
     numbers::find_first(text)
+}
+
+/// The first number of the plan written in a part of the message being
+/// decided (the host reads the part itself).
+pub fn find_number_in(part: Part) -> Option<FoundNumber> {
+    numbers::find_first_in(part)
 }
 
 /// Every number of the plan written in `text`, in order.

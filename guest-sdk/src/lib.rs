@@ -39,7 +39,7 @@ pub mod bindings {
 pub use bindings::export_rule;
 pub use bindings::mailcall::rule::types::{
     AddressMatch, Decision, Dial, Envelope, FoundNumber, Header, KeyKind, KeywordMatch, LogLevel,
-    Mailbox, Message, NumberingPlan, TableEntry,
+    Mailbox, Message, NumberingPlan, Part, TableEntry,
 };
 /// The trait a rule implements: one `resolve` function per recipient.
 pub use bindings::Guest as Rule;

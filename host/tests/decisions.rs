@@ -61,7 +61,12 @@ fn explain_shows_each_rules_decision_and_its_look_ups() {
         output.contains("config.get(table) -> addresses"),
         "{output}"
     );
-    assert!(output.contains("tables.get(addresses, "), "{output}");
+    assert!(
+        output.contains(
+            "tables.match-address(addresses, user0@muratec.co.jp) -> domain entry muratec.co.jp = 050-2222-3333"
+        ),
+        "{output}"
+    );
 
     let (ok, output) = mailcall(&config, &["rules", "explain", "FFFF"]);
     assert!(!ok && output.contains("no decision recorded"), "{output}");

@@ -6,7 +6,9 @@
  *
  * The host finds the numbers (`numbers.find-first`) and folds text for
  * comparing (`text.fold`), so this rule decides exactly as the other
- * languages' do. Memory: strings the host returns are ours to free, and so
+ * languages' do. The message's own texts are named as parts
+ * (`mailcall_rule_types_part_t`) for `numbers.find-first-in`, never sent
+ * back: the host reads them itself. Memory: strings the host returns are ours to free, and so
  * are `envelope` and `message`; the decision we return is freed by the
  * bindings after the call, so its strings must be allocated. */
 
@@ -54,21 +56,38 @@ static bool equal(rule_string_t a, rule_string_t b) {
     return a.len == b.len && memcmp(a.ptr, b.ptr, a.len) == 0;
 }
 
-/* If `text` holds a number, sets *ret to dial it for the reason
- * "number {as written} in {place}" and returns true. */
+/* Sets *ret to dial the number `found` for the reason
+ * "number {as written} in {place}", and frees `found`. */
+static void dial_found(mailcall_rule_numbers_found_number_t *found, rule_string_t place,
+                       rule_decision_t *ret) {
+    ret->tag = MAILCALL_RULE_TYPES_DECISION_DIAL;
+    rule_string_dup_n(&ret->val.dial.number, (const char *)found->number.ptr, found->number.len);
+    ret->val.dial.reason = concat(4, lit("number "), found->written, lit(" in "), place);
+    mailcall_rule_numbers_found_number_free(found);
+}
+
+/* If `text` holds a number, sets *ret to dial it (see `dial_found`) and
+ * returns true. */
 static bool dial_number_in(rule_string_t text, rule_string_t place, rule_decision_t *ret) {
     mailcall_rule_numbers_found_number_t found;
     if (!mailcall_rule_numbers_find_first(&text, &found)) return false;
-    ret->tag = MAILCALL_RULE_TYPES_DECISION_DIAL;
-    rule_string_dup_n(&ret->val.dial.number, (const char *)found.number.ptr, found.number.len);
-    ret->val.dial.reason = concat(4, lit("number "), found.written, lit(" in "), place);
-    mailcall_rule_numbers_found_number_free(&found);
+    dial_found(&found, place, ret);
+    return true;
+}
+
+/* The same for the part `part` of the message, which the host reads. */
+typedef mailcall_rule_types_part_t part_t;
+static bool dial_number_in_part(part_t part, rule_string_t place, rule_decision_t *ret) {
+    mailcall_rule_numbers_found_number_t found;
+    if (!mailcall_rule_numbers_find_first_in(&part, &found)) return false;
+    dial_found(&found, place, ret);
     return true;
 }
 
 /* Sets *ret when the recipient `folded_rcpt` is listed in `field` (To or
- * Cc) with a number in its display name; tells whether it is listed. */
-static bool listed_in(mailcall_rule_types_list_mailbox_t list, const char *field,
+ * Cc) with a number in its display name (the part `name_tag` of the
+ * mailbox's index); tells whether it is listed. */
+static bool listed_in(mailcall_rule_types_list_mailbox_t list, const char *field, uint8_t name_tag,
                       rule_string_t folded_rcpt, rule_decision_t *ret) {
     bool listed = false;
     for (size_t i = 0; i < list.len && ret->tag != MAILCALL_RULE_TYPES_DECISION_DIAL; i++) {
@@ -82,7 +101,10 @@ static bool listed_in(mailcall_rule_types_list_mailbox_t list, const char *field
         listed = true;
         if (mailbox->name.is_some) {
             rule_string_t place = concat(2, lit("the display name of the recipient in "), lit(field));
-            dial_number_in(mailbox->name.val, place, ret);
+            part_t name = {.tag = name_tag};
+            if (name_tag == MAILCALL_RULE_TYPES_PART_TO_NAME) name.val.to_name = (uint32_t)i;
+            else name.val.cc_name = (uint32_t)i;
+            dial_number_in_part(name, place, ret);
             rule_string_free(&place);
         }
     }
@@ -106,15 +128,15 @@ static void decide(rule_envelope_t *envelope, rule_message_t *message, rule_deci
     /* 2. The recipient's display name in To, then Cc. */
     rule_string_t rcpt = strip(envelope->rcpt_to), folded_rcpt;
     mailcall_rule_text_fold(&rcpt, &folded_rcpt);
-    bool listed = listed_in(message->to, "To", folded_rcpt, ret);
+    bool listed = listed_in(message->to, "To", MAILCALL_RULE_TYPES_PART_TO_NAME, folded_rcpt, ret);
     if (ret->tag == MAILCALL_RULE_TYPES_DECISION_NO_OPINION)
-        listed |= listed_in(message->cc, "Cc", folded_rcpt, ret);
+        listed |= listed_in(message->cc, "Cc", MAILCALL_RULE_TYPES_PART_CC_NAME, folded_rcpt, ret);
     rule_string_free(&folded_rcpt);
     if (ret->tag == MAILCALL_RULE_TYPES_DECISION_DIAL) return;
 
     /* 3. The Subject. */
-    if (message->subject.is_some && dial_number_in(message->subject.val, lit("Subject"), ret))
-        return;
+    part_t subject = {.tag = MAILCALL_RULE_TYPES_PART_SUBJECT};
+    if (message->subject.is_some && dial_number_in_part(subject, lit("Subject"), ret)) return;
 
     /* 4. Other human-written headers, unless the recipient is listed. */
     for (size_t i = 0; !listed && i < message->headers.len; i++) {
@@ -126,13 +148,15 @@ static void decide(rule_envelope_t *envelope, rule_message_t *message, rule_deci
         rule_string_free(&folded_name);
         if (is_subject) continue;
         rule_string_t place = concat(3, lit("the "), header->name, lit(" header"));
-        bool found = dial_number_in(header->value, place, ret);
+        part_t value = {.tag = MAILCALL_RULE_TYPES_PART_HEADER, .val.header = (uint32_t)i};
+        bool found = dial_number_in_part(value, place, ret);
         rule_string_free(&place);
         if (found) return;
     }
 
     /* 5. The body. */
-    dial_number_in(message->body_text, lit("the message body"), ret);
+    part_t body = {.tag = MAILCALL_RULE_TYPES_PART_BODY};
+    dial_number_in_part(body, lit("the message body"), ret);
 }
 
 void exports_rule_resolve(rule_envelope_t *envelope, rule_message_t *message, rule_decision_t *ret) {

@@ -4,9 +4,11 @@
 // address (local part, then domain), the display name of this recipient in
 // To / Cc, the Subject, the human-written headers (only when the recipient
 // is not listed in To / Cc), then the body. The host finds the numbers
-// (`numbers.find-first`) and folds the text (`text.fold`).
+// (`numbers.find-first`) and folds the text (`text.fold`). The message's
+// own texts are named as parts (`{ tag: 'body' }`) for
+// `numbers.find-first-in`, never sent back: the host reads them itself.
 
-import { findFirst } from 'mailcall:rule/numbers@0.2.0';
+import { findFirst, findFirstIn } from 'mailcall:rule/numbers@0.2.0';
 import { fold, isHumanHeader } from 'mailcall:rule/text@0.2.0';
 
 // Removes leading and trailing ASCII spaces (only ' ', as the spec says).
@@ -32,12 +34,13 @@ export function resolve(envelope, message) {
   // 2. The display name of this recipient in To, then in Cc.
   const wanted = fold(stripSpaces(rcpt));
   let recipientListed = false;
-  for (const [field, mailboxes] of [['To', message.to], ['Cc', message.cc]]) {
-    for (const mailbox of mailboxes) {
+  const lists = [['To', message.to, 'to-name'], ['Cc', message.cc, 'cc-name']];
+  for (const [field, mailboxes, tag] of lists) {
+    for (const [i, mailbox] of mailboxes.entries()) {
       if (mailbox.address == null || fold(stripSpaces(mailbox.address)) !== wanted) continue;
       recipientListed = true;
       if (mailbox.name == null) continue;
-      found = findFirst(mailbox.name);
+      found = findFirstIn({ tag, val: i });
       if (found != null) {
         return dial(found, `the display name of the recipient in ${field}`);
       }
@@ -46,22 +49,22 @@ export function resolve(envelope, message) {
 
   // 3. The Subject.
   if (message.subject != null) {
-    found = findFirst(message.subject);
+    found = findFirstIn({ tag: 'subject' });
     if (found != null) return dial(found, 'Subject');
   }
 
   // 4. The other human-written headers, unless the recipient is listed in
   //    To / Cc (then their numbers may be another recipient's).
   if (!recipientListed) {
-    for (const header of message.headers) {
+    for (const [i, header] of message.headers.entries()) {
       if (!isHumanHeader(header.name) || fold(header.name) === 'subject') continue;
-      found = findFirst(header.value);
+      found = findFirstIn({ tag: 'header', val: i });
       if (found != null) return dial(found, `the ${header.name} header`);
     }
   }
 
   // 5. The body.
-  found = findFirst(message.bodyText);
+  found = findFirstIn({ tag: 'body' });
   if (found != null) return dial(found, 'the message body');
   return { tag: 'no-opinion' };
 }

@@ -4,13 +4,14 @@
  * human-written header or the body.
  *
  * The table is the configuration value `table` (default `keywords`); the
- * host searches it (`tables.search-keywords`: folded text, whole words for
- * ASCII keywords, the keyword written first). Places are tried in order —
- * RCPT TO, the human-written headers in message order, the body — and the
- * first that holds a keyword wins. Memory: strings the host returns are
- * ours to free, and so are `envelope` and `message`; the decision we
- * return is freed by the bindings after the call, so its strings must be
- * allocated. */
+ * host searches it (`tables.search-keywords-in`: folded text, whole words
+ * for ASCII keywords, the keyword written first). Places are tried in order
+ * — RCPT TO, the human-written headers in message order, the body — and the
+ * first that holds a keyword wins; each is named as a part of the message
+ * (`mailcall_rule_types_part_t`), never sent back as text: the host reads
+ * it itself. Memory: strings the host returns are ours to free, and so are
+ * `envelope` and `message`; the decision we return is freed by the
+ * bindings after the call, so its strings must be allocated. */
 
 #include <stdarg.h>
 #include <stdlib.h>
@@ -45,12 +46,18 @@ static rule_string_t concat(int count, ...) {
     return joined;
 }
 
-/* If `text` mentions a keyword of `table`, sets *ret to dial its number
- * for the reason "keyword {keyword} in {place}" and returns true. */
-static bool dial_keyword_in(rule_string_t table, rule_string_t text, rule_string_t place,
+/* Parts of the message, which the host reads itself. */
+typedef mailcall_rule_types_part_t part_t;
+static const part_t RCPT_TO = {.tag = MAILCALL_RULE_TYPES_PART_RCPT_TO};
+static const part_t BODY = {.tag = MAILCALL_RULE_TYPES_PART_BODY};
+
+/* If the part `part` of the message mentions a keyword of `table`, sets
+ * *ret to dial its number for the reason "keyword {keyword} in {place}"
+ * and returns true. */
+static bool dial_keyword_in(rule_string_t table, part_t part, rule_string_t place,
                             rule_decision_t *ret) {
     mailcall_rule_tables_keyword_match_t match;
-    if (!mailcall_rule_tables_search_keywords(&table, &text, &match)) return false;
+    if (!mailcall_rule_tables_search_keywords_in(&table, &part, &match)) return false;
     ret->tag = MAILCALL_RULE_TYPES_DECISION_DIAL;
     ret->val.dial.number = match.number; /* handed over: freed after the call */
     match.number = (rule_string_t){NULL, 0};
@@ -60,19 +67,19 @@ static bool dial_keyword_in(rule_string_t table, rule_string_t text, rule_string
 }
 
 /* Decides into *ret (which starts as no-opinion). */
-static void decide(rule_string_t table, rule_envelope_t *envelope, rule_message_t *message,
-                   rule_decision_t *ret) {
-    if (dial_keyword_in(table, envelope->rcpt_to, lit("RCPT TO"), ret)) return;
+static void decide(rule_string_t table, rule_message_t *message, rule_decision_t *ret) {
+    if (dial_keyword_in(table, RCPT_TO, lit("RCPT TO"), ret)) return;
     for (size_t i = 0; i < message->headers.len; i++) {
         mailcall_rule_types_header_t *header = &message->headers.ptr[i];
         /* Never trace or identifier headers (Received, Message-ID, ...). */
         if (!mailcall_rule_text_is_human_header(&header->name)) continue;
         rule_string_t place = concat(3, lit("the "), header->name, lit(" header"));
-        bool found = dial_keyword_in(table, header->value, place, ret);
+        part_t value = {.tag = MAILCALL_RULE_TYPES_PART_HEADER, .val.header = (uint32_t)i};
+        bool found = dial_keyword_in(table, value, place, ret);
         rule_string_free(&place);
         if (found) return;
     }
-    dial_keyword_in(table, message->body_text, lit("the message body"), ret);
+    dial_keyword_in(table, BODY, lit("the message body"), ret);
 }
 
 void exports_rule_resolve(rule_envelope_t *envelope, rule_message_t *message, rule_decision_t *ret) {
@@ -82,7 +89,7 @@ void exports_rule_resolve(rule_envelope_t *envelope, rule_message_t *message, ru
     rule_string_t key = lit("table"), table;
     if (!mailcall_rule_config_get(&key, &table)) rule_string_dup(&table, "keywords");
 
-    decide(table, envelope, message, ret);
+    decide(table, message, ret);
 
     rule_string_free(&table);
     rule_envelope_free(envelope);

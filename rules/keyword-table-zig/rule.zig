@@ -4,9 +4,11 @@
 //! human-written header or the body.
 //!
 //! The table is the configuration value `table` (default `keywords`); the
-//! host searches it (`tables.search-keywords`). Places are tried in order —
-//! RCPT TO, the human-written headers in message order, the body — and the
-//! first that holds a keyword wins.
+//! host searches it (`tables.search-keywords-in`). Places are tried in
+//! order — RCPT TO, the human-written headers in message order, the body —
+//! and the first that holds a keyword wins; each is named as a part of the
+//! message (`mailcall_rule_types_part_t`), never sent back as text: the host
+//! reads it itself.
 //!
 //! There is no Zig generator for WIT: scripts/build-zig-rule generates the
 //! C bindings (wit-bindgen c), translates their header to Zig (`zig
@@ -46,13 +48,14 @@ fn concat(parts: []const []const u8) c.rule_string_t {
     return .{ .ptr = joined, .len = len };
 }
 
-/// If `text` mentions a keyword of `table`, sets `ret` to dial its number
-/// for the reason "keyword {keyword} in {place}" and returns true.
-fn dialKeywordIn(table: c.rule_string_t, text: c.rule_string_t, place: []const u8, ret: *c.rule_decision_t) bool {
+/// If the part `in` of the message mentions a keyword of `table`, sets
+/// `ret` to dial its number for the reason "keyword {keyword} in {place}"
+/// and returns true.
+fn dialKeywordIn(table: c.rule_string_t, in: c.mailcall_rule_types_part_t, place: []const u8, ret: *c.rule_decision_t) bool {
     var table_arg = table;
-    var text_arg = text;
+    var part_arg = in;
     var match: c.mailcall_rule_tables_keyword_match_t = .{};
-    if (!c.mailcall_rule_tables_search_keywords(&table_arg, &text_arg, &match)) return false;
+    if (!c.mailcall_rule_tables_search_keywords_in(&table_arg, &part_arg, &match)) return false;
     ret.tag = c.MAILCALL_RULE_TYPES_DECISION_DIAL;
     ret.val = .{ .dial = .{
         .number = match.number, // handed over: freed after the call
@@ -64,17 +67,21 @@ fn dialKeywordIn(table: c.rule_string_t, text: c.rule_string_t, place: []const u
 }
 
 /// Decides into `ret` (which starts as no-opinion).
-fn decide(table: c.rule_string_t, envelope: *c.rule_envelope_t, message: *c.rule_message_t, ret: *c.rule_decision_t) void {
-    if (dialKeywordIn(table, envelope.rcpt_to, "RCPT TO", ret)) return;
+fn decide(table: c.rule_string_t, message: *c.rule_message_t, ret: *c.rule_decision_t) void {
+    if (dialKeywordIn(table, .{ .tag = c.MAILCALL_RULE_TYPES_PART_RCPT_TO }, "RCPT TO", ret)) return;
     for (0..message.headers.len) |i| {
         const header = &message.headers.ptr[i];
         // Never trace or identifier headers (Received, Message-ID, ...).
         if (!c.mailcall_rule_text_is_human_header(&header.name)) continue;
         var place = concat(&.{ "the ", slice(header.name), " header" });
         defer c.rule_string_free(&place);
-        if (dialKeywordIn(table, header.value, slice(place), ret)) return;
+        const value: c.mailcall_rule_types_part_t = .{
+            .tag = c.MAILCALL_RULE_TYPES_PART_HEADER,
+            .val = .{ .header = @intCast(i) },
+        };
+        if (dialKeywordIn(table, value, slice(place), ret)) return;
     }
-    _ = dialKeywordIn(table, message.body_text, "the message body", ret);
+    _ = dialKeywordIn(table, .{ .tag = c.MAILCALL_RULE_TYPES_PART_BODY }, "the message body", ret);
 }
 
 export fn exports_rule_resolve(envelope: *c.rule_envelope_t, message: *c.rule_message_t, ret: *c.rule_decision_t) void {
@@ -85,7 +92,7 @@ export fn exports_rule_resolve(envelope: *c.rule_envelope_t, message: *c.rule_me
     var table: c.rule_string_t = .{};
     if (!c.mailcall_rule_config_get(&key, &table)) table = concat(&.{"keywords"});
 
-    decide(table, envelope, message, ret);
+    decide(table, message, ret);
 
     c.rule_string_free(&table);
     c.rule_envelope_free(envelope);

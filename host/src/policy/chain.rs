@@ -198,7 +198,7 @@ impl Link {
         runtime: &Runtime,
         tables: &Arc<TableSet>,
         envelope: &Envelope,
-        message: &Message,
+        message: &Arc<Message>,
         trace: &mut EvaluationTrace,
     ) -> Result<Decision, RuleFailure> {
         let rule = match (module, &self.rule) {
@@ -364,7 +364,7 @@ impl Chain {
         tables: &Arc<TableSet>,
         queue_id: &str,
         envelope: &Envelope,
-        message: &Message,
+        message: &Arc<Message>,
     ) -> Verdict {
         self.evaluate_with(envelope, canary_share(queue_id), |link, module, trace| {
             link.run(module, runtime, tables, envelope, message, trace)

@@ -335,6 +335,7 @@ fn check_fixtures(
     for case in &cases {
         let raw = case.message(base).map_err(refuse)?;
         let view = message_view(&raw, spec.body_limit)
+            .map(Arc::new)
             .map_err(|e| refuse(format!("case {:?}: {e}", case.name)))?;
         let verdict = alone.evaluate(runtime, tables, "", &case.envelope(), &view);
         let differences = case.differences(&verdict);

@@ -294,9 +294,11 @@ impl PolicyEngine {
 
     /// Runs the active generation's chain for the one recipient in
     /// `envelope` (step S4). The generation is taken once: a reload during
-    /// the evaluation does not change what it runs.
+    /// the evaluation does not change what it runs. The rules' imports read
+    /// the message too (`part`), so it is copied once into a shared view;
+    /// the server's path, [`PolicyEngine::evaluate_queued`], shares its own.
     pub fn evaluate(&self, envelope: &Envelope, message: &Message) -> Verdict {
-        self.run("", envelope, message)
+        self.run("", envelope, &Arc::new(message.clone()))
     }
 
     /// As [`PolicyEngine::evaluate`], for a recipient of the message queued
@@ -320,7 +322,7 @@ impl PolicyEngine {
         verdict
     }
 
-    fn run(&self, queue_id: &str, envelope: &Envelope, message: &Message) -> Verdict {
+    fn run(&self, queue_id: &str, envelope: &Envelope, message: &Arc<Message>) -> Verdict {
         let _slot = self.slots.acquire();
         let generation = self.active.load_full();
         let mut verdict = generation.chain.evaluate(

@@ -97,18 +97,22 @@ impl LoadedRule {
         runtime: &Runtime,
         tables: &Arc<TableSet>,
         envelope: &Envelope,
-        message: &Message,
+        message: &Arc<Message>,
         trace: &mut EvaluationTrace,
     ) -> Result<Decision, RuleFailure> {
         let mut instance = match self.take_warm() {
             Some(mut instance) => {
-                instance.store.data_mut().begin_evaluation(tables.clone());
+                instance.store.data_mut().begin_evaluation(
+                    tables.clone(),
+                    envelope,
+                    message.clone(),
+                );
                 instance.store.set_epoch_deadline(self.deadline_ticks());
                 instance
             }
             // A fresh instance's deadline, set before instantiation, covers
             // instantiation and the call together.
-            None => self.instantiate(runtime, tables)?,
+            None => self.instantiate(runtime, tables, envelope, message)?,
         };
         if runtime.metered() {
             // Fuel is only a counter here, of the call alone (not the
@@ -139,8 +143,11 @@ impl LoadedRule {
         &self,
         runtime: &Runtime,
         tables: &Arc<TableSet>,
+        envelope: &Envelope,
+        message: &Arc<Message>,
     ) -> Result<WarmInstance, RuleFailure> {
-        let state = RuleState::new(self.context.clone(), tables.clone());
+        let mut state = RuleState::new(self.context.clone(), tables.clone());
+        state.begin_evaluation(tables.clone(), envelope, message.clone());
         let mut store = Store::new(runtime.engine(), state);
         store.limiter(|state| state);
         store.set_epoch_deadline(self.deadline_ticks());

@@ -1,5 +1,7 @@
-//! What a rule instance is given: the imports of the rule world, a WASI
-//! context that grants nothing, and a memory cap.
+//! What a rule instance is given: the imports of the rule world (of either
+//! contract version; 0.2.0's helpers are thin wrappers over `text`,
+//! `numbers` and `tables`, where the logic lives), a WASI context that
+//! grants nothing, and a memory cap.
 //!
 //! Rust's standard library on `wasm32-wasip2` imports `wasi:cli`, `wasi:io`
 //! and friends even when a rule never uses them, so the host links WASI, but
@@ -22,7 +24,8 @@ use wasmtime_wasi::{
 };
 
 use super::bindings::mailcall::rule::types::{
-    AddressMatch, FoundNumber, KeywordMatch, LogLevel, NumberingPlan, TableEntry,
+    AddressMatch, Envelope, FoundNumber, KeyKind, KeywordMatch, LogLevel, Mailbox, Message,
+    NumberingPlan, Part, TableEntry,
 };
 use super::bindings::mailcall::rule::{config, log, numbering, numbers, tables, text, types};
 use super::bindings::v0_1;
@@ -57,6 +60,9 @@ pub struct RuleState {
     context: Arc<RuleContext>,
     /// The tables of the evaluation in progress.
     tables: Arc<TableSet>,
+    /// The recipient and message of the evaluation in progress, which the
+    /// helpers read when a rule names a `part` of them.
+    input: Option<(Envelope, Arc<Message>)>,
     wasi: WasiCtx,
     resources: ResourceTable,
     stderr: MemoryOutputPipe,
@@ -105,6 +111,7 @@ impl RuleState {
         RuleState {
             context,
             tables,
+            input: None,
             wasi,
             resources: ResourceTable::new(),
             stderr,
@@ -115,8 +122,14 @@ impl RuleState {
     }
 
     /// Prepares a (possibly warm) instance for the next evaluation.
-    pub fn begin_evaluation(&mut self, tables: Arc<TableSet>) {
+    pub fn begin_evaluation(
+        &mut self,
+        tables: Arc<TableSet>,
+        envelope: &Envelope,
+        message: Arc<Message>,
+    ) {
         self.tables = tables;
+        self.input = Some((envelope.clone(), message));
         self.log_lines = 0;
         self.memory_refused.store(false, Ordering::Relaxed);
         self.imports.clear();
@@ -134,6 +147,24 @@ impl RuleState {
                 args: args.iter().map(|a| shown(a)).collect(),
                 result: shown(&result),
             });
+        }
+    }
+
+    /// The text a rule names with `part`: empty where the message has none.
+    fn part(&self, part: Part) -> &str {
+        let Some((envelope, message)) = &self.input else {
+            return "";
+        };
+        match part {
+            Part::RcptTo => &envelope.rcpt_to,
+            Part::Subject => message.subject.as_deref().unwrap_or(""),
+            Part::Header(i) => message
+                .headers
+                .get(i as usize)
+                .map_or("", |header| header.value.as_str()),
+            Part::ToName(i) => display_name(&message.to, i),
+            Part::CcName(i) => display_name(&message.cc, i),
+            Part::Body => &message.body_text,
         }
     }
 
@@ -200,6 +231,29 @@ fn shown(text: &str) -> String {
 
 fn shown_option(value: &Option<String>) -> String {
     value.clone().unwrap_or_else(|| "none".into())
+}
+
+/// The display name of mailbox `i`, empty if there is none.
+fn display_name(mailboxes: &[Mailbox], i: u32) -> &str {
+    mailboxes
+        .get(i as usize)
+        .and_then(|mailbox| mailbox.name.as_deref())
+        .unwrap_or("")
+}
+
+fn shown_keyword(found: &KeywordMatch) -> String {
+    format!("{} = {} at {}", found.keyword, found.value, found.offset)
+}
+
+fn shown_part(part: Part) -> String {
+    match part {
+        Part::RcptTo => "rcpt-to".into(),
+        Part::Subject => "subject".into(),
+        Part::Header(i) => format!("header({i})"),
+        Part::ToName(i) => format!("to-name({i})"),
+        Part::CcName(i) => format!("cc-name({i})"),
+        Part::Body => "body".into(),
+    }
 }
 
 fn shown_found(found: &FoundNumber) -> String {
@@ -285,7 +339,12 @@ impl tables::Host for RuleState {
                 number: m.number,
             });
         let result = found.as_ref().map_or("none".into(), |m| {
-            format!("{:?} {} = {}", m.kind, m.key, m.value)
+            let kind = match m.kind {
+                KeyKind::Address => "address",
+                KeyKind::Domain => "domain",
+                KeyKind::Wildcard => "wildcard",
+            };
+            format!("{kind} entry {} = {}", m.key, m.value)
         });
         self.called("tables.match-address", &[&table, &address], result);
         found
@@ -302,10 +361,28 @@ impl tables::Host for RuleState {
                 number: m.number,
                 offset: offset(m.offset),
             });
-        let result = found.as_ref().map_or("none".into(), |m| {
-            format!("{} = {} at {}", m.keyword, m.value, m.offset)
-        });
+        let result = found.as_ref().map_or("none".into(), shown_keyword);
         self.called("tables.search-keywords", &[&table, &text], result);
+        found
+    }
+
+    fn search_keywords_in(&mut self, table: String, part: Part) -> Option<KeywordMatch> {
+        let found = self
+            .tables
+            .get(&table)
+            .and_then(|t| t.search_keywords(&table, self.part(part), &self.context.plan));
+        let found = found.map(|m| KeywordMatch {
+            keyword: m.keyword,
+            value: m.value,
+            number: m.number,
+            offset: offset(m.offset),
+        });
+        let result = found.as_ref().map_or("none".into(), shown_keyword);
+        self.called(
+            "tables.search-keywords-in",
+            &[&table, &shown_part(part)],
+            result,
+        );
         found
     }
 }
@@ -339,6 +416,14 @@ impl numbers::Host for RuleState {
         let found = super::numbers::find_first(&text, &self.context.plan).map(found_number);
         let result = found.as_ref().map_or("none".into(), shown_found);
         self.called("numbers.find-first", &[&text], result);
+        found
+    }
+
+    fn find_first_in(&mut self, part: Part) -> Option<FoundNumber> {
+        let found =
+            super::numbers::find_first(self.part(part), &self.context.plan).map(found_number);
+        let result = found.as_ref().map_or("none".into(), shown_found);
+        self.called("numbers.find-first-in", &[&shown_part(part)], result);
         found
     }
 

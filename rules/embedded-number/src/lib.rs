@@ -10,10 +10,11 @@
 //!    human-written headers (never trace headers such as `Received`);
 //! 5. the text body.
 //!
-//! What is and is not a number is the host's `numbers.find-first`.
+//! What is and is not a number is the host's `numbers.find-first`; the
+//! message's own texts are named by `Part`, so the host reads them itself.
 
-use mailcall_guest_sdk::host::{find_number, fold, is_human_header};
-use mailcall_guest_sdk::{export_rule, Decision, Envelope, FoundNumber, Message, Rule};
+use mailcall_guest_sdk::host::{find_number, find_number_in, fold, is_human_header};
+use mailcall_guest_sdk::{export_rule, Decision, Envelope, FoundNumber, Message, Part, Rule};
 
 struct EmbeddedNumber;
 
@@ -35,7 +36,7 @@ impl Rule for EmbeddedNumber {
         let this_recipient = fold(rcpt.trim_matches(' '));
         let mut recipient_listed = false;
         for (field, mailboxes) in [("To", &message.to), ("Cc", &message.cc)] {
-            for mailbox in mailboxes {
+            for (index, mailbox) in (0..).zip(mailboxes) {
                 let Some(address) = &mailbox.address else {
                     continue;
                 };
@@ -43,27 +44,36 @@ impl Rule for EmbeddedNumber {
                     continue;
                 }
                 recipient_listed = true;
-                if let Some(found) = mailbox.name.as_deref().and_then(find_number) {
+                if mailbox.name.is_none() {
+                    continue;
+                }
+                let name = match field {
+                    "To" => Part::ToName(index),
+                    _ => Part::CcName(index),
+                };
+                if let Some(found) = find_number_in(name) {
                     let place = format!("the display name of the recipient in {field}");
                     return dial(found, &place);
                 }
             }
         }
 
-        if let Some(found) = message.subject.as_deref().and_then(find_number) {
-            return dial(found, "Subject");
+        if message.subject.is_some() {
+            if let Some(found) = find_number_in(Part::Subject) {
+                return dial(found, "Subject");
+            }
         }
         if !recipient_listed {
-            for header in &message.headers {
+            for (index, header) in (0..).zip(&message.headers) {
                 if !is_human_header(&header.name) || fold(&header.name) == "subject" {
                     continue;
                 }
-                if let Some(found) = find_number(&header.value) {
+                if let Some(found) = find_number_in(Part::Header(index)) {
                     return dial(found, &format!("the {} header", header.name));
                 }
             }
         }
-        match find_number(&message.body_text) {
+        match find_number_in(Part::Body) {
             Some(found) => dial(found, "the message body"),
             None => Decision::NoOpinion,
         }

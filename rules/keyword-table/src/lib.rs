@@ -5,26 +5,26 @@
 //! The table is the configuration value `table` (default `keywords`).
 //! Places are searched in order — `RCPT TO`, the human-written headers in
 //! message order (never trace or identifier headers), the body; the host's
-//! `tables.search-keywords` finds the keyword a place mentions first.
+//! `tables.search-keywords-in` finds the keyword a place mentions first,
+//! reading the place itself.
 
-use mailcall_guest_sdk::host::{config_or, is_human_header, search_keywords};
-use mailcall_guest_sdk::{export_rule, Decision, Envelope, Message, Rule};
+use mailcall_guest_sdk::host::{config_or, is_human_header, search_keywords_in};
+use mailcall_guest_sdk::{export_rule, Decision, Envelope, Message, Part, Rule};
 
 struct KeywordTable;
 
 impl Rule for KeywordTable {
-    fn resolve(envelope: Envelope, message: Message) -> Decision {
+    fn resolve(_envelope: Envelope, message: Message) -> Decision {
         let table = config_or("table", "keywords");
-        let headers = message
-            .headers
-            .iter()
-            .filter(|header| is_human_header(&header.name))
-            .map(|header| (format!("the {} header", header.name), &header.value));
-        let places = std::iter::once(("RCPT TO".to_string(), &envelope.rcpt_to))
+        let headers = (0..)
+            .zip(&message.headers)
+            .filter(|(_, header)| is_human_header(&header.name))
+            .map(|(index, header)| (format!("the {} header", header.name), Part::Header(index)));
+        let places = std::iter::once(("RCPT TO".to_string(), Part::RcptTo))
             .chain(headers)
-            .chain([("the message body".to_string(), &message.body_text)]);
-        for (place, text) in places {
-            if let Some(found) = search_keywords(&table, text) {
+            .chain([("the message body".to_string(), Part::Body)]);
+        for (place, part) in places {
+            if let Some(found) = search_keywords_in(&table, part) {
                 let reason = format!("keyword {} in {place}", found.keyword);
                 return Decision::dial(found.number, reason);
             }
