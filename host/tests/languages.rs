@@ -301,6 +301,7 @@ fn the_guide_shows_every_stock_rule_in_every_language_as_it_is() {
         }
     }
     check("rules/keyword-table-zig/rule.zig");
+    check("rules/c-sdk/mailcall_rule.h");
 }
 
 /// Keeps the guide's copy of a stock rule identical to its file.

@@ -10,60 +10,7 @@
  * `envelope` and `message`; the decision we return is freed by the
  * bindings after the call, so its strings must be allocated. */
 
-#include <stdarg.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "rule.h"
-
-/* A borrowed view of a C string (nothing to free). */
-static rule_string_t lit(const char *s) {
-    rule_string_t view;
-    rule_string_set(&view, s);
-    return view;
-}
-
-/* The `count` strings given, joined into one newly allocated string. */
-static rule_string_t concat(int count, ...) {
-    va_list args;
-    size_t len = 0;
-    va_start(args, count);
-    for (int i = 0; i < count; i++) len += va_arg(args, rule_string_t).len;
-    va_end(args);
-    rule_string_t joined = {NULL, 0};
-    if (len == 0) return joined;
-    joined.ptr = malloc(len);
-    va_start(args, count);
-    for (int i = 0; i < count; i++) {
-        rule_string_t piece = va_arg(args, rule_string_t);
-        memcpy(joined.ptr + joined.len, piece.ptr, piece.len);
-        joined.len += piece.len;
-    }
-    va_end(args);
-    return joined;
-}
-
-/* `text` without its leading ASCII spaces (a view into it). */
-static rule_string_t lstrip(rule_string_t text) {
-    while (text.len > 0 && text.ptr[0] == ' ') text.ptr++, text.len--;
-    return text;
-}
-
-/* `text` without its leading and trailing ASCII spaces (a view into it). */
-static rule_string_t strip(rule_string_t text) {
-    text = lstrip(text);
-    while (text.len > 0 && text.ptr[text.len - 1] == ' ') text.len--;
-    return text;
-}
-
-static bool starts_with(rule_string_t text, const char *prefix) {
-    size_t len = strlen(prefix);
-    return text.len >= len && memcmp(text.ptr, prefix, len) == 0;
-}
-
-static bool equal(rule_string_t text, const char *other) {
-    return text.len == strlen(other) && starts_with(text, other);
-}
+#include "mailcall_rule.h"
 
 /* Whether a header field marks the message urgent. */
 static bool is_urgent_header(mailcall_rule_types_header_t *header) {

@@ -12,49 +12,7 @@
  * are `envelope` and `message`; the decision we return is freed by the
  * bindings after the call, so its strings must be allocated. */
 
-#include <stdarg.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "rule.h"
-
-/* A borrowed view of a C string (nothing to free). */
-static rule_string_t lit(const char *s) {
-    rule_string_t view;
-    rule_string_set(&view, s);
-    return view;
-}
-
-/* The `count` strings given, joined into one newly allocated string. */
-static rule_string_t concat(int count, ...) {
-    va_list args;
-    size_t len = 0;
-    va_start(args, count);
-    for (int i = 0; i < count; i++) len += va_arg(args, rule_string_t).len;
-    va_end(args);
-    rule_string_t joined = {NULL, 0};
-    if (len == 0) return joined;
-    joined.ptr = malloc(len);
-    va_start(args, count);
-    for (int i = 0; i < count; i++) {
-        rule_string_t piece = va_arg(args, rule_string_t);
-        memcpy(joined.ptr + joined.len, piece.ptr, piece.len);
-        joined.len += piece.len;
-    }
-    va_end(args);
-    return joined;
-}
-
-/* `text` without its leading and trailing ASCII spaces (a view into it). */
-static rule_string_t strip(rule_string_t text) {
-    while (text.len > 0 && text.ptr[0] == ' ') text.ptr++, text.len--;
-    while (text.len > 0 && text.ptr[text.len - 1] == ' ') text.len--;
-    return text;
-}
-
-static bool equal(rule_string_t a, rule_string_t b) {
-    return a.len == b.len && memcmp(a.ptr, b.ptr, a.len) == 0;
-}
+#include "mailcall_rule.h"
 
 /* Sets *ret to dial the number `found` for the reason
  * "number {as written} in {place}", and frees `found`. */
@@ -95,9 +53,9 @@ static bool listed_in(mailcall_rule_types_list_mailbox_t list, const char *field
         if (!mailbox->address.is_some) continue;
         rule_string_t address = strip(mailbox->address.val), folded;
         mailcall_rule_text_fold(&address, &folded);
-        bool same = equal(folded, folded_rcpt);
+        bool is_recipient = same(folded, folded_rcpt);
         rule_string_free(&folded);
-        if (!same) continue;
+        if (!is_recipient) continue;
         listed = true;
         if (mailbox->name.is_some) {
             rule_string_t place = concat(2, lit("the display name of the recipient in "), lit(field));
@@ -144,7 +102,7 @@ static void decide(rule_envelope_t *envelope, rule_message_t *message, rule_deci
         if (!mailcall_rule_text_is_human_header(&header->name)) continue;
         rule_string_t folded_name;
         mailcall_rule_text_fold(&header->name, &folded_name);
-        bool is_subject = equal(folded_name, lit("subject"));
+        bool is_subject = equal(folded_name, "subject");
         rule_string_free(&folded_name);
         if (is_subject) continue;
         rule_string_t place = concat(3, lit("the "), header->name, lit(" header"));

@@ -13,38 +13,7 @@
  * `envelope` and `message`; the decision we return is freed by the
  * bindings after the call, so its strings must be allocated. */
 
-#include <stdarg.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "rule.h"
-
-/* A borrowed view of a C string (nothing to free). */
-static rule_string_t lit(const char *s) {
-    rule_string_t view;
-    rule_string_set(&view, s);
-    return view;
-}
-
-/* The `count` strings given, joined into one newly allocated string. */
-static rule_string_t concat(int count, ...) {
-    va_list args;
-    size_t len = 0;
-    va_start(args, count);
-    for (int i = 0; i < count; i++) len += va_arg(args, rule_string_t).len;
-    va_end(args);
-    rule_string_t joined = {NULL, 0};
-    if (len == 0) return joined;
-    joined.ptr = malloc(len);
-    va_start(args, count);
-    for (int i = 0; i < count; i++) {
-        rule_string_t piece = va_arg(args, rule_string_t);
-        memcpy(joined.ptr + joined.len, piece.ptr, piece.len);
-        joined.len += piece.len;
-    }
-    va_end(args);
-    return joined;
-}
+#include "mailcall_rule.h"
 
 /* Parts of the message, which the host reads itself. */
 typedef mailcall_rule_types_part_t part_t;
