@@ -1204,6 +1204,7 @@ fn the_console_draws_each_calls_ladder_and_the_metrics_count_what_was_sent() {
     let row = rules.split("data-rule=\"embedded-number\"").nth(1).unwrap();
     let row = &row[..row.find("</tr>").unwrap()];
     assert!(row.contains("<td data-mode=\"\">active</td>"), "{row}");
+    assert!(row.contains("<td data-contract=\"\">0.2.0</td>"), "{row}");
     for quantile in ["p50", "p90", "p99"] {
         let marker = format!("data-latency=\"{quantile}\">≤ ");
         assert!(row.contains(&marker), "{quantile}: {row}");

@@ -472,3 +472,40 @@ fn a_shadow_disagreement_is_in_the_history_and_the_status() {
         "{status}"
     );
 }
+
+/// `rules status` names the contract each rule in force was built against,
+/// so an operator sees which rules are still on an older one — and a rule
+/// of the 0.1.0 contract, put in force by a reload, decides beside 0.2.0
+/// ones.
+#[test]
+fn the_status_names_each_rules_contract_and_an_old_rule_reloads_in() {
+    let bed = Bed::start(&["address-table"], false);
+    let old = repo().join("tests/fixtures/rules-0.1.0/embedded-number.wasm");
+    bed.edit(&bed.config(
+        &["embedded-number-0-1", "address-table"],
+        false,
+        &format!("[rules.embedded-number-0-1]\nfile = {old:?}\n"),
+    ));
+    let (ok, output) = bed.mailcall(&["reload"]);
+    assert!(ok, "{output}");
+    let rcpt = number(8);
+    let (rule, _) = bed.decide(&rcpt);
+    assert_eq!(rule.as_deref(), Some("embedded-number-0-1"));
+    let (ok, status) = bed.mailcall(&["rules", "status"]);
+    assert!(ok, "{status}");
+    let line = |name: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with(&format!("rule {name} ")))
+            .unwrap_or_else(|| panic!("{name} missing: {status}"))
+            .to_string()
+    };
+    assert!(
+        line("embedded-number-0-1").contains("contract 0.1.0  active"),
+        "{status}"
+    );
+    assert!(
+        line("address-table").contains("contract 0.2.0  active"),
+        "{status}"
+    );
+}

@@ -462,7 +462,7 @@ pub fn rules(status: Option<&Status>) -> Markup {
                     h2 { "Rules in force, in chain order" }
                     table #rules {
                         tr {
-                            th { "rule" } th { "mode" } th { "module (SHA-256)" } th { "evaluations" } th { "dials" } th { "smtp" }
+                            th { "rule" } th { "mode" } th { "module (SHA-256)" } th { "contract" } th { "evaluations" } th { "dials" } th { "smtp" }
                             th { "no opinion" } th { "failures" } th { "p50" } th { "p90" } th { "p99" }
                         }
                         @for rule in &status.rules {
@@ -470,6 +470,7 @@ pub fn rules(status: Option<&Status>) -> Markup {
                                 td { (rule.name) }
                                 td data-mode { (rule.mode) }
                                 td { code title=(rule.digest.as_deref().unwrap_or("")) { (rule.digest.as_deref().map_or("-", |d| d.get(..16).unwrap_or(d))) } }
+                                td data-contract { (rule.contract.as_deref().unwrap_or("-")) }
                                 @for (name, count) in [
                                     ("evaluations", rule.evaluations), ("dials", rule.dials), ("smtp", rule.smtp),
                                     ("no-opinion", rule.no_opinion), ("failures", rule.failures),

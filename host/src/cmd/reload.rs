@@ -93,7 +93,11 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
             .digest
             .as_deref()
             .map_or("(not loaded)", |d| &d[..12.min(d.len())]);
-        println!("rule {}  module {digest}", rule.name);
+        let contract = rule.contract.as_deref().unwrap_or("-");
+        println!(
+            "rule {}  module {digest}  contract {contract}  {}",
+            rule.name, rule.mode
+        );
         println!(
             "  evaluations {}  dials {}  smtp {}  no opinion {}",
             rule.evaluations, rule.dials, rule.smtp, rule.no_opinion

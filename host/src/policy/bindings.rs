@@ -34,6 +34,15 @@ pub enum ContractVersion {
     V0_2,
 }
 
+impl std::fmt::Display for ContractVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ContractVersion::V0_1 => "0.1.0",
+            ContractVersion::V0_2 => "0.2.0",
+        })
+    }
+}
+
 impl ContractVersion {
     /// The version `component` imports the contract's interfaces of; a
     /// rule that imports none of them (it only exports `resolve`) links
@@ -98,6 +107,14 @@ impl<T: 'static> LinkedRule<T> {
             ContractVersion::V0_1 => LinkedRule::V0_1(v0_1::RulePre::new(pre)?),
             ContractVersion::V0_2 => LinkedRule::V0_2(RulePre::new(pre)?),
         })
+    }
+
+    /// The contract version the rule was built against.
+    pub fn contract(&self) -> ContractVersion {
+        match self {
+            LinkedRule::V0_1(_) => ContractVersion::V0_1,
+            LinkedRule::V0_2(_) => ContractVersion::V0_2,
+        }
     }
 
     pub fn instantiate(&self, store: &mut Store<T>) -> wasmtime::Result<RuleInstance> {

@@ -177,8 +177,13 @@ impl Link {
     }
 
     pub fn digest(&self) -> Option<&str> {
+        self.loaded().map(|rule| rule.digest.as_str())
+    }
+
+    /// The link's loaded module of this generation (`None`: not loaded).
+    pub fn loaded(&self) -> Option<&Arc<LoadedRule>> {
         match &self.rule {
-            LinkRule::Ready(rule) => Some(&rule.digest),
+            LinkRule::Ready(rule) => Some(rule),
             LinkRule::Unavailable(_) => None,
         }
     }

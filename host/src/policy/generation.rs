@@ -289,18 +289,31 @@ impl Generation {
         self.chain.rule(name)
     }
 
-    /// The rules in chain order, with their module's SHA-256 (`None`: not
-    /// loaded).
-    pub fn rules(&self) -> Vec<(String, Option<String>, String)> {
+    /// The rules in chain order.
+    pub fn rules(&self) -> Vec<RuleInForce> {
         self.chain
             .links
             .iter()
-            .map(|link| {
-                let digest = link.digest().map(str::to_string);
-                (link.name().to_string(), digest, link.mode())
+            .map(|link| RuleInForce {
+                name: link.name().to_string(),
+                digest: link.loaded().map(|rule| rule.digest.clone()),
+                contract: link.loaded().map(|rule| rule.contract().to_string()),
+                mode: link.mode(),
             })
             .collect()
     }
+}
+
+/// One rule of a generation's chain, as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleInForce {
+    pub name: String,
+    /// The SHA-256 of its module; `None` when it did not load.
+    pub digest: Option<String>,
+    /// The rule contract version the module was built against (`0.1.0`).
+    pub contract: Option<String>,
+    /// active, shadow, canary N %.
+    pub mode: String,
 }
 
 /// Runs a rule's fixtures against the rule alone: any failing case refuses

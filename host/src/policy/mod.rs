@@ -40,7 +40,7 @@ pub use bindings::mailcall::rule::types::{
 };
 pub use chain::{canary_share, Route, ShadowDecision, Step, StepDecision, StepRole, Verdict};
 pub use counters::{LatencySnapshot, RuleCounters, LATENCY_BOUNDS_US};
-pub use generation::{BuildError, Generation, GenerationId, PolicySpec};
+pub use generation::{BuildError, Generation, GenerationId, PolicySpec, RuleInForce};
 pub use message::{message_view, NotAMessage};
 pub use reload::ReloadWatcher;
 pub use rule::RuleFailure;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use wasmtime::{Store, Trap};
 
 use super::bindings::mailcall::rule::types::{Decision, Envelope, Message};
-use super::bindings::{LinkedRule, RuleInstance};
+use super::bindings::{ContractVersion, LinkedRule, RuleInstance};
 use super::runtime::{Runtime, EPOCH_TICK};
 use super::sandbox::{EvaluationTrace, RuleContext, RuleState};
 use super::tables::TableSet;
@@ -81,6 +81,11 @@ impl LoadedRule {
 
     pub fn name(&self) -> &str {
         &self.context.name
+    }
+
+    /// The rule contract version the module was built against.
+    pub fn contract(&self) -> ContractVersion {
+        self.pre.contract()
     }
 
     /// The largest linear memory an instance of this module grew to.

@@ -85,6 +85,9 @@ pub struct Status {
 pub struct RuleStatus {
     pub name: String,
     pub digest: Option<String>,
+    /// The rule contract version its module was built against.
+    #[serde(default)]
+    pub contract: Option<String>,
     /// active, shadow, canary N %.
     #[serde(default)]
     pub mode: String,
@@ -333,15 +336,15 @@ pub fn policy_status(policy: &PolicyEngine) -> Status {
             (g.id.to_string(), at, g.id == active.id)
         })
         .collect();
-    let digests = active.rules();
     let rules = policy
         .counters()
         .into_iter()
-        .zip(digests)
-        .map(|((name, counters), (_, digest, mode))| RuleStatus {
+        .zip(active.rules())
+        .map(|((name, counters), rule)| RuleStatus {
             name,
-            digest,
-            mode,
+            digest: rule.digest,
+            contract: rule.contract,
+            mode: rule.mode,
             latency: counters.latency.snapshot(),
             evaluations: counters.evaluations.load(Ordering::Relaxed),
             dials: counters.dials.load(Ordering::Relaxed),
