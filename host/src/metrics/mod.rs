@@ -539,6 +539,7 @@ mod tests {
             rules: vec![RuleStatus {
                 name: "keywords".into(),
                 digest: None,
+                contract: None,
                 mode: "active".into(),
                 latency,
                 evaluations: 3,
