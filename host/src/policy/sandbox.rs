@@ -150,6 +150,21 @@ impl RuleState {
         }
     }
 
+    /// The keyword of `table` that `text` mentions first, as the contract
+    /// gives it (`search-keywords` and `search-keywords-in`).
+    fn keyword_in(&self, table: &str, text: &str) -> Option<KeywordMatch> {
+        let found = self
+            .tables
+            .get(table)?
+            .search_keywords(table, text, &self.context.plan)?;
+        Some(KeywordMatch {
+            keyword: found.keyword,
+            value: found.value,
+            number: found.number,
+            offset: offset(found.offset),
+        })
+    }
+
     /// The text a rule names with `part`: empty where the message has none.
     fn part(&self, part: Part) -> &str {
         let Some((envelope, message)) = &self.input else {
@@ -351,32 +366,14 @@ impl tables::Host for RuleState {
     }
 
     fn search_keywords(&mut self, table: String, text: String) -> Option<KeywordMatch> {
-        let found = self
-            .tables
-            .get(&table)
-            .and_then(|t| t.search_keywords(&table, &text, &self.context.plan))
-            .map(|m| KeywordMatch {
-                keyword: m.keyword,
-                value: m.value,
-                number: m.number,
-                offset: offset(m.offset),
-            });
+        let found = self.keyword_in(&table, &text);
         let result = found.as_ref().map_or("none".into(), shown_keyword);
         self.called("tables.search-keywords", &[&table, &text], result);
         found
     }
 
     fn search_keywords_in(&mut self, table: String, part: Part) -> Option<KeywordMatch> {
-        let found = self
-            .tables
-            .get(&table)
-            .and_then(|t| t.search_keywords(&table, self.part(part), &self.context.plan));
-        let found = found.map(|m| KeywordMatch {
-            keyword: m.keyword,
-            value: m.value,
-            number: m.number,
-            offset: offset(m.offset),
-        });
+        let found = self.keyword_in(&table, self.part(part));
         let result = found.as_ref().map_or("none".into(), shown_keyword);
         self.called(
             "tables.search-keywords-in",
