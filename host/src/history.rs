@@ -509,6 +509,7 @@ pub fn ladder_text(attempt: &Attempt) -> String {
         let arrow = match rung.label.sender() {
             Side::Caller => "A -> B",
             Side::Callee => "A <- B",
+            Side::Local => "A     ",
         };
         text.push_str(&format!(
             "  {:>8.1} ms  {arrow}  {} {}\n",

@@ -10,9 +10,12 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-/// The labels of Fig. 4.
+/// The labels of Fig. 4, and `L` for finding where to call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Label {
+    /// Locating the number's SIP target before the INVITE (route, ENUM,
+    /// RFC 3263): no message between A and B, a step of A's own.
+    L,
     /// INVITE with the channel offer.
     T1,
     /// ACK.
@@ -37,21 +40,23 @@ pub enum Label {
     R4,
 }
 
-/// Who sends a step's message: A calls, B answers.
+/// Who sends a step's message: A calls, B answers; `Local` steps send none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     Caller,
     Callee,
+    Local,
 }
 
 impl Label {
-    /// T-steps go from A to B, R-steps from B to A.
+    /// T-steps go from A to B, R-steps from B to A, L-steps stay at A.
     pub fn sender(self) -> Side {
         match self {
             Label::T1 | Label::T2 | Label::T3 | Label::T4 | Label::T5 | Label::T6 | Label::T7 => {
                 Side::Caller
             }
             Label::R1 | Label::R2 | Label::R3 | Label::R4 => Side::Callee,
+            Label::L => Side::Local,
         }
     }
 }

@@ -11,6 +11,7 @@ mod caller;
 mod channel;
 mod config;
 mod digest;
+mod framing;
 mod ladder;
 mod register;
 mod screen;
@@ -37,9 +38,9 @@ pub use ladder::{Label, Ladder, Rung, Side};
 /// The parsers the fuzz targets in `fuzz/` drive directly; not an API.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::framing::{next_frame, Frame};
     pub use crate::screen::{screen, Framing, Verdict};
     pub use crate::sdp::ChannelDescription;
-    pub use crate::transports::{next_frame, Frame};
 }
 
 use crate::channel::PortPool;

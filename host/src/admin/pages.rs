@@ -587,12 +587,23 @@ fn ladder(attempt: &Attempt) -> Markup {
             line x1=(B) y1="30" x2=(B) y2=(height - 10) stroke="#888" {}
             @for (index, rung) in attempt.ladder.iter().enumerate() {
                 @let y = 50 + STEP * index as u32;
-                @let (from, to) = match rung.label.sender() { Side::Caller => (A, B), Side::Callee => (B, A) };
                 g.rung data-label=(rung.label) {
                     text x="5" y=(y + 4) fill="#666" { (format!("{:.1} ms", rung.at_us as f64 / 1000.0)) }
-                    line x1=(from) y1=(y) x2=(to) y2=(y) stroke="#444" marker-end="url(#arrow)" {}
-                    text.label x={ ((A + B) / 2) } y=(y - 5) text-anchor="middle" {
-                        (rung.label) " " (shorten(&rung.text))
+                    @match rung.label.sender() {
+                        // A step of the caller's own (finding where to call): a dot on A.
+                        Side::Local => {
+                            circle cx=(A) cy=(y) r="4" fill="#444" {}
+                            text.label x=(A + 10) y=(y + 4) {
+                                (rung.label) " " (shorten(&rung.text))
+                            }
+                        }
+                        side => {
+                            @let (from, to) = if side == Side::Caller { (A, B) } else { (B, A) };
+                            line x1=(from) y1=(y) x2=(to) y2=(y) stroke="#444" marker-end="url(#arrow)" {}
+                            text.label x={ ((A + B) / 2) } y=(y - 5) text-anchor="middle" {
+                                (rung.label) " " (shorten(&rung.text))
+                            }
+                        }
                     }
                 }
             }
