@@ -108,15 +108,22 @@ pub struct ServerTls {
 /// one in the data folder (made now if missing, near expiry, or for
 /// another host name).
 pub fn server_config(config: &Config) -> Result<ServerTls, TlsError> {
+    let (certificate, key) = certificate_files(config)?;
+    load(&certificate, &key)
+}
+
+/// The server's certificate and key files: the configured ones, or the
+/// generated ones (made now if they need to be). SIP over TLS shows them
+/// too unless `[sip]` names its own.
+pub fn certificate_files(config: &Config) -> Result<(PathBuf, PathBuf), TlsError> {
     let server = &config.server;
-    let (certificate, key) = match (&server.tls_certificate, &server.tls_key) {
-        (Some(certificate), Some(key)) => (config.resolve(certificate), config.resolve(key)),
+    match (&server.tls_certificate, &server.tls_key) {
+        (Some(certificate), Some(key)) => Ok((config.resolve(certificate), config.resolve(key))),
         _ => {
             let folder = config.resolve(&server.data_dir).join("tls");
-            generated_certificate(&folder, &server.hostname, now())?
+            generated_certificate(&folder, &server.hostname, now())
         }
-    };
-    load(&certificate, &key)
+    }
 }
 
 /// What `mailcall check-config` says of TLS, found without writing

@@ -13,7 +13,6 @@ use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transaction::TransactionReceiver;
 use tracing::{debug, info, warn};
 
-use crate::config::in_network;
 use crate::ladder::{Label, Ladder};
 use crate::sdp::{ChannelDescription, Setup};
 use crate::stack::{ip_of, Stack, ALLOWED_METHODS};
@@ -172,9 +171,9 @@ fn source_allowed(shared: &Shared, source: IpAddr) -> bool {
         .filter_map(|uri| uri.as_deref().and_then(ip_of))
         .any(|server| server.to_canonical() == source.to_canonical())
         || settings
-            .allowed_networks()
-            .into_iter()
-            .any(|network| in_network(source, network))
+            .allowed_sources
+            .iter()
+            .any(|network| network.contains(source))
 }
 
 /// The reason for a refusal, for people reading traces (RFC 3261 §20.43).
@@ -258,11 +257,12 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
         }
     };
     let stack = &shared.stack;
-    let transport = tx
-        .connection
-        .as_ref()
-        .map(|c| c.get_addr().r#type.unwrap_or(SipTransport::Udp))
-        .unwrap_or(SipTransport::Udp);
+    let signalling = Signalling::of(&tx);
+    if shared.settings.require_tls && signalling.transport != SipTransport::Tls {
+        let why = format!("require_tls: the INVITE came over {}", signalling.transport);
+        return reject(&mut tx, &call_id, StatusCode::Forbidden, &why).await;
+    }
+    let transport = signalling.transport;
     let (state_sender, mut states) = stack.dialogs.new_dialog_state_channel();
     let dialog = match stack.dialogs.get_or_create_server_invite(
         &tx,
@@ -309,7 +309,8 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
                         ladder: ladder.clone(),
                         bye_answered: known.bye_answered.clone(),
                     };
-                    call.run(handler, offer.address, tls, &mut states).await;
+                    let peers = signalling.channel_peers(offer.address, tls.is_some());
+                    call.run(handler, &peers, tls, &mut states).await;
                 }
                 Some(Admission::Busy(why)) => refuse(&dialog, &call_id, StatusCode::BusyHere, why),
                 Some(Admission::Unavailable(why)) => {
@@ -326,6 +327,50 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
         .is_err()
     {
         abort.abort();
+    }
+}
+
+/// How an INVITE reached us: the transport, and the peer at its end.
+struct Signalling {
+    transport: SipTransport,
+    /// The other end of the connection (or the datagram's source).
+    peer: Option<IpAddr>,
+}
+
+impl Signalling {
+    fn of(tx: &Transaction) -> Signalling {
+        let connection = tx.connection.as_ref();
+        Signalling {
+            transport: connection
+                .and_then(|c| c.get_addr().r#type)
+                .unwrap_or(SipTransport::Udp),
+            peer: connection
+                .and_then(|c| c.get_remote_addr())
+                .and_then(|remote| match remote.addr.host {
+                    rsipstack::sip::Host::IpAddr(ip) => Some(ip),
+                    rsipstack::sip::Host::Domain(_) => None,
+                }),
+        }
+    }
+
+    /// Where the caller's channel connection may come from: the address its
+    /// offer names and, behind NAT, the address its signalling came from.
+    ///
+    /// The second is allowed only when the INVITE came over TLS and the
+    /// channel is TLS too: the offer's fingerprint then reached us
+    /// unchanged, and whoever connects must prove it holds that
+    /// certificate's key, so a connection from the signalling peer's
+    /// address is the caller (a NAT rewrote its address), not someone who
+    /// raced it to our port. Over plain UDP/TCP anyone on the path could
+    /// swap the fingerprint, so the offer's address is the only one taken.
+    fn channel_peers(&self, offered: IpAddr, channel_tls: bool) -> Vec<IpAddr> {
+        let mut peers = vec![offered];
+        if let (SipTransport::Tls, true, Some(peer)) = (self.transport, channel_tls, self.peer) {
+            if peer.to_canonical() != offered.to_canonical() {
+                peers.push(peer);
+            }
+        }
+        peers
     }
 }
 
@@ -356,17 +401,22 @@ struct Answered<'a> {
 }
 
 impl Answered<'_> {
-    /// `caller` is the address the offer names; `tls` our identity and the
-    /// fingerprint the caller must show.
+    /// `callers` are the addresses the channel may come from (see
+    /// `Signalling::channel_peers`); `tls` our identity and the fingerprint
+    /// the caller must show.
     async fn run(
         self,
         handler: Arc<dyn CallHandler>,
-        caller: IpAddr,
+        callers: &[IpAddr],
         tls: Option<(&ChannelIdentity, [u8; 32])>,
         states: &mut DialogStateReceiver,
     ) {
         let (shared, dialog, call_id) = (self.shared, self.dialog, self.call_id);
-        let listener = match shared.ports.listen(shared.settings.sdp_address()).await {
+        let listener = match shared
+            .ports
+            .listen(shared.settings.channel_bind_address())
+            .await
+        {
             Ok(listener) => listener,
             Err(e) => {
                 warn!(call_id = %call_id, "{e}");
@@ -393,7 +443,7 @@ impl Answered<'_> {
         // The caller's channel may arrive before its ACK: accept at once.
         let timeout = shared.settings.channel_accept_timeout();
         let accepted = tokio::select! {
-            accepted = listener.accept(caller, tls, timeout) => Some(accepted),
+            accepted = listener.accept(callers, tls, timeout) => Some(accepted),
             () = until_ended(states, &ladder) => None,
         };
         match accepted {

@@ -179,24 +179,28 @@ impl ChannelListener {
             .expect("a bound listener has an address")
     }
 
-    /// Accepts the first connection from `peer` within `timeout`; others
-    /// are closed at once. With TLS, the caller must show the certificate
-    /// whose fingerprint it offered.
+    /// Accepts the first connection from one of `peers` (the offer's
+    /// address first) within `timeout`; others are closed at once. With
+    /// TLS, the caller must show the certificate whose fingerprint it
+    /// offered.
     pub async fn accept(
         self,
-        peer: IpAddr,
+        peers: &[IpAddr],
         tls: Option<(&ChannelIdentity, [u8; 32])>,
         timeout: Duration,
     ) -> Result<Channel, ChannelError> {
+        let offered = peers[0];
         let deadline = tokio::time::Instant::now() + timeout;
         let (stream, from) = loop {
             let accepted = tokio::time::timeout_at(deadline, self.listener.accept())
                 .await
-                .map_err(|_| ChannelError::AcceptTimeout(peer))?;
+                .map_err(|_| ChannelError::AcceptTimeout(offered))?;
             match accepted {
-                Ok((stream, from)) if same_host(from.ip(), peer) => break (stream, from),
+                Ok((stream, from)) if peers.iter().any(|&peer| same_host(from.ip(), peer)) => {
+                    break (stream, from)
+                }
                 Ok((_, from)) => {
-                    tracing::warn!(%from, expected = %peer, "channel connection from a stranger closed")
+                    tracing::warn!(%from, expected = ?peers, "channel connection from a stranger closed")
                 }
                 Err(e) => return Err(ChannelError::Listen(e)),
             }
@@ -210,7 +214,7 @@ impl ChannelListener {
                     .map_err(|e| ChannelError::Tls(from, e))?;
                 let tls = tokio::time::timeout_at(deadline, acceptor.accept(stream))
                     .await
-                    .map_err(|_| ChannelError::AcceptTimeout(peer))?
+                    .map_err(|_| ChannelError::AcceptTimeout(offered))?
                     .map_err(|e| ChannelError::Tls(from, e.to_string()))?;
                 Stream::TlsServer(Box::new(tls))
             }
@@ -279,7 +283,7 @@ mod tests {
         let addr = listener.local_addr();
         assert!((46100..=46109).contains(&addr.port()));
         let callee = tokio::spawn(async move {
-            echo_once(listener.accept(LOOPBACK, None, SECOND).await.unwrap()).await
+            echo_once(listener.accept(&[LOOPBACK], None, SECOND).await.unwrap()).await
         });
         let mut channel = connect(addr, None, SECOND).await.unwrap();
         assert!(!channel.is_tls());
@@ -302,7 +306,7 @@ mod tests {
         let identity = callee.clone();
         let task = tokio::spawn(async move {
             let channel = listener
-                .accept(LOOPBACK, Some((&identity, expected)), SECOND)
+                .accept(&[LOOPBACK], Some((&identity, expected)), SECOND)
                 .await
                 .unwrap();
             assert!(channel.is_tls());
@@ -323,7 +327,7 @@ mod tests {
         let identity = callee.clone();
         let task = tokio::spawn(async move {
             listener
-                .accept(LOOPBACK, Some((&identity, expected)), SECOND)
+                .accept(&[LOOPBACK], Some((&identity, expected)), SECOND)
                 .await
                 .map(|_| ())
         });
@@ -341,7 +345,7 @@ mod tests {
         let listener = pool.listen(LOOPBACK).await.unwrap();
         let addr = listener.local_addr();
         let accepted =
-            tokio::spawn(async move { listener.accept(LOOPBACK, None, SECOND).await.unwrap() });
+            tokio::spawn(async move { listener.accept(&[LOOPBACK], None, SECOND).await.unwrap() });
         // A stranger (127.0.0.2) connects first and is closed at once.
         let stranger = tokio::net::TcpSocket::new_v4().unwrap();
         stranger.bind("127.0.0.2:0".parse().unwrap()).unwrap();
@@ -365,7 +369,7 @@ mod tests {
         let pool = PortPool::new(46120..=46120);
         let listener = pool.listen(LOOPBACK).await.unwrap();
         let error = listener
-            .accept(LOOPBACK, None, Duration::from_millis(50))
+            .accept(&[LOOPBACK], None, Duration::from_millis(50))
             .await
             .unwrap_err();
         assert!(matches!(error, ChannelError::AcceptTimeout(_)));

@@ -4,9 +4,12 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::network::Network;
 
 /// `[sip]`: the SIP user agent and its call channel.
 #[derive(Debug, Clone, Deserialize)]
@@ -17,6 +20,35 @@ pub struct SipSettings {
     /// SIP over TCP; none to not listen on TCP. Port 0 takes the UDP port
     /// when it is free for TCP too.
     pub tcp_listen: Option<SocketAddr>,
+    /// SIP over TLS (RFC 3261 §26; usually port 5061); none to not listen
+    /// on TLS. Shows `tls_certificate` (mailcall: the SMTP server's
+    /// certificate unless set).
+    pub tls_listen: Option<SocketAddr>,
+    /// Our certificate chain and its key (PEM files), shown to peers that
+    /// connect to `tls_listen`.
+    pub tls_certificate: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Trust anchors (PEM) for the servers we connect to over TLS; default:
+    /// the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Check that a TLS peer's certificate is valid for the target's name
+    /// (RFC 5922). `false` only for tests and labs: anyone on the path can
+    /// then read and change the call's SDP, fingerprint included.
+    pub tls_verify: bool,
+    /// The address peers reach us on when we are behind NAT: named in Via,
+    /// Contact and (unless `channel_external_address` says otherwise) the
+    /// SDP, while the sockets listen on the internal address. Ports are the
+    /// listening ones: forward them unchanged.
+    pub external_address: Option<IpAddr>,
+    /// The address the SDP names for our channel, if it differs from
+    /// `external_address` (channels forwarded through another address).
+    pub channel_external_address: Option<IpAddr>,
+    /// ENUM (RFC 6116) trees a number is looked up in, in order; empty turns
+    /// ENUM off. Private trees are common.
+    pub enum_suffixes: Vec<String>,
+    /// Name servers for ENUM and SIP look-ups (`address:port`); default: the
+    /// system's.
+    pub dns_servers: Vec<SocketAddr>,
     /// Our SIP domain: the host part of our numbers' addresses.
     pub domain: String,
     /// Our own numbers: calls to them are answered, and registered when a
@@ -38,7 +70,7 @@ pub struct SipSettings {
     pub routes: BTreeMap<String, String>,
     /// Addresses and networks (`10.0.0.0/8`) allowed to call us; the
     /// outbound proxy and the registrar are allowed implicitly.
-    pub allowed_sources: Vec<String>,
+    pub allowed_sources: Vec<Network>,
     /// The ports our one-shot channel listeners take (`40000-40099`).
     pub channel_ports: String,
     /// The address in our SDP (answer and offer); default: the SIP listen address.
@@ -56,6 +88,31 @@ pub struct SipSettings {
     pub channel_accept_timeout_secs: u32,
     /// Seconds a session on the channel may last, at either end.
     pub session_timeout_secs: u32,
+    /// `[call] require_tls`: place and answer calls only over TLS
+    /// signalling, so the channel's fingerprint travels protected.
+    #[serde(skip)]
+    pub require_tls: bool,
+    /// `[numbering_plan]`: how a national number becomes E.164 for ENUM.
+    #[serde(skip)]
+    pub numbering: E164Plan,
+}
+
+/// What turns a national number into E.164 (`0501234` → `+81501234`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct E164Plan {
+    /// Without `+` (`81`).
+    pub country_code: String,
+    /// Dropped from national numbers (`0`).
+    pub trunk_prefix: String,
+}
+
+impl Default for E164Plan {
+    fn default() -> Self {
+        E164Plan {
+            country_code: "81".into(),
+            trunk_prefix: "0".into(),
+        }
+    }
 }
 
 /// The SIP transport of outgoing requests.
@@ -72,6 +129,15 @@ impl Default for SipSettings {
         SipSettings {
             udp_listen: Some(([127, 0, 0, 1], 5060).into()),
             tcp_listen: Some(([127, 0, 0, 1], 5060).into()),
+            tls_listen: None,
+            tls_certificate: None,
+            tls_key: None,
+            tls_ca_file: None,
+            tls_verify: true,
+            external_address: None,
+            channel_external_address: None,
+            enum_suffixes: vec!["e164.arpa".into()],
+            dns_servers: Vec::new(),
             domain: "localhost".into(),
             numbers: Vec::new(),
             registrar: None,
@@ -80,7 +146,7 @@ impl Default for SipSettings {
             register_expires_secs: 600,
             outbound_proxy: None,
             routes: BTreeMap::new(),
-            allowed_sources: vec!["127.0.0.0/8".into()],
+            allowed_sources: vec!["127.0.0.0/8".parse().expect("a network")],
             channel_ports: "40000-40099".into(),
             channel_address: None,
             channel_tls: false,
@@ -89,6 +155,8 @@ impl Default for SipSettings {
             channel_connect_timeout_secs: 10,
             channel_accept_timeout_secs: 10,
             session_timeout_secs: 600,
+            require_tls: false,
+            numbering: E164Plan::default(),
         }
     }
 }
@@ -96,8 +164,22 @@ impl Default for SipSettings {
 impl SipSettings {
     /// Semantic checks, with a message naming the field.
     pub fn validate(&self) -> Result<(), String> {
-        if self.udp_listen.is_none() && self.tcp_listen.is_none() {
-            return Err("[sip] needs udp_listen or tcp_listen".into());
+        if self.udp_listen.is_none() && self.tcp_listen.is_none() && self.tls_listen.is_none() {
+            return Err("[sip] needs udp_listen, tcp_listen or tls_listen".into());
+        }
+        if self.tls_certificate.is_some() != self.tls_key.is_some() {
+            return Err("[sip] tls_certificate and tls_key go together".into());
+        }
+        if self.require_tls && self.tls_listen.is_none() && !self.numbers.is_empty() {
+            return Err(
+                "[call] require_tls: [sip] must listen on TLS (tls_listen) to answer calls".into(),
+            );
+        }
+        for suffix in &self.enum_suffixes {
+            if suffix.is_empty() || suffix.starts_with('.') || suffix.contains(char::is_whitespace)
+            {
+                return Err(format!("[sip] enum_suffixes: {suffix:?} is not a domain"));
+            }
         }
         if self.domain.is_empty() {
             return Err("[sip] domain must not be empty".into());
@@ -121,15 +203,10 @@ impl SipSettings {
             }
             check_sip_uri(uri).map_err(|why| format!("[sip] routes.{number}: {why}"))?;
         }
-        for source in &self.allowed_sources {
-            parse_network(source).map_err(|why| format!("[sip] allowed_sources: {why}"))?;
-        }
         self.channel_port_range()?;
-        if self.channel_address.is_none_or(|a| a.is_unspecified())
-            && self.listen_address().is_unspecified()
-        {
+        if self.sdp_address().is_unspecified() {
             return Err(
-                "[sip] channel_address must be set when SIP listens on an unspecified address"
+                "[sip] channel_address (or external_address) must be set when SIP listens on an unspecified address"
                     .into(),
             );
         }
@@ -176,23 +253,24 @@ impl SipSettings {
     pub(crate) fn listen_address(&self) -> IpAddr {
         self.udp_listen
             .or(self.tcp_listen)
+            .or(self.tls_listen)
             .map(|a| a.ip())
             .unwrap_or(IpAddr::from([127, 0, 0, 1]))
     }
 
-    /// The address our SDP names for the channel.
-    pub(crate) fn sdp_address(&self) -> IpAddr {
+    /// The address our channel listeners bind to.
+    pub(crate) fn channel_bind_address(&self) -> IpAddr {
         self.channel_address
             .filter(|a| !a.is_unspecified())
             .unwrap_or_else(|| self.listen_address())
     }
 
-    /// The allowed sources, parsed (validated before use).
-    pub(crate) fn allowed_networks(&self) -> Vec<(IpAddr, u8)> {
-        self.allowed_sources
-            .iter()
-            .filter_map(|n| parse_network(n).ok())
-            .collect()
+    /// The address our SDP names for the channel: the external one behind
+    /// NAT, else where the listeners bind.
+    pub(crate) fn sdp_address(&self) -> IpAddr {
+        self.channel_external_address
+            .or(self.external_address)
+            .unwrap_or_else(|| self.channel_bind_address())
     }
 
     pub(crate) fn invite_timeout(&self) -> Duration {
@@ -223,49 +301,12 @@ fn is_user_part(text: &str) -> bool {
 fn check_sip_uri(uri: &str) -> Result<(), String> {
     let rest = uri
         .strip_prefix("sip:")
-        .ok_or_else(|| format!("{uri:?} does not start with sip:"))?;
+        .or_else(|| uri.strip_prefix("sips:"))
+        .ok_or_else(|| format!("{uri:?} does not start with sip: or sips:"))?;
     if rest.is_empty() || rest.contains(char::is_whitespace) {
         return Err(format!("{uri:?} has no host"));
     }
     Ok(())
-}
-
-/// Parses `address/prefix` (a bare address is a host: /32 or /128).
-pub(crate) fn parse_network(text: &str) -> Result<(IpAddr, u8), String> {
-    let invalid = || format!("{text:?} is not address/prefix");
-    let (address, prefix) = match text.split_once('/') {
-        Some((address, prefix)) => (address, Some(prefix)),
-        None => (text, None),
-    };
-    let address: IpAddr = address.trim().parse().map_err(|_| invalid())?;
-    let max = if address.is_ipv4() { 32 } else { 128 };
-    let prefix = match prefix {
-        Some(prefix) => prefix.trim().parse::<u8>().map_err(|_| invalid())?,
-        None => max,
-    };
-    if prefix > max {
-        return Err(invalid());
-    }
-    Ok((address, prefix))
-}
-
-/// Whether `address` lies in `network`.
-pub(crate) fn in_network(address: IpAddr, (network, prefix): (IpAddr, u8)) -> bool {
-    let address = match address {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(address),
-        v4 => v4,
-    };
-    match (address, network) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
-    }
 }
 
 #[cfg(test)]
@@ -370,20 +411,5 @@ mod tests {
             a_ports.end() < b_ports.start(),
             "the hosts' channel ports overlap"
         );
-    }
-
-    #[test]
-    fn networks_match_by_prefix() {
-        let net = parse_network("10.1.0.0/16").unwrap();
-        assert!(in_network("10.1.2.3".parse().unwrap(), net));
-        assert!(!in_network("10.2.0.1".parse().unwrap(), net));
-        assert!(in_network("::ffff:10.1.0.9".parse().unwrap(), net));
-        assert!(in_network(
-            "1.2.3.4".parse().unwrap(),
-            parse_network("0.0.0.0/0").unwrap()
-        ));
-        let host = parse_network("::1").unwrap();
-        assert!(in_network("::1".parse().unwrap(), host));
-        assert!(!in_network("127.0.0.1".parse().unwrap(), host));
     }
 }

@@ -11,11 +11,15 @@ mod caller;
 mod channel;
 mod config;
 mod digest;
+mod failure;
 mod framing;
 mod ladder;
+mod locate;
+mod network;
 mod register;
 mod screen;
 mod sdp;
+mod sips;
 mod stack;
 mod tls;
 mod transports;
@@ -30,10 +34,12 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 pub use callee::{Admission, CallHandler};
-pub use caller::{Call, CallFailure, Stage};
+pub use caller::Call;
 pub use channel::Channel;
-pub use config::{SipSettings, Transport};
+pub use config::{E164Plan, SipSettings, Transport};
+pub use failure::{CallFailure, FailureKind, Stage};
 pub use ladder::{Label, Ladder, Rung, Side};
+pub use network::Network;
 
 /// The parsers the fuzz targets in `fuzz/` drive directly; not an API.
 #[doc(hidden)]
@@ -44,6 +50,7 @@ pub mod fuzzing {
 }
 
 use crate::channel::PortPool;
+use crate::locate::{LocateSettings, Locator};
 use crate::register::Registrations;
 pub use crate::register::{RegistrationState, Standing};
 use crate::stack::Stack;
@@ -107,6 +114,8 @@ struct Running {
 pub(crate) struct Shared {
     settings: SipSettings,
     stack: Stack,
+    /// Where a number is called (route, ENUM, RFC 3263).
+    locator: Locator,
     ports: PortPool,
     /// Our channel certificate, with `channel_tls`.
     identity: Option<ChannelIdentity>,
@@ -211,10 +220,22 @@ impl UserAgent {
             None
         };
         let (stack, incoming) = Stack::bind(&settings).await?;
+        let locator = Locator::new(LocateSettings {
+            routes: settings.routes.clone(),
+            enum_suffixes: settings.enum_suffixes.clone(),
+            outbound_proxy: settings.outbound_proxy.clone(),
+            domain: settings.domain.clone(),
+            default_transport: settings.transport,
+            dns_servers: settings.dns_servers.clone(),
+            country_code: settings.numbering.country_code.clone(),
+            trunk_prefix: settings.numbering.trunk_prefix.clone(),
+        })
+        .map_err(|e| SipError::Settings(e.to_string()))?;
         let endpoint = stack.endpoint.clone();
         let shared = Arc::new(Shared {
             settings,
             stack,
+            locator,
             ports,
             identity,
             handler: callee,
@@ -231,6 +252,7 @@ impl UserAgent {
         tracing::info!(
             udp = ?shared.stack.udp,
             tcp = ?shared.stack.tcp,
+            tls = ?shared.stack.tls,
             numbers = ?shared.settings.numbers,
             "SIP user agent started"
         );
@@ -262,6 +284,11 @@ impl UserAgent {
     /// The UDP and TCP addresses SIP listens on.
     pub fn local_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
         (self.shared.stack.udp, self.shared.stack.tcp)
+    }
+
+    /// The TLS address SIP listens on, if any.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.shared.stack.tls
     }
 
     /// Where each of our numbers stands with the registrar (empty without

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::caller::credential;
+use crate::ladder::Ladder;
 use crate::stack::transport_of;
 use crate::Shared;
 
@@ -139,7 +140,19 @@ async fn keep_registered(
         params: Vec::new(),
     });
     let expires = shared.settings.register_expires_secs;
-    shared.stack.prepare_tcp(&server).await;
+    // The connection (TCP, or TLS with the registrar's name checked) the
+    // REGISTERs take; refreshes reuse it while it lives.
+    match shared.locator.next_hops(&server, &Ladder::new()).await {
+        Ok(hops) => {
+            for hop in &hops {
+                match shared.stack.prepare(hop).await {
+                    Ok(()) => break,
+                    Err(e) => warn!(number = %number, "registrar {registrar}: {e}"),
+                }
+            }
+        }
+        Err(e) => warn!(number = %number, "registrar {registrar}: {e}"),
+    }
     registration
         .keep_alive(server.clone(), expires, stop, |outcome| {
             let standing = match outcome {

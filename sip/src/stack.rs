@@ -1,4 +1,4 @@
-//! The SIP stack underneath: rsipstack's transports (UDP, TCP), its
+//! The SIP stack underneath: rsipstack's transports (UDP, TCP, TLS), its
 //! transaction endpoint and its dialog layer, set up from our settings, on
 //! our own sockets (`transports`).
 //! Only this module, `caller`, `callee` and `register` see rsipstack types.
@@ -12,12 +12,14 @@ use rsipstack::sip::{Method, Param, Transport as SipTransport, Uri};
 use rsipstack::transaction::endpoint::{Endpoint, EndpointInnerRef, EndpointOption};
 use rsipstack::transaction::TransactionReceiver;
 use rsipstack::transport::udp::UdpConnection;
-use rsipstack::transport::TransportLayer;
+use rsipstack::transport::{SipAddr, TransportLayer};
 use rsipstack::EndpointBuilder;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SipSettings, Transport};
-use crate::transports::{serve_tcp, Outgoing, ScreenedUdp};
+use crate::locate::NextHop;
+use crate::sips::SignallingTls;
+use crate::transports::{serve_streams, Outgoing, ScreenedUdp, StreamTarget};
 use crate::SipError;
 
 /// The methods we answer; advertised in `Allow`.
@@ -37,6 +39,10 @@ pub(crate) struct Stack {
     pub cancel: CancellationToken,
     pub udp: Option<SocketAddr>,
     pub tcp: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+    /// Named instead of our listeners' address in Via and Contact (NAT).
+    external: Option<IpAddr>,
+    signalling_tls: SignallingTls,
     pub domain: String,
     pub transport: Transport,
     outgoing: Outgoing,
@@ -55,9 +61,14 @@ impl Stack {
                 .await
                 .map_err(|e| bind_error(&e))?;
             let bound = socket.local_addr().map_err(|e| bind_error(&e))?;
+            // Behind NAT, Via names the external address (rsipstack takes
+            // the UDP transport's address for every Via it writes).
+            let external = settings
+                .external_address
+                .map(|ip| SocketAddr::new(ip, bound.port()));
             let connection = UdpConnection::from_socket(
                 Arc::new(ScreenedUdp::new(socket)),
-                None,
+                external,
                 Some(cancel.child_token()),
             )
             .await
@@ -65,31 +76,24 @@ impl Stack {
             udp = Some(SocketAddr::new(address.ip(), bound.port()));
             transports.add_transport(connection.into());
         }
-        let mut tcp_listener = None;
-        if let Some(mut address) = settings.tcp_listen {
+        let tcp_listener = match settings.tcp_listen {
             // Port 0 takes the UDP port if free for TCP too, else any port.
-            let listener = match (address.port(), udp) {
-                (0, Some(udp)) => {
-                    address.set_port(udp.port());
-                    std::net::TcpListener::bind(address).or_else(|_| {
-                        address.set_port(0);
-                        std::net::TcpListener::bind(address)
-                    })
-                }
-                _ => std::net::TcpListener::bind(address),
-            }
-            .and_then(|listener| {
-                listener.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(listener)
-            })
-            .map_err(|e| SipError::Bind(address, e.to_string()))?;
-            tcp_listener = Some(listener);
-        }
-        let tcp = tcp_listener
-            .as_ref()
-            .map(|listener| listener.local_addr())
-            .transpose()
-            .map_err(|e| SipError::Stack(e.to_string()))?;
+            Some(address) => Some(bind_stream(address, udp)?),
+            None => None,
+        };
+        let tls_listener = match settings.tls_listen {
+            Some(address) => Some(bind_stream(address, None)?),
+            None => None,
+        };
+        let local_addr = |listener: &Option<tokio::net::TcpListener>| {
+            listener
+                .as_ref()
+                .map(|listener| listener.local_addr())
+                .transpose()
+                .map_err(|e| SipError::Stack(e.to_string()))
+        };
+        let (tcp, tls) = (local_addr(&tcp_listener)?, local_addr(&tls_listener)?);
+        let signalling_tls = SignallingTls::new(settings)?;
         // Call-IDs rsipstack makes itself (REGISTER) name our domain too.
         let option = EndpointOption {
             callid_suffix: Some(settings.domain.clone()),
@@ -108,7 +112,13 @@ impl Stack {
             .map_err(|e| SipError::Stack(e.to_string()))?;
         let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
         if let Some(listener) = tcp_listener {
-            tokio::spawn(serve_tcp(listener, endpoint.inner.clone(), cancel.clone()));
+            let serving = serve_streams(listener, None, endpoint.inner.clone(), cancel.clone());
+            tokio::spawn(serving);
+        }
+        if let Some(listener) = tls_listener {
+            let acceptor = signalling_tls.acceptor.clone();
+            let serving = serve_streams(listener, acceptor, endpoint.inner.clone(), cancel.clone());
+            tokio::spawn(serving);
         }
         let stack = Stack {
             endpoint: Arc::new(endpoint),
@@ -116,6 +126,9 @@ impl Stack {
             cancel,
             udp,
             tcp,
+            tls,
+            external: settings.external_address,
+            signalling_tls,
             domain: settings.domain.clone(),
             transport: settings.transport,
             outgoing: Outgoing::default(),
@@ -148,14 +161,22 @@ impl Stack {
 
     /// Our Contact for `user` on `transport`: the listener of that transport,
     /// so a peer's in-dialog requests reach us (rsipstack would put the
-    /// outgoing connection's port, or the UDP port, there).
+    /// outgoing connection's port, or the UDP port, there); behind NAT,
+    /// with the external address.
     pub fn contact(&self, user: &str, transport: SipTransport) -> Uri {
-        let (address, params) = match (transport, self.tcp, self.udp) {
-            (SipTransport::Tcp, Some(tcp), _) => (tcp, vec![Param::Transport(SipTransport::Tcp)]),
-            (_, _, Some(udp)) => (udp, Vec::new()),
-            (_, Some(tcp), None) => (tcp, vec![Param::Transport(SipTransport::Tcp)]),
-            (_, None, None) => unreachable!("settings validated: one transport at least"),
+        let tcp = |address| (address, vec![Param::Transport(SipTransport::Tcp)]);
+        let tls = |address| (address, vec![Param::Transport(SipTransport::Tls)]);
+        let (mut address, params) = match (transport, self.tls, self.tcp, self.udp) {
+            (SipTransport::Tls, Some(address), _, _) => tls(address),
+            (SipTransport::Tcp, _, Some(address), _) => tcp(address),
+            (_, _, _, Some(udp)) => (udp, Vec::new()),
+            (_, _, Some(address), None) => tcp(address),
+            (_, Some(address), None, None) => tls(address),
+            (_, None, None, None) => unreachable!("settings validated: one transport at least"),
         };
+        if let Some(external) = self.external {
+            address.set_ip(external);
+        }
         Uri {
             scheme: Some(rsipstack::sip::Scheme::Sip),
             auth: Some(rsipstack::sip::Auth {
@@ -178,28 +199,41 @@ impl Stack {
         Ok(uri)
     }
 
-    /// Opens (with TCP_NODELAY) the TCP connection a request to `next_hop`
-    /// will take, when it names TCP and an address with a port.
-    pub async fn prepare_tcp(&self, next_hop: &Uri) {
-        if transport_of(next_hop) != SipTransport::Tcp {
-            return;
-        }
-        let rsipstack::sip::Host::IpAddr(ip) = next_hop.host_with_port.host else {
-            return;
+    /// Opens the connection a request to `hop` will take, over TCP or TLS
+    /// (nothing to open for UDP). Only a TLS failure is an error: rsipstack
+    /// opens a TCP connection itself if ours failed, and reports it then.
+    pub async fn prepare(&self, hop: &NextHop) -> Result<(), String> {
+        let address_name = hop.address.ip().to_string();
+        let (tls, our_listener) = match hop.transport {
+            SipTransport::Tcp => (None, self.tcp),
+            SipTransport::Tls => {
+                // RFC 5922 §4: the target's domain; an address for an IP target.
+                let name = hop.server_name.as_deref().unwrap_or(&address_name);
+                (Some((&self.signalling_tls, name)), self.tls)
+            }
+            _ => return Ok(()),
         };
-        let Some(port) = next_hop.host_with_port.port else {
-            return;
+        let target = StreamTarget {
+            address: hop.address,
+            tls,
+            our_listener,
         };
-        let target = SocketAddr::new(ip, port.value());
         self.outgoing
             .connect(
                 target,
-                self.tcp,
                 &self.endpoint.inner,
                 &self.cancel,
                 self.connect_timeout,
             )
-            .await;
+            .await
+    }
+
+    /// Where rsipstack sends a request for `hop`.
+    pub fn destination(hop: &NextHop) -> SipAddr {
+        SipAddr {
+            r#type: Some(hop.transport),
+            addr: hop.address.into(),
+        }
     }
 
     /// Runs `work` unless the stack stops first (then None): once stopped,
@@ -228,4 +262,27 @@ pub(crate) fn ip_of(text: &str) -> Option<IpAddr> {
         rsipstack::sip::Host::IpAddr(ip) => Some(ip),
         rsipstack::sip::Host::Domain(_) => None,
     }
+}
+
+/// Binds a stream listener; port 0 takes `udp`'s port when it is free for
+/// TCP too (one port for both, as peers expect), else any port.
+fn bind_stream(
+    mut address: SocketAddr,
+    udp: Option<SocketAddr>,
+) -> Result<tokio::net::TcpListener, SipError> {
+    match (address.port(), udp) {
+        (0, Some(udp)) => {
+            address.set_port(udp.port());
+            std::net::TcpListener::bind(address).or_else(|_| {
+                address.set_port(0);
+                std::net::TcpListener::bind(address)
+            })
+        }
+        _ => std::net::TcpListener::bind(address),
+    }
+    .and_then(|listener| {
+        listener.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(listener)
+    })
+    .map_err(|e| SipError::Bind(address, e.to_string()))
 }

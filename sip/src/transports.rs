@@ -2,12 +2,14 @@
 //!
 //! - UDP: rsipstack reads datagrams through `ScreenedUdp`, which answers or
 //!   drops what the `screen` refuses before rsipstack's parser sees it.
-//! - TCP, incoming: we accept, set TCP_NODELAY (without it every exchange
-//!   waits out Nagle and delayed ACK, about 40 ms), cut messages by
-//!   Content-Length, screen them, and bridge each connection to rsipstack
-//!   through one of its in-memory channel connections.
-//! - TCP, outgoing: `connect` opens the connection to a next hop with
-//!   TCP_NODELAY and hands it to rsipstack before it would open one itself.
+//! - Streams (TCP, TLS), incoming: we accept, set TCP_NODELAY (without it
+//!   every exchange waits out Nagle and delayed ACK, about 40 ms), shake
+//!   hands for TLS, cut messages by Content-Length, screen them, and bridge
+//!   each connection to rsipstack through one of its in-memory channel
+//!   connections.
+//! - Outgoing: `Outgoing::connect` opens the connection to a next hop
+//!   (TCP_NODELAY; for TLS the handshake with the target's name checked)
+//!   and hands it to rsipstack before it would open one itself.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,14 +22,18 @@ use rsipstack::transaction::endpoint::EndpointInnerRef;
 use rsipstack::transport::channel::ChannelConnection;
 use rsipstack::transport::tcp::TcpConnection;
 use rsipstack::transport::{SipAddr, SipConnection, TransportEvent};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::framing::{next_frame, Frame, PONG};
 use crate::screen::{self, Framing, Verdict};
+use crate::sips::SignallingTls;
+
+/// How long a TLS handshake may take, either way.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A UDP socket that screens what it receives.
 pub(crate) struct ScreenedUdp {
@@ -92,9 +98,10 @@ impl rsipstack::platform::net::UdpSocket for ScreenedUdp {
     }
 }
 
-/// Accepts SIP over TCP until `cancel`.
-pub(crate) async fn serve_tcp(
+/// Accepts SIP over TCP, or over TLS with `tls`, until `cancel`.
+pub(crate) async fn serve_streams(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     endpoint: EndpointInnerRef,
     cancel: CancellationToken,
 ) {
@@ -105,12 +112,27 @@ pub(crate) async fn serve_tcp(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(serve_stream(
-                    stream,
-                    peer,
-                    endpoint.clone(),
-                    cancel.child_token(),
-                ));
+                stream.set_nodelay(true).ok();
+                let (endpoint, cancel) = (endpoint.clone(), cancel.child_token());
+                let Some(tls) = tls.clone() else {
+                    tokio::spawn(serve_stream(
+                        stream,
+                        peer,
+                        SipTransport::Tcp,
+                        endpoint,
+                        cancel,
+                    ));
+                    continue;
+                };
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_stream(stream, peer, SipTransport::Tls, endpoint, cancel).await
+                        }
+                        Ok(Err(e)) => info!(%peer, "SIP over TLS: handshake failed: {e}"),
+                        Err(_) => info!(%peer, "SIP over TLS: handshake timed out"),
+                    }
+                });
             }
             Err(e) => {
                 debug!("accepting SIP over TCP: {e}");
@@ -121,22 +143,24 @@ pub(crate) async fn serve_tcp(
     }
 }
 
-/// One accepted connection: messages cut and screened here, handed to
-/// rsipstack as if from its own transport; what it sends comes back
-/// through the channel connection and is written here.
-async fn serve_stream(
-    stream: TcpStream,
+/// One connection, accepted or opened by us: messages cut and screened
+/// here, handed to rsipstack as if from its own transport; what it sends
+/// comes back through the channel connection and is written here.
+async fn serve_stream<S>(
+    stream: S,
     peer: SocketAddr,
+    transport: SipTransport,
     endpoint: EndpointInnerRef,
     cancel: CancellationToken,
-) {
-    stream.set_nodelay(true).ok();
-    let (mut reader, writer) = stream.into_split();
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
     let (to_stack, from_peer) = tokio::sync::mpsc::unbounded_channel();
     let (to_peer, mut from_stack) = tokio::sync::mpsc::unbounded_channel();
     let remote = SipAddr {
-        r#type: Some(SipTransport::Tcp),
+        r#type: Some(transport),
         addr: peer.into(),
     };
     let Ok(bridge) = ChannelConnection::create_connection(
@@ -186,7 +210,7 @@ async fn serve_stream(
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Err(_) => {
-                debug!(%peer, "SIP over TCP idle: closing");
+                debug!(%peer, "SIP over {transport} idle: closing");
                 break;
             }
             Ok(Ok(read)) => buffer.extend_from_slice(&chunk[..read]),
@@ -200,17 +224,14 @@ async fn serve_stream(
                 }
                 Frame::Message(bytes) => match screen::screen(&bytes, Framing::Stream, peer) {
                     Verdict::Pass { message, .. } => {
-                        let message = match SipConnection::update_msg_received(
-                            message,
-                            peer,
-                            SipTransport::Tcp,
-                        ) {
-                            Ok(message) => message,
-                            Err(e) => {
-                                debug!(%peer, "unusable Via: {e}");
-                                continue;
-                            }
-                        };
+                        let message =
+                            match SipConnection::update_msg_received(message, peer, transport) {
+                                Ok(message) => message,
+                                Err(e) => {
+                                    debug!(%peer, "unusable Via: {e}");
+                                    continue;
+                                }
+                            };
                         let event =
                             TransportEvent::Incoming(message, connection.clone(), remote.clone());
                         if to_stack.send(event).is_err() {
@@ -223,16 +244,18 @@ async fn serve_stream(
                         why,
                         ..
                     } => {
-                        info!(%peer, "{status} to a request over TCP: {why}");
+                        info!(%peer, "{status} to a request over {transport}: {why}");
                         if write(&writer, &response).await.is_err() {
                             break 'reading;
                         }
                     }
-                    Verdict::Drop { why } => debug!(%peer, "dropped a message over TCP: {why}"),
+                    Verdict::Drop { why } => {
+                        debug!(%peer, "dropped a message over {transport}: {why}")
+                    }
                 },
                 Frame::Unframed { head, status, why } => {
                     // Where the next message starts is unknown: answer, then close.
-                    info!(%peer, "{status} over TCP, closing: {why}");
+                    info!(%peer, "{status} over {transport}, closing: {why}");
                     if let Verdict::Answer { response, .. } =
                         screen::refuse(&head, status, why, peer, Framing::Stream)
                     {
@@ -249,62 +272,98 @@ async fn serve_stream(
     cancel.cancel();
 }
 
-async fn write(writer: &tokio::sync::Mutex<OwnedWriteHalf>, bytes: &[u8]) -> std::io::Result<()> {
+async fn write<S: AsyncWrite>(
+    writer: &tokio::sync::Mutex<WriteHalf<S>>,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     writer.lock().await.write_all(bytes).await
 }
 
-/// Outgoing TCP connections we opened, by next hop; a cancelled token means
-/// rsipstack retired the connection.
+/// Outgoing connections we opened, by transport and next hop; a cancelled
+/// token means rsipstack retired the connection.
 #[derive(Default)]
 pub(crate) struct Outgoing {
-    open: Mutex<HashMap<SocketAddr, CancellationToken>>,
+    open: Mutex<HashMap<(bool, SocketAddr), CancellationToken>>,
+}
+
+/// Where a stream connection goes, and how.
+pub(crate) struct StreamTarget<'a> {
+    pub address: SocketAddr,
+    /// TLS, checking the server is this name (RFC 5922); plain TCP if none.
+    pub tls: Option<(&'a SignallingTls, &'a str)>,
+    /// Our listener of that transport, named in Via so a peer may open its
+    /// own connection back.
+    pub our_listener: Option<SocketAddr>,
 }
 
 impl Outgoing {
-    /// Opens a connection to `target` with TCP_NODELAY and gives it to
-    /// rsipstack, unless one we opened is still up. Failing here is not an
-    /// error: rsipstack then connects (and reports failure) itself.
+    /// Opens a connection to `target` and gives it to rsipstack, unless
+    /// one we opened is still up. Over TCP, failing here is not an error:
+    /// rsipstack then connects (and reports failure) itself; over TLS it
+    /// cannot, so the reason is returned.
     pub async fn connect(
         &self,
-        target: SocketAddr,
-        our_listener: Option<SocketAddr>,
+        target: StreamTarget<'_>,
         endpoint: &EndpointInnerRef,
         cancel: &CancellationToken,
         timeout: Duration,
-    ) {
-        let up = |open: &HashMap<SocketAddr, CancellationToken>| {
-            open.get(&target).is_some_and(|token| !token.is_cancelled())
+    ) -> Result<(), String> {
+        let key = (target.tls.is_some(), target.address);
+        let up = |open: &HashMap<(bool, SocketAddr), CancellationToken>| {
+            open.get(&key).is_some_and(|token| !token.is_cancelled())
         };
         if up(&self.open.lock().expect("not poisoned")) {
-            return;
+            return Ok(());
         }
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+        let address = target.address;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return debug!(%target, "SIP over TCP: {e}"),
-            Err(_) => return debug!(%target, "SIP over TCP: connect timed out"),
+            Ok(Err(e)) => return Err(format!("cannot connect to {address}: {e}")),
+            Err(_) => return Err(format!("no connection to {address} in time")),
         };
         stream.set_nodelay(true).ok();
-        // Via names where we listen, so a peer may open its own connection back.
-        let Some(local) = our_listener.or_else(|| stream.local_addr().ok()) else {
-            return;
-        };
-        let local = SipAddr {
-            r#type: Some(SipTransport::Tcp),
-            addr: local.into(),
-        };
         let token = cancel.child_token();
-        let Ok(connection) = TcpConnection::from_stream(stream, local, Some(token.clone())) else {
-            return;
+        let connection = match target.tls {
+            Some((tls, name)) => {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(stream, name));
+                let stream = match handshake.await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return Err(format!("TLS with {address} ({name}): {e}")),
+                    Err(_) => return Err(format!("TLS with {address}: handshake timed out")),
+                };
+                let serving = serve_stream(
+                    stream,
+                    address,
+                    SipTransport::Tls,
+                    endpoint.clone(),
+                    token.clone(),
+                );
+                tokio::spawn(serving);
+                None
+            }
+            None => {
+                let Some(local) = target.our_listener.or_else(|| stream.local_addr().ok()) else {
+                    return Ok(());
+                };
+                let local = SipAddr {
+                    r#type: Some(SipTransport::Tcp),
+                    addr: local.into(),
+                };
+                let Ok(connection) = TcpConnection::from_stream(stream, local, Some(token.clone()))
+                else {
+                    return Ok(());
+                };
+                Some(connection)
+            }
         };
         let mut open = self.open.lock().expect("not poisoned");
-        if up(&open) {
-            // Another call connected meanwhile: use that one.
-            return;
-        }
         open.retain(|_, token| !token.is_cancelled());
-        open.insert(target, token);
-        endpoint
-            .transport_layer
-            .add_connection(SipConnection::Tcp(connection));
+        open.insert(key, token);
+        if let Some(connection) = connection {
+            endpoint
+                .transport_layer
+                .add_connection(SipConnection::Tcp(connection));
+        }
+        Ok(())
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{init_logs, send_and_read_back, settings, settle, udp_of, Echo};
 use mailcall_sip::{
-    Admission, AdmitFuture, CallFailure, CallHandler, CallInfo, Channel, HandlerFuture, Label,
-    Ladder, SipSettings, Stage, Stats, Transport, UserAgent,
+    Admission, AdmitFuture, CallFailure, CallHandler, CallInfo, Channel, FailureKind,
+    HandlerFuture, Label, Ladder, SipSettings, Stage, Stats, Transport, UserAgent,
 };
 
 const PORTS: u16 = 42000;
@@ -58,6 +58,9 @@ async fn round_trip(transport: Transport, tls: bool) {
         .map(|rung| rung.label.to_string())
         .filter(|label| label != "R1")
         .collect();
+    // First where to call (L: here the route), then the INVITE.
+    let (located, labels) = labels.split_at(labels.iter().position(|l| l == "T1").unwrap());
+    assert_eq!(located, ["L"], "{:?}", ladder.rungs());
     // Either end may hang up first: A's BYE and its answer, or B's BYE.
     let (steps, hang_up) = labels.split_at(8);
     assert_eq!(
@@ -72,7 +75,8 @@ async fn round_trip(transport: Transport, tls: bool) {
         ladder.rungs()
     );
     let rungs = ladder.rungs();
-    assert!(rungs[0].text.starts_with("INVITE sip:200@"), "{rungs:?}");
+    assert!(rungs[0].text.starts_with("route: sip:200@"), "{rungs:?}");
+    assert!(rungs[1].text.starts_with("INVITE sip:200@"), "{rungs:?}");
     assert!(rungs.windows(2).all(|w| w[0].at_us <= w[1].at_us));
     assert_eq!(call.sip_status, 200);
     assert_eq!(call.output, message, "the echo came back");
@@ -114,7 +118,8 @@ async fn unknown_numbers_and_missing_routes_fail_typed() {
         .call("999", &Ladder::new(), |_, _| async {})
         .await
         .unwrap_err();
-    assert_eq!(error, CallFailure::NoRoute("999".into()));
+    assert_eq!(error.kind, FailureKind::NoRoute("999".into()));
+    assert_eq!(error.call_id(), None);
     a.shutdown().await;
 
     // A route to B for a number B does not have: 404.
@@ -122,7 +127,13 @@ async fn unknown_numbers_and_missing_routes_fail_typed() {
     let ladder = Ladder::new();
     let error = a.call("999", &ladder, |_, _| async {}).await.unwrap_err();
     assert!(
-        matches!(error, CallFailure::NotFound { code: 404, .. }),
+        matches!(
+            error,
+            CallFailure {
+                kind: FailureKind::NotFound(404),
+                ..
+            }
+        ),
         "{error}"
     );
     // Where the call stopped: the 404, and no channel.
@@ -144,7 +155,13 @@ async fn unknown_numbers_and_missing_routes_fail_typed() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, CallFailure::Unavailable { code: 480, .. }),
+        matches!(
+            error,
+            CallFailure {
+                kind: FailureKind::Unavailable(480),
+                ..
+            }
+        ),
         "{error}"
     );
     a.shutdown().await;
@@ -169,8 +186,8 @@ async fn a_peer_that_never_answers_times_out() {
     assert!(
         matches!(
             error,
-            CallFailure::Timeout {
-                stage: Stage::Answer,
+            CallFailure {
+                kind: FailureKind::Timeout(Stage::Answer),
                 ..
             }
         ),
@@ -209,7 +226,7 @@ async fn the_caller_ends_its_session_when_the_callee_hangs_up() {
         .expect("the call ended when the callee hung up")
         .unwrap_err();
     assert!(
-        matches!(&error, CallFailure::Channel { reason, .. } if reason.contains("hung up")),
+        matches!(&error.kind, FailureKind::Channel(reason) if reason.contains("hung up")),
         "{error}"
     );
     idle_then_stop(a, b).await;
@@ -265,7 +282,13 @@ async fn a_callee_may_refuse_a_ringing_call() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, CallFailure::Busy { code: 486, .. }),
+        matches!(
+            error,
+            CallFailure {
+                kind: FailureKind::Busy(486),
+                ..
+            }
+        ),
         "{error}"
     );
     idle_then_stop(a, b).await;

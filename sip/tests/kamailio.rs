@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{init_logs, send_and_read_back, settings, settle, Echo};
-use mailcall_sip::{CallFailure, Ladder, SipSettings, Stats, Transport, UserAgent};
+use mailcall_sip::{CallFailure, FailureKind, Ladder, SipSettings, Stats, Transport, UserAgent};
 use mailcall_testbed::{Kamailio, KamailioAuth as Auth};
 
 const PORTS: u16 = 43000;
@@ -46,9 +46,10 @@ async fn call_when_registered(a: &UserAgent, number: &str, message: &[u8]) -> Ve
             .await
         {
             Ok(call) => return call.output,
-            Err(CallFailure::NotFound { .. }) => {
-                tokio::time::sleep(Duration::from_millis(250)).await
-            }
+            Err(CallFailure {
+                kind: FailureKind::NotFound(_),
+                ..
+            }) => tokio::time::sleep(Duration::from_millis(250)).await,
             Err(e) => panic!("call through kamailio failed: {e}"),
         }
     }
@@ -101,7 +102,13 @@ async fn call_through_kamailio(auth: Auth, transport: Transport, check_refresh: 
         .await
         .unwrap_err();
     assert!(
-        matches!(error, CallFailure::NotFound { code: 404, .. }),
+        matches!(
+            error,
+            CallFailure {
+                kind: FailureKind::NotFound(404),
+                ..
+            }
+        ),
         "{error}"
     );
     a.shutdown().await;
@@ -143,7 +150,13 @@ async fn shutdown_in_the_middle_of_a_call_still_unregisters() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, CallFailure::Unavailable { code: 480, .. }),
+        matches!(
+            error,
+            CallFailure {
+                kind: FailureKind::Unavailable(480),
+                ..
+            }
+        ),
         "{error}"
     );
 
@@ -171,7 +184,13 @@ async fn shutdown_in_the_middle_of_a_call_still_unregisters() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, CallFailure::NotFound { code: 404, .. }),
+        matches!(
+            error,
+            CallFailure {
+                kind: FailureKind::NotFound(404),
+                ..
+            }
+        ),
         "{error}"
     );
     b.shutdown().await;
@@ -194,7 +213,13 @@ async fn a_wrong_password_is_refused_by_kamailio() {
     assert!(
         matches!(
             error,
-            CallFailure::Rejected { code: 407, .. } | CallFailure::Rejected { code: 403, .. }
+            CallFailure {
+                kind: FailureKind::Rejected { code: 407, .. },
+                ..
+            } | CallFailure {
+                kind: FailureKind::Rejected { code: 403, .. },
+                ..
+            }
         ),
         "{error}"
     );

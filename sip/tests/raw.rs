@@ -187,7 +187,7 @@ async fn invites_we_do_not_take_are_refused_with_a_reason() {
     agent.shutdown().await;
 
     // Only 10.0.0.0/8 may call: 127.0.0.1 gets 403.
-    settings.allowed_sources = vec!["10.0.0.0/8".into()];
+    settings.allowed_sources = vec!["10.0.0.0/8".parse().unwrap()];
     let agent = callee(settings).await;
     let peer = Peer::new(&agent).await;
     let responses = peer

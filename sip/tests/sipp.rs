@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::{free_port, init_logs, settings, settle, udp_of, Echo};
 use mailcall_sip::{
-    Admission, AdmitFuture, CallFailure, CallHandler, CallInfo, Channel, HandlerFuture, Ladder,
-    SipSettings, Stage, Stats, UserAgent,
+    Admission, AdmitFuture, CallFailure, CallHandler, CallInfo, Channel, FailureKind,
+    HandlerFuture, Ladder, SipSettings, Stage, Stats, UserAgent,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -183,7 +183,13 @@ async fn rejected_by_sipp(code: &str, reason: &str) -> CallFailure {
 async fn busy_from_sipp() {
     let error = rejected_by_sipp("486", "Busy Here").await;
     assert!(
-        matches!(error, CallFailure::Busy { code: 486, .. }),
+        matches!(
+            error,
+            CallFailure {
+                kind: FailureKind::Busy(486),
+                ..
+            }
+        ),
         "{error}"
     );
 }
@@ -192,7 +198,13 @@ async fn busy_from_sipp() {
 async fn not_found_from_sipp() {
     let error = rejected_by_sipp("404", "Not Found").await;
     assert!(
-        matches!(error, CallFailure::NotFound { code: 404, .. }),
+        matches!(
+            error,
+            CallFailure {
+                kind: FailureKind::NotFound(404),
+                ..
+            }
+        ),
         "{error}"
     );
 }
@@ -201,7 +213,13 @@ async fn not_found_from_sipp() {
 async fn unavailable_from_sipp() {
     let error = rejected_by_sipp("503", "Service Unavailable").await;
     assert!(
-        matches!(error, CallFailure::Unavailable { code: 503, .. }),
+        matches!(
+            error,
+            CallFailure {
+                kind: FailureKind::Unavailable(503),
+                ..
+            }
+        ),
         "{error}"
     );
 }
@@ -210,7 +228,13 @@ async fn unavailable_from_sipp() {
 async fn other_rejections_keep_their_code() {
     let error = rejected_by_sipp("415", "Unsupported Media Type").await;
     assert!(
-        matches!(error, CallFailure::Rejected { code: 415, .. }),
+        matches!(
+            error,
+            CallFailure {
+                kind: FailureKind::Rejected { code: 415, .. },
+                ..
+            }
+        ),
         "{error}"
     );
 }
@@ -227,8 +251,8 @@ async fn no_answer_from_sipp_times_out_and_cancels() {
     assert!(
         matches!(
             error,
-            CallFailure::Timeout {
-                stage: Stage::Answer,
+            CallFailure {
+                kind: FailureKind::Timeout(Stage::Answer),
                 ..
             }
         ),

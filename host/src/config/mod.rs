@@ -8,6 +8,7 @@ mod file;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use mailcall_sip::Network;
 use serde::Deserialize;
 
 pub use file::ConfigFile;
@@ -97,7 +98,7 @@ pub struct ServerSettings {
     pub local_domains: Vec<String>,
     /// Client networks allowed to relay to other domains (`127.0.0.0/8`,
     /// `2001:db8::/32`); none by default.
-    pub relay_networks: Vec<String>,
+    pub relay_networks: Vec<Network>,
     /// Largest message accepted, in KiB.
     pub max_message_size_kib: u32,
     /// Most recipients per message.
@@ -120,7 +121,7 @@ pub struct ServerSettings {
     /// `synchronous_timeout_secs`) until the message was tried, so a `250`
     /// can mean "the final server took it" and a final server's refusal
     /// comes back as a `5xx` in the same session.
-    pub synchronous_networks: Vec<String>,
+    pub synchronous_networks: Vec<Network>,
     pub synchronous_users: Vec<String>,
     pub synchronous_timeout_secs: u32,
     /// The TLS certificate chain and key (PEM) for `STARTTLS` and `STLS`.
@@ -218,6 +219,11 @@ pub struct CallSettings {
     pub on_failure: OnCallFailure,
     /// With `retry-then-relay`: calls retried before relaying.
     pub retries: u32,
+    /// Place and answer calls only over TLS signalling (`[sip] tls_listen`,
+    /// `sips:` or `transport=tls` targets), so the channel's fingerprint in
+    /// the SDP cannot be swapped on the way. A call that cannot be placed
+    /// so fails, and `on_failure` decides what follows.
+    pub require_tls: bool,
 }
 
 impl Default for CallSettings {
@@ -225,6 +231,7 @@ impl Default for CallSettings {
         CallSettings {
             on_failure: OnCallFailure::Relay,
             retries: 3,
+            require_tls: false,
         }
     }
 }
@@ -549,6 +556,7 @@ impl Config {
         } else {
             base_dir
         };
+        config.complete_sip();
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_path_buf(),
             message: match line_of(text, &message) {
@@ -579,6 +587,34 @@ impl Config {
             sip: Some(mailcall_sip::SipSettings::default()),
             base_dir: PathBuf::from("."),
             source: None,
+        }
+    }
+
+    /// What `[sip]` takes from the rest of the file: `[call] require_tls`,
+    /// the numbering plan (for ENUM), the relay's name servers unless it
+    /// names its own, and its TLS files made absolute.
+    fn complete_sip(&mut self) {
+        let (call, plan, relay) = (&self.call, &self.numbering_plan, &self.relay);
+        let resolved: Vec<Option<PathBuf>> = self
+            .sip
+            .iter()
+            .flat_map(|sip| [&sip.tls_certificate, &sip.tls_key, &sip.tls_ca_file])
+            .map(|path| path.as_deref().map(|path| self.resolve(path)))
+            .collect();
+        let Some(sip) = &mut self.sip else {
+            return;
+        };
+        sip.require_tls = call.require_tls;
+        sip.numbering = mailcall_sip::E164Plan {
+            country_code: plan.country_code.clone(),
+            trunk_prefix: plan.trunk_prefix.clone(),
+        };
+        if sip.dns_servers.is_empty() {
+            sip.dns_servers = relay.dns_servers.clone();
+        }
+        if let [certificate, key, ca_file] = &resolved[..] {
+            (sip.tls_certificate, sip.tls_key, sip.tls_ca_file) =
+                (certificate.clone(), key.clone(), ca_file.clone());
         }
     }
 
@@ -674,13 +710,6 @@ impl Config {
             return Err(
                 "[queue] maximal_backoff_secs must not be below minimal_backoff_secs".into(),
             );
-        }
-        for network in server
-            .relay_networks
-            .iter()
-            .chain(&server.synchronous_networks)
-        {
-            parse_network(network)?;
         }
         for (name, rule) in &self.rules {
             if rule.canary > 100 {
@@ -784,43 +813,6 @@ fn line_of(text: &str, message: &str) -> Option<usize> {
         }
     }
     Some(header_index + 1)
-}
-
-/// Parses `address/prefix` (a bare address is a host: /32 or /128).
-pub fn parse_network(text: &str) -> Result<(std::net::IpAddr, u8), String> {
-    let invalid = || format!("[server] {text:?} is not a network (address/prefix)");
-    let (address, prefix) = match text.split_once('/') {
-        Some((address, prefix)) => (address, Some(prefix)),
-        None => (text, None),
-    };
-    let address: std::net::IpAddr = address.trim().parse().map_err(|_| invalid())?;
-    let max = if address.is_ipv4() { 32 } else { 128 };
-    let prefix = match prefix {
-        Some(prefix) => prefix.trim().parse::<u8>().map_err(|_| invalid())?,
-        None => max,
-    };
-    if prefix > max {
-        return Err(invalid());
-    }
-    Ok((address, prefix))
-}
-
-impl ServerSettings {
-    /// The relay networks, parsed (validated when the file was loaded).
-    pub fn relay_networks(&self) -> Vec<(std::net::IpAddr, u8)> {
-        self.relay_networks
-            .iter()
-            .filter_map(|n| parse_network(n).ok())
-            .collect()
-    }
-
-    /// The synchronous-mode networks, parsed.
-    pub fn synchronous_networks(&self) -> Vec<(std::net::IpAddr, u8)> {
-        self.synchronous_networks
-            .iter()
-            .filter_map(|n| parse_network(n).ok())
-            .collect()
-    }
 }
 
 impl NumberingPlanSettings {

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use mailcall_sip::{CallFailure, CallInfo, Label, Ladder, Rung, UserAgent};
+use mailcall_sip::{CallInfo, Label, Ladder, Rung, UserAgent};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -93,7 +93,7 @@ impl Caller for SipCaller {
                 },
                 Err(failure) => CallReport {
                     call_id: failure.call_id().map(str::to_string),
-                    sip_status: sip_status_of(&failure),
+                    sip_status: failure.sip_status(),
                     result: Err(failure.to_string()),
                     ladder: ladder.rungs(),
                 },
@@ -110,16 +110,5 @@ fn smtp_summary(relayed: &Relayed) -> String {
             format!("the final server: {}", replies.join("; "))
         }
         Relayed::Failed(reply) => format!("SMTP failed: {reply}"),
-    }
-}
-
-/// The SIP status that ended a failed call, where there was one.
-fn sip_status_of(failure: &CallFailure) -> Option<u16> {
-    match failure {
-        CallFailure::Busy { code, .. }
-        | CallFailure::NotFound { code, .. }
-        | CallFailure::Unavailable { code, .. }
-        | CallFailure::Rejected { code, .. } => Some(*code),
-        _ => None,
     }
 }

@@ -196,13 +196,13 @@ pub async fn serve(
         hostname: server.hostname.clone(),
         local_domains,
         local_addresses,
-        relay_networks: server.relay_networks(),
+        relay_networks: server.relay_networks.clone(),
         max_message_size: server.max_message_size_kib as usize * 1024,
         max_recipients: server.max_recipients as usize,
         max_errors: server.max_errors,
         tls_available: tls.is_some(),
         over_call: false,
-        synchronous_networks: server.synchronous_networks(),
+        synchronous_networks: server.synchronous_networks.clone(),
         synchronous_users: server
             .synchronous_users
             .iter()
@@ -227,8 +227,14 @@ pub async fn serve(
     // calls to our numbers with the SMTP server (local domains only).
     let user_agent = match &config.sip {
         Some(settings) => {
+            let mut settings = settings.clone();
+            if settings.tls_listen.is_some() && settings.tls_certificate.is_none() {
+                let (certificate, key) = crate::tls::certificate_files(&config)?;
+                settings.tls_certificate = Some(certificate);
+                settings.tls_key = Some(key);
+            }
             let callee = Arc::new(callee::SmtpOverCall::new(shared.clone(), history.clone()));
-            let agent = UserAgent::start(settings.clone(), Some(callee)).await?;
+            let agent = UserAgent::start(settings, Some(callee)).await?;
             Some(Arc::new(agent))
         }
         None => None,

@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
+use mailcall_sip::Network;
 use smtp_proto::request::receiver::RequestReceiver;
 use smtp_proto::{Error as ParseError, Request};
 
@@ -41,8 +42,8 @@ pub struct SessionPolicy {
     pub local_domains: HashSet<String>,
     /// Addresses of local mailboxes and aliases (`user@domain`, lower case).
     pub local_addresses: HashSet<String>,
-    /// Networks allowed to relay without authentication (address, prefix).
-    pub relay_networks: Vec<(IpAddr, u8)>,
+    /// Networks allowed to relay without authentication.
+    pub relay_networks: Vec<Network>,
     /// Largest message accepted, in bytes.
     pub max_message_size: usize,
     /// Most recipients in one message.
@@ -58,7 +59,7 @@ pub struct SessionPolicy {
     /// Clients whose end of data is answered only once the message was
     /// tried (synchronous mode): these networks, and these users once
     /// authenticated.
-    pub synchronous_networks: Vec<(IpAddr, u8)>,
+    pub synchronous_networks: Vec<Network>,
     pub synchronous_users: HashSet<String>,
 }
 
@@ -449,7 +450,7 @@ impl Session {
                 || policy
                     .synchronous_networks
                     .iter()
-                    .any(|(network, prefix)| in_network(self.client, *network, *prefix)))
+                    .any(|network| network.contains(self.client)))
     }
 
     fn received_header(&self, helo: &str, transaction: &Transaction) -> String {
@@ -756,25 +757,7 @@ impl Session {
                 .policy
                 .relay_networks
                 .iter()
-                .any(|(network, prefix)| in_network(self.client, *network, *prefix))
-    }
-}
-
-fn in_network(address: IpAddr, network: IpAddr, prefix: u8) -> bool {
-    match (address, network) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(prefix.min(32)))
-                .unwrap_or(0);
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(prefix.min(128)))
-                .unwrap_or(0);
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
+                .any(|network| network.contains(self.client))
     }
 }
 
@@ -832,7 +815,7 @@ mod tests {
                 "postmaster@local.example".to_string(),
                 "taro@local.example".to_string(),
             ]),
-            relay_networks: vec![("10.1.0.0".parse().unwrap(), 16)],
+            relay_networks: vec!["10.1.0.0/16".parse().unwrap()],
             max_message_size: 10_000,
             max_recipients: 3,
             max_errors: 10,

@@ -1,7 +1,9 @@
 //! The test bed the host's tests, the SIP crate's tests and their
 //! benchmarks share: loopback ports free for UDP and TCP, a guard that
-//! stops a peer process (SIGTERM, then SIGKILL), a bounded wait, and
-//! Kamailio as registrar and proxy.
+//! stops a peer process (SIGTERM, then SIGKILL), a bounded wait,
+//! Kamailio as registrar and proxy (with TLS), and a test CA (`pki`).
+
+pub mod pki;
 
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -97,16 +99,29 @@ pub enum KamailioAuth {
 }
 
 /// Kamailio (Debian package `kamailio`) as registrar and proxy on a free
-/// loopback port, UDP and TCP, with `kamailio.cfg` of this crate; its
+/// loopback port, UDP and TCP, and TLS on another with `Kamailio::with_tls`
+/// (package `kamailio-tls-modules`), with `kamailio.cfg` of this crate; its
 /// stderr shown if `KAMAILIO_LOG` is set. Stopped when dropped.
 pub struct Kamailio {
     pub port: u16,
+    /// SIP over TLS, when started with a certificate.
+    pub tls_port: Option<u16>,
     run_dir: PathBuf,
     process: Option<Process>,
 }
 
 impl Kamailio {
     pub fn start(auth: KamailioAuth) -> Kamailio {
+        Kamailio::launch(auth, None)
+    }
+
+    /// Also listening on TLS, showing `certificate` (and not asking for
+    /// ours).
+    pub fn with_tls(auth: KamailioAuth, certificate: &pki::Issued) -> Kamailio {
+        Kamailio::launch(auth, Some(certificate))
+    }
+
+    fn launch(auth: KamailioAuth, tls: Option<&pki::Issued>) -> Kamailio {
         let port = free_port();
         let run_dir = std::env::temp_dir().join(format!("mailcall-kamailio-{port}"));
         std::fs::create_dir_all(&run_dir).expect("a run folder for kamailio");
@@ -122,6 +137,20 @@ impl Kamailio {
             .args(["-l", &format!("tcp:127.0.0.1:{port}")])
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        let tls_port = tls.map(|issued| {
+            let tls_port = free_port();
+            command
+                .args(["-l", &format!("tls:127.0.0.1:{tls_port}")])
+                .args(["-A", "WITH_TLS"])
+                .arg("-A")
+                .arg(format!(
+                    "TLS_CERTIFICATE=\"{}\"",
+                    issued.certificate.display()
+                ))
+                .arg("-A")
+                .arg(format!("TLS_KEY=\"{}\"", issued.key.display()));
+            tls_port
+        });
         match auth {
             KamailioAuth::None => {}
             KamailioAuth::Md5 => {
@@ -136,10 +165,11 @@ impl Kamailio {
         }
         let process = Process::spawn("kamailio", &mut command);
         wait_until("kamailio did not start", Duration::from_secs(10), || {
-            listens(port)
+            listens(port) && tls_port.is_none_or(listens)
         });
         Kamailio {
             port,
+            tls_port,
             run_dir,
             process: Some(process),
         }
@@ -149,6 +179,12 @@ impl Kamailio {
     pub fn uri(&self, tcp: bool) -> String {
         let transport = if tcp { ";transport=tcp" } else { "" };
         format!("sip:127.0.0.1:{}{transport}", self.port)
+    }
+
+    /// `sip:127.0.0.1:TLS_PORT;transport=tls`.
+    pub fn tls_uri(&self) -> String {
+        let port = self.tls_port.expect("kamailio started with TLS");
+        format!("sip:127.0.0.1:{port};transport=tls")
     }
 }
 
