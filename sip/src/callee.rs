@@ -3,7 +3,7 @@
 //! channel to the handler, and ends the call with BYE. Also answers every
 //! other request that reaches us outside a call (OPTIONS, stray BYE, …).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver};
@@ -424,8 +424,10 @@ impl Answered<'_> {
                 return refuse(dialog, call_id, status, e.to_string());
             }
         };
-        let answer =
-            ChannelDescription::answer(listener.local_addr(), tls.map(|(i, _)| i.fingerprint));
+        // The listener's port at the address peers reach us on (NAT).
+        let reached_at =
+            SocketAddr::new(shared.settings.sdp_address(), listener.local_addr().port());
+        let answer = ChannelDescription::answer(reached_at, tls.map(|(i, _)| i.fingerprint));
         let accepted = dialog.accept(
             Some(vec![Header::ContentType("application/sdp".into())]),
             Some(answer.to_sdp(crate::caller::rand_session_id()).into_bytes()),

@@ -3,6 +3,7 @@
 //! stops a peer process (SIGTERM, then SIGKILL), a bounded wait,
 //! Kamailio as registrar and proxy (with TLS), and a test CA (`pki`).
 
+pub mod netns;
 pub mod pki;
 
 use std::net::{TcpListener, TcpStream, UdpSocket};
