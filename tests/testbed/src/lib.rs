@@ -1,7 +1,9 @@
 //! The test bed the host's tests, the SIP crate's tests and their
 //! benchmarks share: loopback ports free for UDP and TCP, a guard that
-//! stops a peer process (SIGTERM, then SIGKILL), a bounded wait, and
-//! Kamailio as registrar and proxy.
+//! stops a peer process (SIGTERM, then SIGKILL), a bounded wait,
+//! Kamailio as registrar and proxy, and a name server on loopback (`dns`).
+
+pub mod dns;
 
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
