@@ -13,6 +13,14 @@ mod config;
 mod digest;
 mod framing;
 mod ladder;
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "caller.rs is to call it instead of its own resolve"
+    )
+)]
+mod locate;
 mod register;
 mod screen;
 mod sdp;
