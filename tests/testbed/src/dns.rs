@@ -247,7 +247,9 @@ fn serve_tcp(listener: TcpListener, (zone, asked, stop): Shared) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let _ = answer_stream(stream, &zone, &asked);
+                // A client may keep its connection open for more queries.
+                let (zone, asked) = (zone.clone(), asked.clone());
+                std::thread::spawn(move || answer_stream(stream, &zone, &asked));
             }
             Err(_) => std::thread::sleep(POLL),
         }
@@ -322,4 +324,78 @@ fn answer(query: &[u8], zone: &[Record], asked: &Mutex<Vec<String>>) -> Option<V
         }
     }
     response.to_vec().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use hickory_proto::op::Query;
+
+    use super::*;
+
+    fn question(name: &str, record_type: RecordType) -> Vec<u8> {
+        let mut query = Message::query();
+        query.add_query(Query::query(Name::from_str(name).unwrap(), record_type));
+        query.to_vec().unwrap()
+    }
+
+    fn over_udp(server: &NameServer, name: &str, record_type: RecordType) -> Message {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        socket
+            .send_to(&question(name, record_type), server.address)
+            .unwrap();
+        let mut buffer = [0u8; 4096];
+        let length = socket.recv(&mut buffer).unwrap();
+        Message::from_vec(&buffer[..length]).unwrap()
+    }
+
+    fn over_tcp(server: &NameServer, name: &str, record_type: RecordType) -> Message {
+        let mut stream = TcpStream::connect(server.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let query = question(name, record_type);
+        stream
+            .write_all(&(query.len() as u16).to_be_bytes())
+            .unwrap();
+        stream.write_all(&query).unwrap();
+        let mut length = [0u8; 2];
+        stream.read_exact(&mut length).unwrap();
+        let mut answer = vec![0u8; u16::from_be_bytes(length) as usize];
+        stream.read_exact(&mut answer).unwrap();
+        Message::from_vec(&answer).unwrap()
+    }
+
+    #[test]
+    fn answers_nxdomain_no_data_and_follows_cnames_over_udp_and_tcp() {
+        let server = NameServer::start(vec![
+            Record::a("host.test", [127, 0, 0, 7]),
+            Record::cname("alias.test", "HOST.test."),
+        ]);
+        for ask in [over_udp, over_tcp] {
+            let found = ask(&server, "alias.test.", RecordType::A);
+            assert_eq!(found.metadata.response_code, ResponseCode::NoError);
+            let data: Vec<&RData> = found.answers.iter().map(|r| &r.data).collect();
+            assert_eq!(
+                data,
+                [
+                    &RData::CNAME(CNAME(Name::from_str("host.test.").unwrap())),
+                    &RData::A(A([127, 0, 0, 7].into())),
+                ]
+            );
+            let no_data = ask(&server, "host.test.", RecordType::MX);
+            assert_eq!(no_data.metadata.response_code, ResponseCode::NoError);
+            assert!(no_data.answers.is_empty());
+            let unknown = ask(&server, "nowhere.test.", RecordType::A);
+            assert_eq!(unknown.metadata.response_code, ResponseCode::NXDomain);
+        }
+        assert_eq!(
+            server.asked()[..3],
+            ["A alias.test", "MX host.test", "A nowhere.test"]
+        );
+    }
 }
