@@ -50,7 +50,7 @@ impl NumberingPlan {
     }
 }
 
-/// The ENUM domain of an E.164 number under `suffix` (RFC 6116 §2.4):
+/// The ENUM domain of an E.164 number under `suffix` (RFC 6116, "Valid Databases"):
 /// its digits reversed, one label each.
 pub(crate) fn enum_domain(e164: &str, suffix: &str) -> String {
     let mut labels: Vec<String> = e164
@@ -126,7 +126,7 @@ fn choose(mut records: Vec<Naptr>, e164: &str, ladder: &Ladder) -> Option<Uri> {
 
 /// Whether the services field names the SIP enumservice: `E2U+sip`
 /// (RFC 3764), or `E2U+sips`; several `+`-joined enumservices and
-/// `type:subtype` forms allowed (RFC 6116 §3.4.3), case ignored.
+/// `type:subtype` forms allowed (RFC 6116, "Services Parameters"), case ignored.
 fn is_sip(services: &str) -> bool {
     let services = services.to_ascii_lowercase();
     let Some(enumservices) = services.strip_prefix("e2u+") else {
@@ -140,7 +140,7 @@ fn is_sip(services: &str) -> bool {
 
 /// The SIP URI a terminal record gives for `e164`.
 fn uri_of(record: &Naptr, e164: &str) -> Result<Uri, String> {
-    // RFC 6116 §2.4: only terminal `u` records give a URI; we do not
+    // RFC 6116, "Flags": only terminal `u` records give a URI; we do not
     // follow non-terminal ones (empty flags, a replacement) further.
     if !record.flags.eq_ignore_ascii_case("u") {
         return Err(format!(

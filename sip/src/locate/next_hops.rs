@@ -258,7 +258,7 @@ impl Service {
 }
 
 /// The transport a `transport=` param asks for; TCP under sips: is TLS
-/// (RFC 3261 §19.1.2), and UDP cannot carry sips: at all.
+/// (RFC 3261 §26.2.2), and UDP cannot carry sips: at all.
 fn transport_asked(transport: SipTransport, secure: bool) -> Result<SipTransport, String> {
     match (transport, secure) {
         (SipTransport::Udp, false) => Ok(SipTransport::Udp),
