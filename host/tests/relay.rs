@@ -3,10 +3,10 @@
 //! loopback; delivery status notices the sender asked for.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::TcpStream;
 use std::time::Duration;
+
+use mailcall_testbed::dns::{NameServer, Record};
 
 mod common;
 use common::server::*;
@@ -116,138 +116,20 @@ fn a_deferred_recipient_is_delivered_when_the_server_recovers_with_the_notices_a
     );
 }
 
-/// A name server on loopback answering from a fixed zone: MX and A
-/// records by name, NXDOMAIN for names it does not know, no data for
-/// known names without that record type. Stops when dropped.
-struct NameServer {
-    address: SocketAddr,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for NameServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// One zone entry: a name (lower case, no trailing dot), its MX records
-/// (preference, exchange; "." for a null MX) and its A record.
-struct Entry {
-    name: &'static str,
-    mx: Vec<(u16, &'static str)>,
-    a: Option<[u8; 4]>,
-}
-
-fn name_server(zone: Vec<Entry>) -> NameServer {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let address = socket.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = stop.clone();
-    std::thread::spawn(move || {
-        let mut buffer = [0u8; 512];
-        while !stopped.load(Ordering::Relaxed) {
-            let Ok((length, peer)) = socket.recv_from(&mut buffer) else {
-                continue;
-            };
-            if let Some(answer) = answer(&buffer[..length], &zone) {
-                let _ = socket.send_to(&answer, peer);
-            }
-        }
-    });
-    NameServer { address, stop }
-}
-
-fn encode_name(name: &str, out: &mut Vec<u8>) {
-    for label in name.split('.').filter(|l| !l.is_empty()) {
-        out.push(label.len() as u8);
-        out.extend_from_slice(label.as_bytes());
-    }
-    out.push(0);
-}
-
-/// The response to one query (RFC 1035 §4), or `None` if it is not one.
-fn answer(query: &[u8], zone: &[Entry]) -> Option<Vec<u8>> {
-    // The question: labels from byte 12, then type and class.
-    let mut at = 12;
-    let mut labels = Vec::new();
-    loop {
-        let length = *query.get(at)? as usize;
-        at += 1;
-        if length == 0 {
-            break;
-        }
-        labels.push(String::from_utf8_lossy(query.get(at..at + length)?).to_lowercase());
-        at += length;
-    }
-    let qtype = u16::from_be_bytes([*query.get(at)?, *query.get(at + 1)?]);
-    let question = query.get(12..at + 4)?;
-    let name = labels.join(".");
-    let entry = zone.iter().find(|e| e.name == name);
-    let mut records: Vec<(u16, Vec<u8>)> = Vec::new();
-    match (entry, qtype) {
-        (Some(entry), 15) => {
-            for (preference, exchange) in &entry.mx {
-                let mut data = preference.to_be_bytes().to_vec();
-                encode_name(exchange, &mut data);
-                records.push((15, data));
-            }
-        }
-        (Some(entry), 1) => records.extend(entry.a.map(|a| (1, a.to_vec()))),
-        _ => {}
-    }
-    let rcode = if entry.is_none() { 3 } else { 0 };
-    let mut response = query[..2].to_vec(); // the id
-    response.extend_from_slice(&[0x81, 0x80 | rcode]); // response, RD, RA
-    response.extend_from_slice(&[0, 1]);
-    response.extend_from_slice(&(records.len() as u16).to_be_bytes());
-    response.extend_from_slice(&[0, 0, 0, 0]);
-    response.extend_from_slice(question);
-    for (rtype, data) in records {
-        response.extend_from_slice(&[0xc0, 12]); // the question's name
-        response.extend_from_slice(&rtype.to_be_bytes());
-        response.extend_from_slice(&[0, 1, 0, 0, 0, 60]); // IN, TTL 60
-        response.extend_from_slice(&(data.len() as u16).to_be_bytes());
-        response.extend_from_slice(&data);
-    }
-    Some(response)
-}
-
 #[test]
 fn mail_goes_to_the_mx_hosts_in_order_or_bounces_when_there_is_none() {
     let dir = tempfile::tempdir().unwrap();
     let accepting = sink(&dir.path().join("sink"), &[]);
-    let dns = name_server(vec![
+    let dns = NameServer::start(vec![
         // The best MX has no address; the next one is the sink.
-        Entry {
-            name: "mx.test",
-            mx: vec![(20, "mail.mx.test"), (10, "gone.mx.test")],
-            a: None,
-        },
-        Entry {
-            name: "mail.mx.test",
-            mx: vec![],
-            a: Some([127, 0, 0, 1]),
-        },
-        Entry {
-            name: "gone.mx.test",
-            mx: vec![],
-            a: None,
-        },
+        Record::mx("mx.test", 20, "mail.mx.test"),
+        Record::mx("mx.test", 10, "gone.mx.test"),
+        Record::a("mail.mx.test", [127, 0, 0, 1]),
         // No MX: its own address takes the mail (the implicit MX).
-        Entry {
-            name: "implicit.test",
-            mx: vec![],
-            a: Some([127, 0, 0, 1]),
-        },
+        Record::a("implicit.test", [127, 0, 0, 1]),
         // RFC 7505: no mail at all.
-        Entry {
-            name: "nullmx.test",
-            mx: vec![(0, ".")],
-            a: Some([127, 0, 0, 1]),
-        },
+        Record::mx("nullmx.test", 0, "."),
+        Record::a("nullmx.test", [127, 0, 0, 1]),
     ]);
     let file = relaying(host(free_port(), free_port()))
         .set("relay", "mx_port", i64::from(accepting.port))

@@ -1,8 +1,10 @@
 //! The test bed the host's tests, the SIP crate's tests and their
 //! benchmarks share: loopback ports free for UDP and TCP, a guard that
 //! stops a peer process (SIGTERM, then SIGKILL), a bounded wait,
-//! Kamailio as registrar and proxy (with TLS), and a test CA (`pki`).
+//! Kamailio as registrar and proxy (with TLS), a name server on loopback
+//! (`dns`), network namespaces (`netns`) and a test CA (`pki`).
 
+pub mod dns;
 pub mod netns;
 pub mod pki;
 
