@@ -509,7 +509,7 @@ pub fn ladder_text(attempt: &Attempt) -> String {
         let arrow = match rung.label.sender() {
             Side::Caller => "A -> B",
             Side::Callee => "A <- B",
-            Side::Local => "A     ",
+            Side::Local => "A  .  A",
         };
         text.push_str(&format!(
             "  {:>8.1} ms  {arrow}  {} {}\n",

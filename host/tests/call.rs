@@ -190,9 +190,10 @@ sys.stdout.buffer.write(b"".join(line + b"\r\n" for line in lines))
         .filter_map(|line| line.split_whitespace().nth(5))
         .filter(|label| *label != "R1")
         .collect();
+    // Where to call (L: the route, its address), then Fig. 4.
     assert_eq!(
-        labels[..8],
-        ["T1", "T3", "R2", "T2", "R3", "T4", "T5", "T5"],
+        labels[..10],
+        ["L", "L", "T1", "T3", "R2", "T2", "R3", "T4", "T5", "T5"],
         "{ladder}"
     );
     assert!(
@@ -1161,8 +1162,8 @@ fn the_console_draws_each_calls_ladder_and_the_metrics_count_what_was_sent() {
         .filter(|label| *label != "R1")
         .collect();
     assert_eq!(
-        labels[..8],
-        ["T1", "T3", "R2", "T2", "R3", "T4", "T5", "T5"],
+        labels[..10],
+        ["L", "L", "T1", "T3", "R2", "T2", "R3", "T4", "T5", "T5"],
         "{detail}"
     );
     assert!(labels.contains(&"T7"), "no BYE: {labels:?}");

@@ -224,14 +224,17 @@ impl Locator {
                 uri: uri.to_string(),
                 why,
             })?;
-        let listed: Vec<String> = hops
-            .iter()
-            .map(|hop| format!("{} {}", hop.address, hop.transport))
-            .collect();
-        ladder.step(
-            Label::L,
-            format!("next hops for {uri}: {}", listed.join(", ")),
-        );
+        // An address is its own next hop: its one step said so already.
+        if !matches!(uri.host_with_port.host, rsipstack::sip::Host::IpAddr(_)) {
+            let listed: Vec<String> = hops
+                .iter()
+                .map(|hop| format!("{} {}", hop.address, hop.transport))
+                .collect();
+            ladder.step(
+                Label::L,
+                format!("next hops for {uri}: {}", listed.join(", ")),
+            );
+        }
         Ok(hops)
     }
 }

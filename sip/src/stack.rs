@@ -1,7 +1,8 @@
 //! The SIP stack underneath: rsipstack's transports (UDP, TCP, TLS), its
 //! transaction endpoint and its dialog layer, set up from our settings, on
 //! our own sockets (`transports`).
-//! Only this module, `caller`, `callee` and `register` see rsipstack types.
+//! Only this module, `caller`, `callee`, `register` and `locate` see
+//! rsipstack types.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -200,8 +201,9 @@ impl Stack {
     }
 
     /// Opens the connection a request to `hop` will take, over TCP or TLS
-    /// (nothing to open for UDP). Only a TLS failure is an error: rsipstack
-    /// opens a TCP connection itself if ours failed, and reports it then.
+    /// (nothing to open for UDP); a peer that cannot be reached is known
+    /// at once, so the caller tries the next hop without waiting for the
+    /// INVITE to time out.
     pub async fn prepare(&self, hop: &NextHop) -> Result<(), String> {
         let address_name = hop.address.ip().to_string();
         let (tls, our_listener) = match hop.transport {

@@ -298,9 +298,7 @@ pub(crate) struct StreamTarget<'a> {
 
 impl Outgoing {
     /// Opens a connection to `target` and gives it to rsipstack, unless
-    /// one we opened is still up. Over TCP, failing here is not an error:
-    /// rsipstack then connects (and reports failure) itself; over TLS it
-    /// cannot, so the reason is returned.
+    /// one we opened is still up; says why when it cannot.
     pub async fn connect(
         &self,
         target: StreamTarget<'_>,

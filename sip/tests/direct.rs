@@ -58,9 +58,9 @@ async fn round_trip(transport: Transport, tls: bool) {
         .map(|rung| rung.label.to_string())
         .filter(|label| label != "R1")
         .collect();
-    // First where to call (L: here the route), then the INVITE.
+    // First where to call (L: here the route and its address), then the INVITE.
     let (located, labels) = labels.split_at(labels.iter().position(|l| l == "T1").unwrap());
-    assert_eq!(located, ["L"], "{:?}", ladder.rungs());
+    assert_eq!(located, ["L", "L"], "{:?}", ladder.rungs());
     // Either end may hang up first: A's BYE and its answer, or B's BYE.
     let (steps, hang_up) = labels.split_at(8);
     assert_eq!(
@@ -75,8 +75,11 @@ async fn round_trip(transport: Transport, tls: bool) {
         ladder.rungs()
     );
     let rungs = ladder.rungs();
-    assert!(rungs[0].text.starts_with("route: sip:200@"), "{rungs:?}");
-    assert!(rungs[1].text.starts_with("INVITE sip:200@"), "{rungs:?}");
+    assert!(
+        rungs[0].text.starts_with("route 200 → sip:200@"),
+        "{rungs:?}"
+    );
+    assert!(rungs[2].text.starts_with("INVITE sip:200@"), "{rungs:?}");
     assert!(rungs.windows(2).all(|w| w[0].at_us <= w[1].at_us));
     assert_eq!(call.sip_status, 200);
     assert_eq!(call.output, message, "the echo came back");
