@@ -261,6 +261,33 @@ fn when_the_callee_cannot_be_reached_the_message_is_relayed() {
 }
 
 #[test]
+fn a_callee_that_requires_tls_refuses_a_plain_call_and_a_relays_it() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (Host::new(), Host::new());
+    let relay = sink(&a_dir.path().join("sink"), &[]);
+    // B answers only over TLS (its certificate: the server's generated one).
+    let b_file = host_b(&b, "42070-42079")
+        .set("sip", "tls_listen", format!("127.0.0.1:{}", free_port()))
+        .set("call", "require_tls", true);
+    let _b = start_file(b_dir.path(), &b_file);
+    let b_uri = format!("sip:127.0.0.1:{}", b.sip);
+    let a_server = start_file(a_dir.path(), &a_calling(&a, &b_uri, relay.port));
+    let message = "From: taro@a.example\r\nTo: hanako@b.example\r\nSubject: in clear\r\n\r\nCall 050-2222-0000.\r\n";
+    submit(&a_server, &["hanako@b.example"], message);
+    let dumps = wait_for_dumps(&a_dir.path().join("sink"), 1);
+    assert_eq!(dumps.len(), 1, "not relayed:\n{}", log_of(a_dir.path()));
+    assert!(maildir_files(b_dir.path(), "hanako").is_empty());
+    let attempts = wait_for_history(a_dir.path(), "hanako@b.example", "delivered");
+    assert_eq!(attempts[0]["outcome"], "fell-back", "{attempts:?}");
+    assert_eq!(attempts[0]["sip_status"], 403, "{attempts:?}");
+    assert!(
+        log_of(b_dir.path()).contains("require_tls: the INVITE came over UDP"),
+        "{}",
+        log_of(b_dir.path())
+    );
+}
+
+#[test]
 fn with_retry_a_failed_call_waits_in_the_queue() {
     let a_dir = tempfile::tempdir().unwrap();
     let a = Host::new();
