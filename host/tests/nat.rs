@@ -7,7 +7,8 @@
 //! (198.51.100.7): its SDP names 10.77.0.1 while its connections come from
 //! 198.51.100.7, which B accepts for the channel only because the call's
 //! signalling came over TLS from that address and the channel proves the
-//! offered fingerprint.
+//! offered fingerprint; the third test shows the same channel refused when
+//! the signalling was plain UDP.
 //!
 //! Needs root (`ip netns`, `nft`); skipped with a message otherwise.
 
@@ -207,5 +208,46 @@ fn a_caller_behind_nat_is_taken_over_tls_with_its_fingerprint() {
             b_log.contains(&format!("channel opened from {A_OUTSIDE}:")),
             "{b_log}"
         );
+    });
+}
+
+#[test]
+fn over_plain_signalling_a_natted_callers_channel_is_refused() {
+    with_namespaces(|| {
+        let (a, b) = topology("3", true);
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let pki = Pki::new(&b_dir.path().join("pki"));
+        let (a_smtp, b_smtp) = (free_port(), free_port());
+        let b_file = host_b(b_smtp, &pki.issue("b", &[B_OUTSIDE]));
+        let _b = serve_in(&b, b_dir.path(), &b_file, b_smtp);
+        // UDP signalling: anyone on the path could have swapped the
+        // fingerprint, so only the offer's address may open the channel.
+        let b_uri = format!("sip:{B_OUTSIDE}:5060");
+        let a_file = host_a(a_smtp, &b_uri, &pki.ca_file);
+        let _a = serve_in(&a, a_dir.path(), &a_file, a_smtp);
+        let message = "Subject: across NAT in clear\r\n\r\nCall 050-2222-0000.\r\n";
+        let script = format!(
+            "import smtplib\ns = smtplib.SMTP('127.0.0.1', {a_smtp}, timeout=30)\ns.sendmail('taro@a.example', ['hanako@b.example'], {message:?}.encode())\ns.quit()\n"
+        );
+        let output = a
+            .command("python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let attempts = wait_for_history(a_dir.path(), "hanako@b.example", "fell-back");
+        assert!(
+            attempts
+                .iter()
+                .any(|attempt| attempt["path"] == "call" && attempt["outcome"] == "fell-back"),
+            "{attempts:?}"
+        );
+        let b_log = std::fs::read_to_string(b_dir.path().join("server.log")).unwrap();
+        assert!(
+            b_log.contains("channel connection from a stranger closed"),
+            "{b_log}"
+        );
+        assert!(maildir_files(b_dir.path(), "hanako").is_empty());
     });
 }
