@@ -45,6 +45,7 @@ pub use network::Network;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::framing::{next_frame, Frame};
+    pub use crate::locate::Substitution;
     pub use crate::screen::{screen, Framing, Verdict};
     pub use crate::sdp::ChannelDescription;
 }

@@ -6,6 +6,8 @@
 mod enum_dns;
 mod next_hops;
 mod substitution;
+
+pub use substitution::Substitution;
 #[cfg(test)]
 mod tests;
 

@@ -10,9 +10,12 @@
 
 use regex::{Regex, RegexBuilder};
 
+/// The compiled size a record's pattern may take.
+const PATTERN_SIZE_LIMIT: usize = 256 * 1024;
+
 /// Why a substitution expression cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum SubstitutionError {
+pub enum SubstitutionError {
     #[error("empty expression")]
     Empty,
     /// RFC 3402 §3.2: a digit or the flag `i` would make it ambiguous.
@@ -38,13 +41,13 @@ enum Piece {
 
 /// A parsed substitution expression.
 #[derive(Debug, Clone)]
-pub(crate) struct Substitution {
+pub struct Substitution {
     pattern: Regex,
     replacement: Vec<Piece>,
 }
 
 impl Substitution {
-    pub(crate) fn parse(expression: &str) -> Result<Substitution, SubstitutionError> {
+    pub fn parse(expression: &str) -> Result<Substitution, SubstitutionError> {
         let mut chars = expression.chars();
         let delimiter = chars.next().ok_or(SubstitutionError::Empty)?;
         // RFC 3402 §3.2: any character but a backref digit or a flag; a
@@ -60,6 +63,9 @@ impl Substitution {
         };
         let pattern = RegexBuilder::new(&pattern_of(&ere, delimiter))
             .case_insensitive(case_insensitive)
+            // From the network: an ENUM pattern is a few dozen bytes; a
+            // huge one is refused rather than compiled (default 10 MiB).
+            .size_limit(PATTERN_SIZE_LIMIT)
             .build()
             .map_err(|error| SubstitutionError::Pattern(error.to_string()))?;
         let replacement = pieces_of(&replacement);
@@ -78,7 +84,7 @@ impl Substitution {
 
     /// The subject with the ERE's first match replaced, or None if it does
     /// not match (the record does not apply).
-    pub(crate) fn apply(&self, subject: &str) -> Option<String> {
+    pub fn apply(&self, subject: &str) -> Option<String> {
         let captures = self.pattern.captures(subject)?;
         let matched = captures.get(0)?;
         let mut out = subject[..matched.start()].to_string();
