@@ -2,7 +2,8 @@
 //! registrar and proxy: both user agents register over TLS, with and
 //! without digest, and call each other with `require_tls`; a call over
 //! plain UDP to a user agent that requires TLS is refused; a caller that
-//! requires TLS does not place a call it cannot make over TLS; and a proxy
+//! requires TLS does not place a call it cannot make over TLS; a `sips:`
+//! route is called over TLS with the callee's certificate checked; and a proxy
 //! whose certificate does not name the target is refused unless
 //! `tls_verify = false`.
 
@@ -197,6 +198,58 @@ async fn a_proxy_certificate_for_another_name_is_refused_unless_verification_is_
     .await
     .unwrap();
     call_when_registered(&a, "200").await.unwrap();
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sips_route_is_called_over_tls_with_the_callees_name_checked() {
+    init_logs();
+    let folder = tempfile::tempdir().unwrap();
+    let pki = Pki::new(folder.path());
+    let Issued { certificate, key } = pki.issue("b", &["127.0.0.1"]);
+    let echo = Echo::default();
+    let b = UserAgent::start(
+        SipSettings {
+            tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+            tls_certificate: Some(certificate),
+            tls_key: Some(key),
+            require_tls: true,
+            channel_tls: true,
+            ..settings(PORTS + 400, &["200"])
+        },
+        Some(Arc::new(echo.clone())),
+    )
+    .await
+    .unwrap();
+    let mut a_settings = SipSettings {
+        tls_ca_file: Some(pki.ca_file.clone()),
+        channel_tls: true,
+        require_tls: true,
+        ..settings(PORTS + 400, &[])
+    };
+    let b_tls = b.tls_addr().unwrap();
+    a_settings
+        .routes
+        .insert("200".into(), format!("sips:127.0.0.1:{}", b_tls.port()));
+    let a = UserAgent::start(a_settings, None).await.unwrap();
+    let ladder = Ladder::new();
+    let message = b"EHLO a.example\r\n".to_vec();
+    let sent = message.clone();
+    let call = a
+        .call("200", &ladder, move |channel, _| {
+            send_and_read_back(channel, sent)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {:?}", ladder.rungs()));
+    assert_eq!(call.output, message);
+    let rungs = ladder.rungs();
+    assert!(
+        rungs
+            .iter()
+            .any(|rung| rung.label == Label::T1 && rung.text.contains(&format!("to TLS {b_tls}"))),
+        "{rungs:?}"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
