@@ -7,13 +7,28 @@
 //! 505 for another SIP version, 513 for a message too large, and silence
 //! only for what cannot be answered (no Via, an ACK, a response).
 //! This module decides, from the bytes of one message, which of these it
-//! gets; `transports` sends the answer.
+//! gets; `transports` sends the answer. It also holds what every answer
+//! of ours says about methods: `ALLOWED_METHODS` and `allow_header`.
 
 use std::net::SocketAddr;
 
 use rsipstack::sip::{Method, SipMessage};
 
-use crate::stack::ALLOWED_METHODS;
+/// The methods we answer; advertised in `Allow` (RFC 3261 §20.5).
+pub(crate) const ALLOWED_METHODS: [Method; 5] = [
+    Method::Invite,
+    Method::Ack,
+    Method::Cancel,
+    Method::Bye,
+    Method::Options,
+];
+
+/// The value of our `Allow` header: every answer that lists our methods
+/// (200 to OPTIONS, 405, 501) says the same.
+pub(crate) fn allow_header() -> String {
+    let methods: Vec<String> = ALLOWED_METHODS.iter().map(|m| m.to_string()).collect();
+    methods.join(", ")
+}
 
 /// The largest SIP message we take: rsipstack's own limit for streams, and
 /// far above any INVITE we exchange (UDP datagrams are further limited by
@@ -287,8 +302,7 @@ impl Head {
             }
         }
         if status == 501 || status == 405 {
-            let allow: Vec<String> = ALLOWED_METHODS.iter().map(|m| m.to_string()).collect();
-            response.push_str(&format!("Allow: {}\r\n", allow.join(", ")));
+            response.push_str(&format!("Allow: {}\r\n", allow_header()));
         }
         // The reason, for people reading traces (§20.43).
         let warning = why.replace(['"', '\\'], "'").replace(['\r', '\n'], " ");
