@@ -178,6 +178,9 @@ async fn serve_stream(
     let idle = endpoint.transport_layer.stream_idle_timeout();
     let mut buffer = BytesMut::new();
     let mut chunk = vec![0u8; 16_384];
+    // After a message we cannot frame, where the next starts is unknown:
+    // what follows is discarded, while answers to earlier messages go out.
+    let mut unframed = false;
     'reading: loop {
         let read = tokio::select! {
             read = tokio::time::timeout(idle, reader.read(&mut chunk)) => read,
@@ -189,6 +192,7 @@ async fn serve_stream(
                 debug!(%peer, "SIP over TCP idle: closing");
                 break;
             }
+            Ok(Ok(_)) if unframed => continue,
             Ok(Ok(read)) => buffer.extend_from_slice(&chunk[..read]),
         }
         while let Some(frame) = next_frame(&mut buffer) {
@@ -231,14 +235,15 @@ async fn serve_stream(
                     Verdict::Drop { why } => debug!(%peer, "dropped a message over TCP: {why}"),
                 },
                 Frame::Unframed { head, status, why } => {
-                    // Where the next message starts is unknown: answer, then close.
-                    info!(%peer, "{status} over TCP, closing: {why}");
+                    info!(%peer, "{status} over TCP, reading no further: {why}");
                     if let Verdict::Answer { response, .. } =
                         screen::refuse(&head, status, why, peer, Framing::Stream)
                     {
                         write(&writer, &response).await.ok();
                     }
-                    break 'reading;
+                    unframed = true;
+                    buffer.clear();
+                    break;
                 }
             }
         }
