@@ -58,6 +58,13 @@ impl rsipstack::platform::net::UdpSocket for ScreenedUdp {
                 read.min(buf.len())
             } else {
                 match screen::screen(datagram, Framing::Datagram, source) {
+                    Verdict::Pass {
+                        normal: Some(normal),
+                        ..
+                    } if normal.len() <= buf.len() => {
+                        buf[..normal.len()].copy_from_slice(&normal);
+                        return Ok((normal.len(), source));
+                    }
                     Verdict::Pass { len, .. } => len,
                     Verdict::Answer {
                         response,
