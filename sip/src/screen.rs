@@ -13,10 +13,15 @@
 //! gets; `transports` sends the answer. It also holds what every answer
 //! of ours says about methods: `ALLOWED_METHODS` and `allow_header`.
 //!
+//! What RFC 3261 allows must pass. rsipstack's parser takes compact and
+//! oddly cased names, escapes and unknown headers, but not folded lines or
+//! LWS around `;`, `=`, `,` and `/`: a header section with those is handed
+//! on in normal form (`Head::normal_form`), which means the same (§7.3.1,
+//! §25.1), and costs a copy only when present. 405 for methods we know but
+//! do not serve is the callee's, after rsipstack (§8.2.1).
+//!
 //! The RFC 4475 torture messages (`sip/tests/torture/`) are its test
-//! corpus: what they may do (folding, compact names, odd case and
-//! whitespace, escapes) rsipstack's parser handles; what they must not do,
-//! this module refuses.
+//! corpus, over UDP and TCP (`sip/tests/torture.rs`).
 
 use std::net::SocketAddr;
 
