@@ -14,8 +14,9 @@ use rsipstack::transaction::TransactionReceiver;
 use tracing::{debug, info, warn};
 
 use crate::ladder::{Label, Ladder};
+use crate::screen;
 use crate::sdp::{ChannelDescription, Setup};
-use crate::stack::{ip_of, Stack, ALLOWED_METHODS};
+use crate::stack::{ip_of, Stack};
 use crate::tls::ChannelIdentity;
 use crate::{AdmitFuture, CallInfo, Channel, Counted, HandlerFuture, Shared};
 
@@ -111,7 +112,7 @@ async fn dispatch(shared: Arc<Shared>, mut tx: Transaction) {
         Method::Bye => tx.reply(StatusCode::CallTransactionDoesNotExist).await,
         // Methods we know but do not serve (RFC 3261 §8.2.1).
         _ => {
-            tx.reply_with(StatusCode::MethodNotAllowed, vec![allow_header()], None)
+            tx.reply_with(StatusCode::MethodNotAllowed, vec![allow()], None)
                 .await
         }
     };
@@ -120,15 +121,14 @@ async fn dispatch(shared: Arc<Shared>, mut tx: Transaction) {
     }
 }
 
-fn allow_header() -> Header {
-    let methods: Vec<String> = ALLOWED_METHODS.iter().map(|m| m.to_string()).collect();
-    Header::Other("Allow".into(), methods.join(", "))
+fn allow() -> Header {
+    Header::Other("Allow".into(), screen::allow_header())
 }
 
 /// The capability query: what we can do, and the SDP we take.
 async fn answer_options(tx: &mut Transaction) -> rsipstack::Result<()> {
     let headers = vec![
-        allow_header(),
+        allow(),
         Header::Other("Accept".into(), "application/sdp".into()),
         Header::Other("Supported".into(), String::new()),
     ];

@@ -57,7 +57,9 @@ pub fn next_frame(buffer: &mut BytesMut) -> Option<Frame> {
         Some(Frame::Unframed { head, status, why })
     };
     let length = match screen::content_length(&buffer[..head_len]) {
-        Ok(length) => length.unwrap_or(0),
+        Ok(Some(length)) => length,
+        // Streams frame by it, so it is mandatory there (RFC 3261 §18.3, §20.14).
+        Ok(None) => return unframed(buffer, 400, "no Content-Length in a stream".into()),
         Err(why) => return unframed(buffer, 400, why),
     };
     let total = head_len.saturating_add(length);
@@ -121,6 +123,11 @@ mod tests {
         let (frames, rest) = frames(bad);
         assert!(matches!(&frames[..], [Frame::Unframed { status: 400, .. }]));
         assert!(rest.is_empty());
+        let no_length = b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n\r\nmore".to_vec();
+        assert!(matches!(
+            &frames_of(no_length)[..],
+            [Frame::Unframed { status: 400, .. }]
+        ));
         let huge = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 70000\r\n\r\n".to_vec();
         assert!(matches!(
             &frames_of(huge)[..],

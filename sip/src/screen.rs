@@ -1,19 +1,47 @@
 //! The screen every received SIP message passes before rsipstack sees it.
 //!
 //! rsipstack's parser drops what it cannot read (an unknown method, a
-//! broken line) without a word and takes the body whatever Content-Length
-//! says. RFC 3261 wants answers instead: 501 for a method we do not know
-//! (§21.5.2), 400 with the reason for a malformed request (§8.2.2, §18.3),
+//! broken line) without a word, takes the body whatever Content-Length
+//! says, and accepts much that RFC 3261's grammar forbids. RFC 3261 wants
+//! answers instead, each the one it names, in the order of §8.2: 501 for a
+//! method we do not know (§21.5.2), 400 with the reason for a malformed
+//! request (§8.2.2, §18.3), 416 for a Request-URI scheme we do not serve
+//! (§8.2.2.1), 420 with `Unsupported` for a `Require` we lack (§8.2.2.3),
 //! 505 for another SIP version, 513 for a message too large, and silence
 //! only for what cannot be answered (no Via, an ACK, a response).
 //! This module decides, from the bytes of one message, which of these it
-//! gets; `transports` sends the answer.
+//! gets; `transports` sends the answer. It also holds what every answer
+//! of ours says about methods: `ALLOWED_METHODS` and `allow_header`.
+//!
+//! What RFC 3261 allows must pass. rsipstack's parser takes compact and
+//! oddly cased names, escapes and unknown headers, but not folded lines or
+//! LWS around `;`, `=`, `,` and `/`: a header section with those is handed
+//! on in normal form (`Head::normal_form`), which means the same (§7.3.1,
+//! §25.1), and costs a copy only when present. 405 for methods we know but
+//! do not serve is the callee's, after rsipstack (§8.2.1).
+//!
+//! The RFC 4475 torture messages (`sip/tests/torture/`) are its test
+//! corpus, over UDP and TCP (`sip/tests/torture.rs`).
 
 use std::net::SocketAddr;
 
 use rsipstack::sip::{Method, SipMessage};
 
-use crate::stack::ALLOWED_METHODS;
+/// The methods we answer; advertised in `Allow` (RFC 3261 §20.5).
+pub(crate) const ALLOWED_METHODS: [Method; 5] = [
+    Method::Invite,
+    Method::Ack,
+    Method::Cancel,
+    Method::Bye,
+    Method::Options,
+];
+
+/// The value of our `Allow` header: every answer that lists our methods
+/// (200 to OPTIONS, 405, 501) says the same.
+pub(crate) fn allow_header() -> String {
+    let methods: Vec<String> = ALLOWED_METHODS.iter().map(|m| m.to_string()).collect();
+    methods.join(", ")
+}
 
 /// The largest SIP message we take: rsipstack's own limit for streams, and
 /// far above any INVITE we exchange (UDP datagrams are further limited by
@@ -37,8 +65,14 @@ pub enum Framing {
 #[derive(Debug)]
 pub enum Verdict {
     /// Hand the first `len` bytes (the body cut to its Content-Length) to
-    /// rsipstack, which parses them as `message`.
-    Pass { len: usize, message: SipMessage },
+    /// rsipstack, which parses them as `message`; or, where the header
+    /// section had to be put in normal form (RFC 3261 §7.3.1: folding and
+    /// LWS change no meaning), `normal` instead.
+    Pass {
+        len: usize,
+        message: SipMessage,
+        normal: Option<Vec<u8>>,
+    },
     /// Answer with this response instead; `to_port` is where a datagram
     /// answer goes on the source's address (RFC 3261 §18.2.2, RFC 3581).
     Answer {
@@ -51,48 +85,49 @@ pub enum Verdict {
     Drop { why: String },
 }
 
+/// Why a request is refused: the status, the reason (our Warning), and a
+/// header the status calls for (`Allow` with 501, `Unsupported` with 420).
+struct Refusal {
+    status: u16,
+    why: String,
+    header: Option<(&'static str, String)>,
+}
+
+impl Refusal {
+    fn new(status: u16, why: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            why: why.into(),
+            header: None,
+        }
+    }
+
+    fn bad(why: impl Into<String>) -> Refusal {
+        Refusal::new(400, why)
+    }
+
+    fn with(self, name: &'static str, value: String) -> Refusal {
+        Refusal {
+            header: Some((name, value)),
+            ..self
+        }
+    }
+}
+
 /// Screens one message from `source`. `bytes` is the whole datagram, or
 /// one message cut from a stream (head, blank line, Content-Length bytes).
 pub fn screen(bytes: &[u8], framing: Framing, source: SocketAddr) -> Verdict {
     let head = Head::read(bytes);
-    let refuse = |status: u16, why: String| head.refuse(status, why, source, framing);
     if head.start.starts_with(b"SIP/") {
         // A response nobody can parse is discarded (RFC 3261 §18.1.2).
         return match pass(bytes, &head, framing) {
             Ok(verdict) => verdict,
-            Err((_, why)) => Verdict::Drop { why },
+            Err(refusal) => Verdict::Drop { why: refusal.why },
         };
     }
-    let line = match RequestLine::read(&head.start) {
-        Ok(line) => line,
-        Err(why) => return refuse(400, why),
-    };
-    if line.version != "SIP/2.0" {
-        return match line.version.starts_with("SIP/") {
-            true => refuse(505, format!("only SIP/2.0, not {}", line.version)),
-            false => refuse(400, format!("bad SIP version {:?}", line.version)),
-        };
-    }
-    if let Some(why) = &head.broken {
-        return refuse(400, why.clone());
-    }
-    for name in ["via", "from", "to", "call-id", "cseq"] {
-        if head.value(name).is_none() {
-            return refuse(400, format!("missing {} header", display_name(name)));
-        }
-    }
-    let method = line.method;
-    match cseq_method(head.value("cseq").unwrap_or_default()) {
-        Ok(cseq) if cseq == method => {}
-        Ok(_) => return refuse(400, "CSeq method does not match".into()),
-        Err(why) => return refuse(400, why),
-    }
-    if method.parse::<Method>().is_err() {
-        return refuse(501, format!("{method} is not a method we know"));
-    }
-    match pass(bytes, &head, framing) {
+    match judge(&head).and_then(|()| pass(bytes, &head, framing)) {
         Ok(verdict) => verdict,
-        Err((status, why)) => refuse(status, why),
+        Err(refusal) => head.answer(refusal, source, framing),
     }
 }
 
@@ -105,7 +140,7 @@ pub(crate) fn refuse(
     source: SocketAddr,
     framing: Framing,
 ) -> Verdict {
-    Head::read(head).refuse(status, why, source, framing)
+    Head::read(head).answer(Refusal::new(status, why), source, framing)
 }
 
 /// The Content-Length a message head gives, if any.
@@ -113,10 +148,89 @@ pub(crate) fn content_length(head: &[u8]) -> Result<Option<usize>, String> {
     Head::read(head).content_length()
 }
 
+/// A request's grammar and what a UA must refuse before looking further,
+/// in the order of RFC 3261 §8.2: method (§8.2.1), headers (§8.2.2).
+fn judge(head: &Head) -> Result<(), Refusal> {
+    let line = RequestLine::read(&head.start).map_err(Refusal::bad)?;
+    if line.version != "SIP/2.0" {
+        return Err(match line.version.starts_with("SIP/") {
+            true => Refusal::new(505, format!("only SIP/2.0, not {}", line.version)),
+            false => Refusal::bad(format!("bad SIP version {:?}", line.version)),
+        });
+    }
+    if let Some(why) = &head.broken {
+        return Err(Refusal::bad(why.clone()));
+    }
+    for name in MANDATORY {
+        match head.values(name).count() {
+            0 => {
+                return Err(Refusal::bad(format!(
+                    "missing {} header",
+                    display_name(name)
+                )))
+            }
+            1 => {}
+            // Via may repeat; the others are single values (§7.3.1, RFC 4475 §3.3.8).
+            _ if name == "via" => {}
+            _ => {
+                return Err(Refusal::bad(format!(
+                    "more than one {} header",
+                    display_name(name)
+                )))
+            }
+        }
+    }
+    let method = line.method;
+    // Methods are case-sensitive (§7.1): `invite` is an extension method.
+    let known = method
+        .parse::<Method>()
+        .is_ok_and(|known| known.to_string() == method);
+    if !known {
+        let why = format!("{method} is not a method we know");
+        return Err(Refusal::new(501, why).with("Allow", allow_header()));
+    }
+    let cseq = cseq_method(head.value("cseq").unwrap_or_default()).map_err(Refusal::bad)?;
+    if cseq != method {
+        return Err(Refusal::bad("CSeq method does not match"));
+    }
+    // RFC 2543 let From go without a tag; RFC 3261 does not (§8.1.1.3), and
+    // neither does rsipstack, which keys transactions by it. Those wanting
+    // RFC 2543 compatibility may take such requests (RFC 4475 §3.4): we
+    // say why we do not rather than let the client retransmit into silence.
+    if !has_param(head.value("from").unwrap_or_default(), "tag") {
+        return Err(Refusal::bad("From has no tag: RFC 2543 is not served"));
+    }
+    check_headers(head).map_err(Refusal::bad)?;
+    if !line.scheme.eq_ignore_ascii_case("sip") && !line.scheme.eq_ignore_ascii_case("sips") {
+        return Err(Refusal::new(
+            416,
+            format!("we serve no {} URIs", line.scheme),
+        ));
+    }
+    // Require does not apply to ACK and CANCEL (§8.2.2.3).
+    if method != "ACK" && method != "CANCEL" {
+        let required: Vec<&str> = head
+            .values("require")
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .filter(|tag| !tag.is_empty())
+            .collect();
+        if !required.is_empty() {
+            let tags = required.join(", ");
+            let why = format!("we support none of {tags}");
+            return Err(Refusal::new(420, why).with("Unsupported", tags));
+        }
+    }
+    Ok(())
+}
+
+/// The headers every request must carry (RFC 3261 §8.1.1). Max-Forwards is
+/// left out: it matters to proxies, and a UAS answers without it.
+const MANDATORY: [&str; 5] = ["via", "from", "to", "call-id", "cseq"];
+
 /// The message as rsipstack gets it, if its length and syntax are right.
-/// What is wrong otherwise: the status to answer and why.
-fn pass(bytes: &[u8], head: &Head, framing: Framing) -> Result<Verdict, (u16, String)> {
-    let length = head.content_length().map_err(|why| (400, why))?;
+fn pass(bytes: &[u8], head: &Head, framing: Framing) -> Result<Verdict, Refusal> {
+    let length = head.content_length().map_err(Refusal::bad)?;
     let len = match (length, framing) {
         (Some(length), Framing::Datagram) => {
             // A length near usize::MAX must not overflow.
@@ -124,7 +238,7 @@ fn pass(bytes: &[u8], head: &Head, framing: Framing) -> Result<Verdict, (u16, St
             if end > bytes.len() {
                 let body = bytes.len().saturating_sub(head.body_start);
                 let why = format!("Content-Length {length} exceeds the {body} bytes of body");
-                return Err((400, why));
+                return Err(Refusal::bad(why));
             }
             // Bytes after the body are discarded (RFC 3261 §18.3).
             end
@@ -132,22 +246,33 @@ fn pass(bytes: &[u8], head: &Head, framing: Framing) -> Result<Verdict, (u16, St
         _ => bytes.len(),
     };
     if framing == Framing::Datagram && len > MAX_DATAGRAM {
-        return Err((513, format!("{len} bytes is too much for UDP: use TCP")));
+        let why = format!("{len} bytes is too much for UDP: use TCP");
+        return Err(Refusal::new(513, why));
     }
+    // Only an abnormal message costs a copy.
+    let normal = head.abnormal.then(|| head.normal_form(bytes, len));
+    let readable = normal.as_deref().unwrap_or(&bytes[..len]);
     let message =
-        SipMessage::try_from(&bytes[..len]).map_err(|e| (400, format!("unreadable: {e}")))?;
-    Ok(Verdict::Pass { len, message })
+        SipMessage::try_from(readable).map_err(|e| Refusal::bad(format!("unreadable: {e}")))?;
+    Ok(Verdict::Pass {
+        len,
+        message,
+        normal,
+    })
 }
 
 /// The request line, `Method SP Request-URI SP SIP-Version`.
 struct RequestLine<'a> {
     method: &'a str,
+    /// The Request-URI's scheme.
+    scheme: &'a str,
     version: &'a str,
 }
 
 impl<'a> RequestLine<'a> {
     fn read(start: &'a [u8]) -> Result<Self, String> {
         let text = std::str::from_utf8(start).map_err(|_| "Request-Line is not UTF-8")?;
+        // Exactly one SP between the three parts, none after (§7.1, RFC 4475 §3.1.2.9-10).
         let parts: Vec<&str> = text.split(' ').collect();
         let [method, uri, version] = parts[..] else {
             return Err(format!("bad Request-Line {text:?}"));
@@ -155,11 +280,33 @@ impl<'a> RequestLine<'a> {
         if method.is_empty() || !method.bytes().all(is_token_byte) {
             return Err(format!("bad method {method:?}"));
         }
-        if uri.is_empty() || !uri.contains(':') {
-            return Err(format!("bad Request-URI {uri:?}"));
+        let scheme = uri_scheme(uri).ok_or_else(|| format!("bad Request-URI {uri:?}"))?;
+        // No headers in a Request-URI (§19.1.1, RFC 4475 §3.1.2.11).
+        let is_sip = scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips");
+        // (`?` may appear in the user part: only after the host do headers start.)
+        let after_user = uri.rsplit_once('@').map_or(uri, |(_, host)| host);
+        if is_sip && after_user.contains('?') {
+            return Err(format!("headers in the Request-URI {uri:?}"));
         }
-        Ok(RequestLine { method, version })
+        Ok(RequestLine {
+            method,
+            scheme,
+            version,
+        })
     }
+}
+
+/// `scheme ":" ...` with `scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )`
+/// (RFC 3261 §25.1), of a URI free of what only surrounds one (`<>`, quotes).
+fn uri_scheme(uri: &str) -> Option<&str> {
+    let (scheme, rest) = uri.split_once(':')?;
+    let mut bytes = scheme.bytes();
+    let first_alpha = bytes.next().is_some_and(|b| b.is_ascii_alphabetic());
+    let scheme_ok = bytes.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    let no_delimiters = !uri
+        .bytes()
+        .any(|b| b"<>\"".contains(&b) || b.is_ascii_control());
+    (first_alpha && scheme_ok && !rest.is_empty() && no_delimiters).then_some(scheme)
 }
 
 /// RFC 3261 §25.1 `token`.
@@ -180,6 +327,122 @@ fn cseq_method(value: &str) -> Result<&str, String> {
     }
 }
 
+/// The grammar of the headers a UA reads (RFC 3261 §20, §25.1): Via,
+/// Max-Forwards, the name-addr headers, Date. Others are left to those
+/// who read them; unknown ones are opaque (RFC 4475 §3.1.1.1).
+fn check_headers(head: &Head) -> Result<(), String> {
+    for via in head.values("via") {
+        check_via(via)?;
+    }
+    if let Some(hops) = head.value("max-forwards") {
+        // 1*DIGIT, and 0-255 in practice (§20.22, RFC 4475 §3.1.2.4).
+        if hops.is_empty()
+            || !hops.bytes().all(|b| b.is_ascii_digit())
+            || hops.parse::<u8>().is_err()
+        {
+            return Err(format!("bad Max-Forwards {hops:?}"));
+        }
+    }
+    for name in ["from", "to", "contact", "route", "record-route", "reply-to"] {
+        // From and To hold one address: a comma outside quotes and <> is wrong there.
+        let many = !matches!(name, "from" | "to");
+        for value in head.values(name) {
+            check_addresses(value, many)
+                .map_err(|why| format!("bad {}: {why}", display_name(name)))?;
+        }
+    }
+    if let Some(date) = head.value("date") {
+        // rfc1123-date, always in GMT (§20.17, RFC 4475 §3.1.2.12).
+        if !date.ends_with(" GMT") {
+            return Err(format!("Date {date:?} is not in GMT"));
+        }
+    }
+    Ok(())
+}
+
+/// `Via: sent-protocol LWS sent-by *( SEMI via-params )`, comma-separated
+/// (§20.42): no empty values, no empty parameters (RFC 4475 §3.1.2.1).
+fn check_via(value: &str) -> Result<(), String> {
+    let bad = || format!("bad Via {value:?}");
+    for via in value.split(',') {
+        let mut params = via.split(';');
+        let sent = params.next().unwrap_or_default();
+        // `SIP / 2.0 / UDP host`: LWS may surround the slashes (§20.42).
+        let Some((protocol, sent_by)) = sent.trim().rsplit_once('/') else {
+            return Err(bad());
+        };
+        // transport, then host [":" port] (LWS may surround the colon).
+        let mut words = sent_by.split_whitespace();
+        let (Some(_transport), Some(_host)) = (words.next(), words.next()) else {
+            return Err(bad());
+        };
+        if protocol.split('/').count() != 2 {
+            return Err(bad());
+        }
+        for param in params {
+            let name = param.split('=').next().unwrap_or_default().trim();
+            if name.is_empty() || !name.bytes().all(is_token_byte) {
+                return Err(bad());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A header of `name-addr / addr-spec` values (§20.10, §25.1), one or many:
+/// quotes closed, `<>` around a URI with no LWS inside, a display name
+/// quoted unless all tokens, and `?` or `,` only inside `<>` (§20).
+fn check_addresses(value: &str, many: bool) -> Result<(), &'static str> {
+    let bytes = value.as_bytes();
+    let mut at = 0;
+    // Where this value's display name (what precedes a '<') starts.
+    let mut display_start = 0;
+    let mut in_params = false;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'"' => {
+                // A quoted string, with quoted-pairs.
+                at += 1;
+                loop {
+                    match bytes.get(at) {
+                        None => return Err("unterminated quoted string"),
+                        Some(b'\\') => at += 2,
+                        Some(b'"') => break,
+                        Some(_) => at += 1,
+                    }
+                }
+            }
+            b'<' => {
+                let Some(close) = value[at..].find('>') else {
+                    return Err("'<' without '>'");
+                };
+                if value[at..at + close].contains([' ', '\t']) {
+                    return Err("LWS inside <>");
+                }
+                let display = value[display_start..at].trim();
+                let tokens = display
+                    .split_whitespace()
+                    .all(|word| word.bytes().all(is_token_byte));
+                if !display.starts_with('"') && !tokens {
+                    return Err("display name neither quoted nor tokens");
+                }
+                at += close;
+                in_params = true;
+            }
+            b',' if !many => return Err("',' outside quotes and <>"),
+            b',' => {
+                display_start = at + 1;
+                in_params = false;
+            }
+            b';' => in_params = true,
+            b'?' if !in_params => return Err("'?' in a URI outside <>"),
+            _ => {}
+        }
+        at += 1;
+    }
+    Ok(())
+}
+
 /// The start line and headers, read leniently: enough to judge a message
 /// and to copy what an answer must echo.
 struct Head {
@@ -189,6 +452,10 @@ struct Head {
     body_start: usize,
     /// The first thing wrong with the header section itself.
     broken: Option<String>,
+    /// Whether the header section differs from its normal form (folding,
+    /// LWS before a colon or around separators): rsipstack's parser reads
+    /// only the normal form, so it gets that (see `normal_form`).
+    abnormal: bool,
 }
 
 impl Head {
@@ -207,6 +474,7 @@ impl Head {
         });
         let start = lines.next().unwrap_or_default().to_vec();
         let mut headers: Vec<(String, String)> = Vec::new();
+        let mut abnormal = false;
         for line in lines {
             let text = String::from_utf8_lossy(line);
             if broken.is_none() && std::str::from_utf8(line).is_err() {
@@ -214,13 +482,17 @@ impl Head {
             }
             if let (Some(b' ' | b'\t'), Some((_, value))) = (line.first(), headers.last_mut()) {
                 // Folded: a continuation of the previous value (§7.3.1).
-                value.push(' ');
+                if !value.is_empty() {
+                    value.push(' ');
+                }
                 value.push_str(text.trim());
+                abnormal = true;
                 continue;
             }
             match text.split_once(':') {
-                Some((name, value)) if !name.trim().is_empty() => {
-                    let name = full_name(name.trim());
+                Some((name, value)) if is_header_name(name.trim_end()) => {
+                    abnormal |= name.len() != name.trim_end().len();
+                    let name = full_name(name.trim_end());
                     headers.push((name, value.trim().to_string()));
                 }
                 _ => {
@@ -228,25 +500,52 @@ impl Head {
                 }
             }
         }
+        for (name, value) in &mut headers {
+            if let Some(normal) = normal_value(name, value) {
+                *value = normal;
+                abnormal = true;
+            }
+        }
         Head {
             start,
             headers,
             body_start,
             broken,
+            abnormal,
         }
     }
 
-    fn value(&self, name: &str) -> Option<&str> {
+    /// The message in normal form: each header on one line as `name: value`,
+    /// values without LWS around their separators; the body as it came.
+    fn normal_form(&self, bytes: &[u8], len: usize) -> Vec<u8> {
+        let mut normal = Vec::with_capacity(len);
+        normal.extend_from_slice(&self.start);
+        for (name, value) in &self.headers {
+            normal.extend_from_slice(b"\r\n");
+            normal.extend_from_slice(name.as_bytes());
+            normal.extend_from_slice(b": ");
+            normal.extend_from_slice(value.as_bytes());
+        }
+        normal.extend_from_slice(b"\r\n\r\n");
+        normal.extend_from_slice(&bytes[self.body_start.min(len)..len]);
+        normal
+    }
+
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
             .iter()
-            .find(|(n, _)| n == name)
+            .filter(move |(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    fn value<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        self.values(name).next()
     }
 
     /// Content-Length, if given; every copy must agree and be a number.
     fn content_length(&self) -> Result<Option<usize>, String> {
         let mut found = None;
-        for (_, value) in self.headers.iter().filter(|(n, _)| n == "content-length") {
+        for value in self.values("content-length") {
             let length: usize = value
                 .parse()
                 .map_err(|_| format!("Content-Length {value:?} is not a number"))?;
@@ -259,15 +558,18 @@ impl Head {
     }
 
     /// Our answer (or silence, where there is nobody to answer).
-    fn refuse(&self, status: u16, why: String, source: SocketAddr, framing: Framing) -> Verdict {
-        let is_ack = self.start.starts_with(b"ACK ");
-        let vias: Vec<&str> = self
-            .headers
-            .iter()
-            .filter(|(n, _)| n == "via")
-            .map(|(_, v)| v.as_str())
-            .collect();
-        if is_ack || vias.is_empty() {
+    fn answer(&self, refusal: Refusal, source: SocketAddr, framing: Framing) -> Verdict {
+        let Refusal {
+            status,
+            why,
+            header,
+        } = refusal;
+        let vias: Vec<&str> = self.values("via").collect();
+        if self.start.starts_with(b"SIP/") {
+            // Responses are never answered (§18.1.2).
+            return Verdict::Drop { why };
+        }
+        if self.start.starts_with(b"ACK ") || vias.is_empty() {
             // No answer to an ACK (§17.2.1); none without a Via to send it by (§8.2.6.2).
             return Verdict::Drop { why };
         }
@@ -286,9 +588,8 @@ impl Head {
                 response.push_str(&format!("{}: {value}\r\n", display_name(name)));
             }
         }
-        if status == 501 || status == 405 {
-            let allow: Vec<String> = ALLOWED_METHODS.iter().map(|m| m.to_string()).collect();
-            response.push_str(&format!("Allow: {}\r\n", allow.join(", ")));
+        if let Some((name, value)) = header {
+            response.push_str(&format!("{name}: {value}\r\n"));
         }
         // The reason, for people reading traces (§20.43).
         let warning = why.replace(['"', '\\'], "'").replace(['\r', '\n'], " ");
@@ -306,6 +607,81 @@ impl Head {
             to_port,
         }
     }
+}
+
+/// Headers whose grammar puts `SWS` around `;`, `=`, `,` and `/` (§25.1:
+/// SEMI, EQUAL, COMMA, SLASH), which rsipstack's parser does not take.
+const SEPARATED: [&str; 8] = [
+    "via",
+    "from",
+    "to",
+    "contact",
+    "route",
+    "record-route",
+    "content-type",
+    "cseq",
+];
+
+/// `value` without LWS around its separators (outside quotes and `<>`) and
+/// with runs of LWS made one SP, if that differs from `value`.
+fn normal_value(name: &str, value: &str) -> Option<String> {
+    if !SEPARATED.contains(&name) {
+        return None;
+    }
+    let is_lws = |b: u8| b == b' ' || b == b'\t';
+    let separators: &[u8] = match name {
+        "via" => b";=,/",
+        _ => b";=,",
+    };
+    let bytes = value.as_bytes();
+    // Cheap test first: most values have nothing to change.
+    let changes = bytes.windows(2).any(|pair| match pair {
+        [a, b] if is_lws(*a) && (is_lws(*b) || separators.contains(b)) => true,
+        [a, b] if separators.contains(a) && is_lws(*b) => true,
+        [b'\t', _] | [_, b'\t'] => true,
+        _ => false,
+    });
+    if !changes {
+        return None;
+    }
+    let mut normal = String::with_capacity(value.len());
+    let (mut quoted, mut bracketed, mut escaped) = (false, false, false);
+    for c in value.chars() {
+        let literal = quoted || bracketed;
+        if escaped {
+            escaped = false;
+        } else if quoted && c == '\\' {
+            escaped = true;
+        } else if c == '"' && !bracketed {
+            quoted = !quoted;
+        } else if c == '<' && !quoted {
+            bracketed = true;
+        } else if c == '>' && !quoted {
+            bracketed = false;
+        }
+        let is_separator = c.is_ascii() && separators.contains(&(c as u8));
+        if !literal && (c == ' ' || c == '\t') {
+            // Dropped after a separator or another LWS; kept as one SP otherwise.
+            let after_separator = normal
+                .bytes()
+                .last()
+                .is_some_and(|b| separators.contains(&b) || b == b' ');
+            if !after_separator {
+                normal.push(' ');
+            }
+            continue;
+        }
+        if !literal && is_separator && normal.ends_with(' ') {
+            normal.pop();
+        }
+        normal.push(c);
+    }
+    (normal != value).then_some(normal)
+}
+
+/// A header name: a token, with LWS allowed before the colon (§7.3.1).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(is_token_byte)
 }
 
 /// The top Via as the answer carries it (`received`, and `rport` filled in
@@ -366,7 +742,8 @@ fn has_param(value: &str, name: &str) -> bool {
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
-        405 => "Method Not Allowed",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
         501 => "Not Implemented",
         505 => "Version Not Supported",
         513 => "Message Too Large",
@@ -374,17 +751,31 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// Compact header forms (RFC 3261 §7.3.3) to full lower-case names.
+/// Compact header forms (RFC 3261 §7.3.3, and those extensions register
+/// in IANA's SIP header table) to full lower-case names.
 fn full_name(name: &str) -> String {
     let name = name.to_ascii_lowercase();
     let full = match name.as_str() {
-        "v" => "via",
+        "a" => "accept-contact",
+        "b" => "referred-by",
+        "c" => "content-type",
+        "d" => "request-disposition",
+        "e" => "content-encoding",
         "f" => "from",
-        "t" => "to",
         "i" => "call-id",
+        "j" => "reject-contact",
+        "k" => "supported",
         "l" => "content-length",
         "m" => "contact",
-        "c" => "content-type",
+        "n" => "identity-info",
+        "o" => "event",
+        "r" => "refer-to",
+        "s" => "subject",
+        "t" => "to",
+        "u" => "allow-events",
+        "v" => "via",
+        "x" => "session-expires",
+        "y" => "identity",
         _ => return name,
     };
     full.to_string()
@@ -397,6 +788,10 @@ fn display_name(name: &str) -> &str {
         "to" => "To",
         "call-id" => "Call-ID",
         "cseq" => "CSeq",
+        "contact" => "Contact",
+        "route" => "Route",
+        "record-route" => "Record-Route",
+        "reply-to" => "Reply-To",
         other => other,
     }
 }
@@ -448,6 +843,7 @@ mod tests {
             Verdict::Pass {
                 len,
                 message: SipMessage::Request(request),
+                normal: None,
             } => {
                 assert_eq!(len, message.len());
                 assert_eq!(request.method, Method::Options);
@@ -572,12 +968,140 @@ mod tests {
                 "SIP/2.0 400 Bad Request",
                 "bad Request-Line",
             ),
+            (
+                good.replace(" sip:200@127.0.0.1 ", " <sip:200@127.0.0.1> "),
+                "SIP/2.0 400 Bad Request",
+                "bad Request-URI",
+            ),
+            (
+                good.replace(" sip:200@127.0.0.1 ", " sip:200@127.0.0.1?Route=x "),
+                "SIP/2.0 400 Bad Request",
+                "headers in the Request-URI",
+            ),
+            (
+                good.replace(
+                    "CSeq: 1 OPTIONS\r\n",
+                    "CSeq: 1 OPTIONS\r\nCSeq: 2 OPTIONS\r\n",
+                ),
+                "SIP/2.0 400 Bad Request",
+                "more than one CSeq header",
+            ),
+            (
+                good.replace(";tag=p1", ""),
+                "SIP/2.0 400 Bad Request",
+                "From has no tag",
+            ),
+            (
+                good.replace(";branch=z9hG4bK1;rport", ";branch=z9hG4bK1;;rport"),
+                "SIP/2.0 400 Bad Request",
+                "bad Via",
+            ),
+            (
+                good.replace("Max-Forwards: 70", "Max-Forwards: 300"),
+                "SIP/2.0 400 Bad Request",
+                "bad Max-Forwards",
+            ),
+            (
+                good.replace("To: <sip:200", "To: \"Two <sip:200"),
+                "SIP/2.0 400 Bad Request",
+                "bad To: unterminated quoted string",
+            ),
+            (
+                good.replace("To: <sip:200@127.0.0.1>", "To: < sip:200@127.0.0.1 >"),
+                "SIP/2.0 400 Bad Request",
+                "bad To: LWS inside <>",
+            ),
+            (
+                good.replace("From: <sip:peer", "From: Peer, The <sip:peer"),
+                "SIP/2.0 400 Bad Request",
+                "bad From: ',' outside quotes and <>",
+            ),
+            (
+                good.replace("From: <sip:peer", "From: Peer@Home <sip:peer"),
+                "SIP/2.0 400 Bad Request",
+                "bad From: display name neither quoted nor tokens",
+            ),
+            (
+                good.replace(
+                    "Max-Forwards",
+                    "Contact: sip:peer@192.0.2.7?Route=x\r\nMax-Forwards",
+                ),
+                "SIP/2.0 400 Bad Request",
+                "bad Contact: '?' in a URI outside <>",
+            ),
+            (
+                good.replace(
+                    "Max-Forwards",
+                    "Date: Fri, 01 Jan 2010 16:00:00 EST\r\nMax-Forwards",
+                ),
+                "SIP/2.0 400 Bad Request",
+                "is not in GMT",
+            ),
+            // Unknown before mismatched: 501 (RFC 4475 §3.1.2.18).
+            (
+                good.replace("OPTIONS sip", "NEWMETHOD sip"),
+                "SIP/2.0 501 Not Implemented",
+                "NEWMETHOD is not a method we know",
+            ),
+            // Methods are case-sensitive.
+            (
+                good.replace("OPTIONS sip", "options sip")
+                    .replace("1 OPTIONS", "1 options"),
+                "SIP/2.0 501 Not Implemented",
+                "options is not a method we know",
+            ),
         ];
         for (message, status, why) in cases {
             let (got, response) = outcome(&message);
             assert_eq!(got, status, "{message}");
             assert!(response.contains(why), "{why}: {response}");
         }
+    }
+
+    #[test]
+    fn folding_and_lws_around_separators_are_put_in_normal_form() {
+        let message = "OPTIONS sip:200@127.0.0.1 SIP/2.0\r\n\
+                       Via  : SIP  /  2.0\r\n /UDP 192.0.2.7 ; branch = z9hG4bK1\r\n\
+                       From: \"A  ;B\"   <sip:peer@192.0.2.7>\r\n ;tag=p1\r\n\
+                       To: <sip:200@127.0.0.1>\r\nCall-ID: c1@test\r\nCSeq: 1  OPTIONS\r\n\
+                       Content-Length: 2\r\n\r\nhi";
+        let Verdict::Pass {
+            normal: Some(normal),
+            ..
+        } = verdict(message, Framing::Datagram)
+        else {
+            panic!("not normalized");
+        };
+        let normal = String::from_utf8(normal).unwrap();
+        assert!(normal.contains("\r\nvia: SIP/2.0/UDP 192.0.2.7;branch=z9hG4bK1\r\n"));
+        // Quoted text stays as it is.
+        assert!(normal.contains("\r\nfrom: \"A  ;B\" <sip:peer@192.0.2.7>;tag=p1\r\n"));
+        assert!(normal.contains("\r\ncseq: 1 OPTIONS\r\n"));
+        assert!(normal.ends_with("\r\n\r\nhi"));
+        // A message in normal form costs no copy.
+        let plain = options("Content-Length: 0\r\n", "");
+        assert!(matches!(
+            verdict(&plain, Framing::Datagram),
+            Verdict::Pass { normal: None, .. }
+        ));
+    }
+
+    #[test]
+    fn require_gets_420_with_unsupported_but_not_in_ack_or_cancel() {
+        let require = options("Require: 100rel, timer\r\n", "");
+        let (status, response) = outcome(&require);
+        assert_eq!(status, "SIP/2.0 420 Bad Extension");
+        assert!(response.contains("\r\nUnsupported: 100rel, timer\r\n"));
+        // Proxy-Require is for proxies: a UA does not look at it.
+        assert_eq!(outcome(&options("Proxy-Require: x\r\n", "")).0, "pass");
+        let cancel = require.replace("OPTIONS", "CANCEL");
+        assert_eq!(outcome(&cancel).0, "pass");
+    }
+
+    #[test]
+    fn a_request_uri_scheme_we_do_not_serve_gets_416() {
+        let tel = options("", "").replace("OPTIONS sip:200@127.0.0.1", "OPTIONS tel:+1555");
+        assert_eq!(outcome(&tel).0, "SIP/2.0 416 Unsupported URI Scheme");
     }
 
     #[test]
@@ -621,6 +1145,13 @@ mod tests {
             .replace("Call-ID: c1@test\r\n", "");
         assert_eq!(outcome(&bad_ack).0, "drop");
         assert_eq!(outcome("SIP/2.0 99999 Odd\r\n\r\n").0, "drop");
+        // A response is never answered, even one we cannot frame.
+        let response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP a;branch=z9hG4bK1\r\n\r\n";
+        let source = SOURCE.parse().unwrap();
+        assert!(matches!(
+            refuse(response, 400, "no length".into(), source, Framing::Stream),
+            Verdict::Drop { .. }
+        ));
         assert_eq!(outcome("\u{1}\u{2} not SIP at all \r\n\r\n").0, "drop");
     }
 

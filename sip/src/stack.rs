@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::sip::uri::ParamsExt;
-use rsipstack::sip::{Method, Param, Transport as SipTransport, Uri};
+use rsipstack::sip::{Param, Transport as SipTransport, Uri};
 use rsipstack::transaction::endpoint::{Endpoint, EndpointInnerRef, EndpointOption};
 use rsipstack::transaction::TransactionReceiver;
 use rsipstack::transport::udp::UdpConnection;
@@ -19,18 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{SipSettings, Transport};
 use crate::locate::NextHop;
+use crate::screen::ALLOWED_METHODS;
 use crate::sips::SignallingTls;
 use crate::transports::{serve_streams, Outgoing, ScreenedUdp, StreamTarget};
 use crate::SipError;
-
-/// The methods we answer; advertised in `Allow`.
-pub(crate) const ALLOWED_METHODS: [Method; 5] = [
-    Method::Invite,
-    Method::Ack,
-    Method::Cancel,
-    Method::Bye,
-    Method::Options,
-];
 
 /// rsipstack's endpoint and dialog layer, with the addresses we listen on.
 pub(crate) struct Stack {

@@ -64,6 +64,13 @@ impl rsipstack::platform::net::UdpSocket for ScreenedUdp {
                 read.min(buf.len())
             } else {
                 match screen::screen(datagram, Framing::Datagram, source) {
+                    Verdict::Pass {
+                        normal: Some(normal),
+                        ..
+                    } if normal.len() <= buf.len() => {
+                        buf[..normal.len()].copy_from_slice(&normal);
+                        return Ok((normal.len(), source));
+                    }
                     Verdict::Pass { len, .. } => len,
                     Verdict::Answer {
                         response,
@@ -202,6 +209,9 @@ async fn serve_stream<S>(
     let idle = endpoint.transport_layer.stream_idle_timeout();
     let mut buffer = BytesMut::new();
     let mut chunk = vec![0u8; 16_384];
+    // After a message we cannot frame, where the next starts is unknown:
+    // what follows is discarded, while answers to earlier messages go out.
+    let mut unframed = false;
     'reading: loop {
         let read = tokio::select! {
             read = tokio::time::timeout(idle, reader.read(&mut chunk)) => read,
@@ -213,6 +223,7 @@ async fn serve_stream<S>(
                 debug!(%peer, "SIP over {transport} idle: closing");
                 break;
             }
+            Ok(Ok(_)) if unframed => continue,
             Ok(Ok(read)) => buffer.extend_from_slice(&chunk[..read]),
         }
         while let Some(frame) = next_frame(&mut buffer) {
@@ -254,14 +265,15 @@ async fn serve_stream<S>(
                     }
                 },
                 Frame::Unframed { head, status, why } => {
-                    // Where the next message starts is unknown: answer, then close.
-                    info!(%peer, "{status} over {transport}, closing: {why}");
+                    info!(%peer, "{status} over {transport}, reading no further: {why}");
                     if let Verdict::Answer { response, .. } =
                         screen::refuse(&head, status, why, peer, Framing::Stream)
                     {
                         write(&writer, &response).await.ok();
                     }
-                    break 'reading;
+                    unframed = true;
+                    buffer.clear();
+                    break;
                 }
             }
         }
