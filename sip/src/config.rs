@@ -20,9 +20,10 @@ pub struct SipSettings {
     /// SIP over TCP; none to not listen on TCP. Port 0 takes the UDP port
     /// when it is free for TCP too.
     pub tcp_listen: Option<SocketAddr>,
-    /// SIP over TLS (RFC 3261 §26; usually port 5061); none to not listen
-    /// on TLS. Shows `tls_certificate` (mailcall: the SMTP server's
-    /// certificate unless set).
+    /// SIP over TLS (RFC 3261 §26): `address:port`, or an address alone
+    /// for port 5061; none to not listen on TLS. Shows `tls_certificate`
+    /// (mailcall: the SMTP server's certificate unless set).
+    #[serde(deserialize_with = "tls_listen_address")]
     pub tls_listen: Option<SocketAddr>,
     /// Our certificate chain and its key (PEM files), shown to peers that
     /// connect to `tls_listen`.
@@ -290,6 +291,25 @@ impl SipSettings {
     }
 }
 
+/// The port of SIP over TLS (RFC 3261 §26) when `tls_listen` names none.
+const SIPS_PORT: u16 = 5061;
+
+/// `tls_listen`: `address:port`, or an address for port 5061.
+fn tls_listen_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse::<SocketAddr>()
+        .or_else(|_| {
+            let address = text.trim_start_matches('[').trim_end_matches(']');
+            address
+                .parse::<IpAddr>()
+                .map(|ip| SocketAddr::new(ip, SIPS_PORT))
+        })
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("{text:?} is not address[:port]")))
+}
+
 /// RFC 3261 `user` characters, without escapes: enough for numbers and names.
 fn is_user_part(text: &str) -> bool {
     !text.is_empty()
@@ -353,6 +373,22 @@ mod tests {
         assert_eq!(settings.transport, Transport::Tcp);
         assert_eq!(settings.routes.len(), 2);
         assert!(settings.channel_tls);
+    }
+
+    #[test]
+    fn tls_listens_on_5061_unless_told_otherwise() {
+        let settings =
+            parse("tls_listen = \"192.0.2.10\"\ntls_certificate = \"c\"\ntls_key = \"k\"").unwrap();
+        assert_eq!(
+            settings.tls_listen,
+            Some("192.0.2.10:5061".parse().unwrap())
+        );
+        let settings =
+            parse("tls_listen = \"[::1]\"\ntls_certificate = \"c\"\ntls_key = \"k\"").unwrap();
+        assert_eq!(settings.tls_listen, Some("[::1]:5061".parse().unwrap()));
+        let settings = parse("tls_listen = \"127.0.0.1:5071\"").unwrap();
+        assert_eq!(settings.tls_listen, Some("127.0.0.1:5071".parse().unwrap()));
+        assert!(parse("tls_listen = \"host.example\"").is_err());
     }
 
     #[test]
