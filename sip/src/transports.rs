@@ -328,11 +328,19 @@ async fn write<S: AsyncWrite>(
     writer.lock().await.write_all(bytes).await
 }
 
-/// Outgoing connections we opened, by transport and next hop; a cancelled
-/// token means rsipstack retired the connection.
+/// Outgoing connections we opened, by transport (TLS or not) and next hop.
 #[derive(Default)]
 pub(crate) struct Outgoing {
-    open: Mutex<HashMap<(bool, SocketAddr), CancellationToken>>,
+    open: Mutex<HashMap<(bool, SocketAddr), Arc<OpenSlot>>>,
+}
+
+/// The connection to one next hop: its token, cancelled once rsipstack
+/// retired it. Held while connecting, so that calls starting together
+/// share one connection instead of each opening its own.
+type OpenSlot = tokio::sync::Mutex<Option<CancellationToken>>;
+
+fn is_up(token: &Option<CancellationToken>) -> bool {
+    token.as_ref().is_some_and(|token| !token.is_cancelled())
 }
 
 /// Where a stream connection goes, and how.
@@ -358,10 +366,16 @@ impl Outgoing {
         timeout: Duration,
     ) -> Result<(), String> {
         let key = (target.tls.is_some(), target.address);
-        let up = |open: &HashMap<(bool, SocketAddr), CancellationToken>| {
-            open.get(&key).is_some_and(|token| !token.is_cancelled())
+        let slot = {
+            let mut open = self.open.lock().expect("not poisoned");
+            // Forget retired connections nobody is opening again.
+            open.retain(|_, slot| {
+                Arc::strong_count(slot) > 1 || slot.try_lock().map_or(true, |token| is_up(&token))
+            });
+            open.entry(key).or_default().clone()
         };
-        if up(&self.open.lock().expect("not poisoned")) {
+        let mut slot = slot.lock().await;
+        if is_up(&slot) {
             return Ok(());
         }
         let address = target.address;
@@ -405,9 +419,7 @@ impl Outgoing {
                 Some(connection)
             }
         };
-        let mut open = self.open.lock().expect("not poisoned");
-        open.retain(|_, token| !token.is_cancelled());
-        open.insert(key, token);
+        *slot = Some(token);
         if let Some(connection) = connection {
             endpoint
                 .transport_layer
