@@ -5,9 +5,9 @@
 //!   through the same socket (`UdpSender`).
 //! - Streams (TCP, TLS), incoming: we accept, set TCP_NODELAY (without it
 //!   every exchange waits out Nagle and delayed ACK, about 40 ms), shake
-//!   hands for TLS, cut messages by Content-Length, screen them, and bridge
-//!   each connection to rsipstack through one of its in-memory channel
-//!   connections.
+//!   hands for TLS, cut messages by Content-Length, screen them, and hand
+//!   them to rsipstack's endpoint as from one of its in-memory channel
+//!   connections, through which it answers.
 //! - Outgoing: `Outgoing::connect` opens the connection to a next hop
 //!   (TCP_NODELAY; for TLS the handshake with the target's name checked)
 //!   and hands it to rsipstack before it would open one itself.
