@@ -102,7 +102,9 @@ async fn dispatch(shared: Arc<Shared>, mut tx: Transaction) {
         .is_some();
     let result = match method {
         Method::Invite if !has_to_tag => {
-            answer_invite(shared, tx).await;
+            // Boxed: the task of every other request need not be as big
+            // as a call's (spawning moves it whole).
+            Box::pin(answer_invite(shared, tx)).await;
             return;
         }
         Method::Options => answer_options(&mut tx).await,
@@ -194,8 +196,9 @@ async fn reject(tx: &mut Transaction, call_id: &str, status: StatusCode, why: &s
 
 async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
     let _counted = Counted::new(&shared.calls);
-    let request = tx.original.clone();
-    let call_id = call_id_of(&request);
+    // Read before `tx` is needed mutably, instead of cloning the request.
+    let request = &tx.original;
+    let call_id = call_id_of(request);
     let number = request.uri.user().unwrap_or_default().to_string();
     let from = request
         .from_header()
@@ -207,7 +210,9 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
     ladder.set_call_id(&call_id);
     ladder.step(Label::T1, format!("INVITE {} from {from}", request.uri));
 
-    match source_of(&request) {
+    let source = source_of(request);
+    let offer = ChannelDescription::parse(&request.body);
+    match source {
         Some(source) if source_allowed(&shared, source) => {}
         source => {
             let why = format!("source {source:?} may not call us");
@@ -227,7 +232,7 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
         )
         .await;
     };
-    let offer = match ChannelDescription::parse(&request.body) {
+    let offer = match offer {
         Ok(offer) if offer.setup != Setup::Passive => offer,
         Ok(_) => {
             let why = "the offer is passive: we only listen";

@@ -6,6 +6,7 @@
 //! logged) with its label.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -492,8 +493,13 @@ async fn hung_up(states: &mut DialogStateReceiver) {
     std::future::pending().await
 }
 
-/// The `o=` session id: unique enough per call, without a random crate.
+/// The `o=` session id: unique per call, counting up from a random start
+/// (one draw per process, not a system call per call).
 pub(crate) fn rand_session_id() -> u64 {
-    let uuid = uuid::Uuid::new_v4();
-    u64::from_le_bytes(uuid.as_bytes()[..8].try_into().expect("8 bytes")) >> 1
+    static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let uuid = uuid::Uuid::new_v4();
+        AtomicU64::new(u64::from_le_bytes(uuid.as_bytes()[..8].try_into().expect("8 bytes")) >> 2)
+    });
+    next.fetch_add(1, Ordering::Relaxed) & (u64::MAX >> 1)
 }

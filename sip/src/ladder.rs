@@ -94,13 +94,16 @@ impl Default for Ladder {
 /// Steps kept per call; a call that somehow makes more keeps its first.
 const RUNGS_KEPT: usize = 64;
 
+/// Room for the steps of a whole call, taken at once.
+const RUNGS_TYPICAL: usize = 16;
+
 impl Ladder {
     /// A ladder starting now.
     pub fn new() -> Ladder {
         Ladder {
             started: Instant::now(),
             call_id: Arc::default(),
-            rungs: Arc::default(),
+            rungs: Arc::new(Mutex::new(Vec::with_capacity(RUNGS_TYPICAL))),
         }
     }
 
@@ -120,12 +123,11 @@ impl Ladder {
     /// Records (and logs) one step.
     pub fn step(&self, label: Label, text: impl Into<String>) {
         let text = text.into();
-        let call_id = self
-            .call_id
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        tracing::info!(call_id = %call_id, "{label} {text}");
+        // The Call-ID is read (under its lock) only if the step is logged.
+        tracing::info!(
+            call_id = %*self.call_id.lock().unwrap_or_else(|p| p.into_inner()),
+            "{label} {text}"
+        );
         let mut rungs = self.rungs.lock().unwrap_or_else(|p| p.into_inner());
         if rungs.len() < RUNGS_KEPT {
             rungs.push(Rung {

@@ -21,7 +21,7 @@ use crate::config::{SipSettings, Transport};
 use crate::locate::NextHop;
 use crate::screen::ALLOWED_METHODS;
 use crate::sips::SignallingTls;
-use crate::transports::{serve_streams, Outgoing, ScreenedUdp, StreamTarget};
+use crate::transports::{serve_streams, serve_udp, Outgoing, StreamTarget, UdpSender};
 use crate::SipError;
 
 /// rsipstack's endpoint and dialog layer, with the addresses we listen on.
@@ -48,11 +48,13 @@ impl Stack {
         let cancel = CancellationToken::new();
         let transports = TransportLayer::new(cancel.clone());
         let mut udp = None;
+        let mut udp_receiving = None;
         if let Some(address) = settings.udp_listen {
             let bind_error = |e: &dyn std::fmt::Display| SipError::Bind(address, e.to_string());
             let socket = tokio::net::UdpSocket::bind(address)
                 .await
                 .map_err(|e| bind_error(&e))?;
+            let socket = Arc::new(socket);
             let bound = socket.local_addr().map_err(|e| bind_error(&e))?;
             // Behind NAT, Via names the external address (rsipstack takes
             // the UDP transport's address for every Via it writes).
@@ -60,14 +62,15 @@ impl Stack {
                 .external_address
                 .map(|ip| SocketAddr::new(ip, bound.port()));
             let connection = UdpConnection::from_socket(
-                Arc::new(ScreenedUdp::new(socket)),
+                Arc::new(UdpSender(socket.clone())),
                 external,
                 Some(cancel.child_token()),
             )
             .await
             .map_err(|e| bind_error(&e))?;
             udp = Some(SocketAddr::new(address.ip(), bound.port()));
-            transports.add_transport(connection.into());
+            transports.add_transport(connection.clone().into());
+            udp_receiving = Some((socket, connection));
         }
         let tcp_listener = match settings.tcp_listen {
             // Port 0 takes the UDP port if free for TCP too, else any port.
@@ -104,6 +107,10 @@ impl Stack {
             .incoming_transactions()
             .map_err(|e| SipError::Stack(e.to_string()))?;
         let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+        if let Some((socket, connection)) = udp_receiving {
+            let serving = serve_udp(socket, connection, endpoint.inner.clone(), cancel.clone());
+            tokio::spawn(serving);
+        }
         if let Some(listener) = tcp_listener {
             let serving = serve_streams(listener, None, endpoint.inner.clone(), cancel.clone());
             tokio::spawn(serving);

@@ -1,12 +1,13 @@
 //! Our sockets under rsipstack's transaction layer.
 //!
-//! - UDP: rsipstack reads datagrams through `ScreenedUdp`, which answers or
-//!   drops what the `screen` refuses before rsipstack's parser sees it.
+//! - UDP: we read datagrams, answer or drop what the `screen` refuses, and
+//!   hand the rest, parsed once, to rsipstack's endpoint; rsipstack sends
+//!   through the same socket (`UdpSender`).
 //! - Streams (TCP, TLS), incoming: we accept, set TCP_NODELAY (without it
 //!   every exchange waits out Nagle and delayed ACK, about 40 ms), shake
-//!   hands for TLS, cut messages by Content-Length, screen them, and bridge
-//!   each connection to rsipstack through one of its in-memory channel
-//!   connections.
+//!   hands for TLS, cut messages by Content-Length, screen them, and hand
+//!   them to rsipstack's endpoint as from one of its in-memory channel
+//!   connections, through which it answers.
 //! - Outgoing: `Outgoing::connect` opens the connection to a next hop
 //!   (TCP_NODELAY; for TLS the handshake with the target's name checked)
 //!   and hands it to rsipstack before it would open one itself.
@@ -21,6 +22,7 @@ use rsipstack::sip::Transport as SipTransport;
 use rsipstack::transaction::endpoint::EndpointInnerRef;
 use rsipstack::transport::channel::ChannelConnection;
 use rsipstack::transport::tcp::TcpConnection;
+use rsipstack::transport::udp::UdpConnection;
 use rsipstack::transport::{SipAddr, SipConnection, TransportEvent};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -28,80 +30,102 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::framing::{next_frame, Frame, PONG};
+use crate::framing::{next_frame, Frame, PING, PONG};
 use crate::screen::{self, Framing, Verdict};
 use crate::sips::SignallingTls;
 
 /// How long a TLS handshake may take, either way.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A UDP socket that screens what it receives.
-pub(crate) struct ScreenedUdp {
-    socket: UdpSocket,
-    /// Big enough for any datagram, so an oversized one is seen whole
-    /// (one receive at a time: rsipstack runs one receive loop).
-    buffer: tokio::sync::Mutex<Box<[u8]>>,
-}
-
-impl ScreenedUdp {
-    pub fn new(socket: UdpSocket) -> Self {
-        ScreenedUdp {
-            socket,
-            buffer: tokio::sync::Mutex::new(vec![0u8; 65_536].into_boxed_slice()),
-        }
-    }
-}
+/// Our UDP socket as rsipstack sees it: it sends through it, but receiving
+/// is ours (`serve_udp`), so its own receive loop waits until cancelled.
+pub(crate) struct UdpSender(pub Arc<UdpSocket>);
 
 #[async_trait::async_trait]
-impl rsipstack::platform::net::UdpSocket for ScreenedUdp {
-    async fn recv_from(&self, buf: &mut [u8]) -> rsipstack::Result<(usize, SocketAddr)> {
-        let mut buffer = self.buffer.lock().await;
-        loop {
-            let (read, source) = self.socket.recv_from(&mut buffer).await?;
-            let datagram = &buffer[..read];
-            // Keep-alives and stray blank lines: rsipstack knows them.
-            let len = if datagram.iter().all(u8::is_ascii_whitespace) {
-                read.min(buf.len())
-            } else {
-                match screen::screen(datagram, Framing::Datagram, source) {
-                    Verdict::Pass {
-                        normal: Some(normal),
-                        ..
-                    } if normal.len() <= buf.len() => {
-                        buf[..normal.len()].copy_from_slice(&normal);
-                        return Ok((normal.len(), source));
-                    }
-                    Verdict::Pass { len, .. } => len,
-                    Verdict::Answer {
-                        response,
-                        status,
-                        why,
-                        to_port,
-                    } => {
-                        info!(%source, "{status} to a request over UDP: {why}");
-                        let to = SocketAddr::new(source.ip(), to_port);
-                        if let Err(e) = self.socket.send_to(&response, to).await {
-                            debug!(%to, "answering a refused request: {e}");
-                        }
-                        continue;
-                    }
-                    Verdict::Drop { why } => {
-                        debug!(%source, "dropped a message over UDP: {why}");
-                        continue;
-                    }
-                }
-            };
-            buf[..len].copy_from_slice(&buffer[..len]);
-            return Ok((len, source));
-        }
+impl rsipstack::platform::net::UdpSocket for UdpSender {
+    async fn recv_from(&self, _: &mut [u8]) -> rsipstack::Result<(usize, SocketAddr)> {
+        std::future::pending().await
     }
 
     async fn send_to(&self, buf: &[u8], addr: SocketAddr) -> rsipstack::Result<usize> {
-        Ok(self.socket.send_to(buf, addr).await?)
+        Ok(self.0.send_to(buf, addr).await?)
     }
 
     fn local_addr(&self) -> rsipstack::Result<SocketAddr> {
-        Ok(self.socket.local_addr()?)
+        Ok(self.0.local_addr()?)
+    }
+}
+
+/// Reads datagrams until `cancel`, answers or drops what the `screen`
+/// refuses, and hands the rest to the endpoint as parsed by the screen:
+/// one parse, and no hop through rsipstack's receive loop and its queue.
+pub(crate) async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    connection: UdpConnection,
+    endpoint: EndpointInnerRef,
+    cancel: CancellationToken,
+) {
+    // Big enough for any datagram, so an oversized one is seen whole.
+    let mut buffer = vec![0u8; 65_536];
+    loop {
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buffer) => received,
+            () = cancel.cancelled() => return,
+        };
+        let (read, source) = match received {
+            Ok(received) => received,
+            Err(e) => {
+                debug!("receiving over UDP: {e}");
+                continue;
+            }
+        };
+        let datagram = &buffer[..read];
+        if datagram == PING {
+            socket.send_to(PONG, source).await.ok();
+            continue;
+        }
+        // Pongs and stray blank lines.
+        if datagram.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let message = match screen::screen(datagram, Framing::Datagram, source) {
+            Verdict::Pass { message, .. } => message,
+            Verdict::Answer {
+                response,
+                status,
+                why,
+                to_port,
+            } => {
+                info!(%source, "{status} to a request over UDP: {why}");
+                let to = SocketAddr::new(source.ip(), to_port);
+                if let Err(e) = socket.send_to(&response, to).await {
+                    debug!(%to, "answering a refused request: {e}");
+                }
+                continue;
+            }
+            Verdict::Drop { why } => {
+                debug!(%source, "dropped a message over UDP: {why}");
+                continue;
+            }
+        };
+        let message = match SipConnection::update_msg_received(message, source, SipTransport::Udp) {
+            Ok(message) => message,
+            Err(e) => {
+                debug!(%source, "unusable Via: {e}");
+                continue;
+            }
+        };
+        let from = SipAddr {
+            r#type: Some(SipTransport::Udp),
+            addr: source.into(),
+        };
+        let connection = SipConnection::Udp(connection.clone());
+        if let Err(e) = endpoint
+            .on_received_message(message, connection, &from)
+            .await
+        {
+            debug!(%source, "SIP over UDP: {e}");
+        }
     }
 }
 
@@ -150,9 +174,13 @@ pub(crate) async fn serve_streams(
     }
 }
 
-/// One connection, accepted or opened by us: messages cut and screened
-/// here, handed to rsipstack as if from its own transport; what it sends
-/// comes back through the channel connection and is written here.
+/// What one read from a stream asks room for.
+const READ_CHUNK: usize = 16_384;
+
+/// One connection, accepted or opened by us: messages are cut and screened
+/// here and handed straight to rsipstack's endpoint, as from the in-memory
+/// channel connection it knows the peer by; what it sends comes back
+/// through that connection and is written here.
 async fn serve_stream<S>(
     stream: S,
     peer: SocketAddr,
@@ -164,8 +192,10 @@ async fn serve_stream<S>(
 {
     let (mut reader, writer) = tokio::io::split(stream);
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
-    let (to_stack, from_peer) = tokio::sync::mpsc::unbounded_channel();
-    let (to_peer, mut from_stack) = tokio::sync::mpsc::unbounded_channel();
+    // Nothing is sent on `lifeline`: rsipstack serves the connection until
+    // it is dropped, then retires it (which cancels `cancel`).
+    let (lifeline, from_peer) = tokio::sync::mpsc::unbounded_channel();
+    let (to_peer, from_stack) = tokio::sync::mpsc::unbounded_channel();
     let remote = SipAddr {
         r#type: Some(transport),
         addr: peer.into(),
@@ -181,40 +211,18 @@ async fn serve_stream<S>(
         return;
     };
     let connection = SipConnection::Channel(bridge);
-    // rsipstack serves it (and retires it, cancelling `cancel`, once we
-    // stop feeding it).
     endpoint.transport_layer.add_connection(connection.clone());
-
-    let write_cancel = cancel.clone();
-    let write_half = writer.clone();
-    tokio::spawn(async move {
-        loop {
-            let event = tokio::select! {
-                event = from_stack.recv() => event,
-                () = write_cancel.cancelled() => None,
-            };
-            match event {
-                Some(TransportEvent::Incoming(message, ..)) => {
-                    if write(&write_half, &message.to_bytes()).await.is_err() {
-                        break;
-                    }
-                }
-                Some(_) => {}
-                None => break,
-            }
-        }
-        write_half.lock().await.shutdown().await.ok();
-    });
+    tokio::spawn(write_from_stack(from_stack, writer.clone(), cancel.clone()));
 
     let idle = endpoint.transport_layer.stream_idle_timeout();
-    let mut buffer = BytesMut::new();
-    let mut chunk = vec![0u8; 16_384];
+    let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     // After a message we cannot frame, where the next starts is unknown:
     // what follows is discarded, while answers to earlier messages go out.
     let mut unframed = false;
     'reading: loop {
+        buffer.reserve(READ_CHUNK);
         let read = tokio::select! {
-            read = tokio::time::timeout(idle, reader.read(&mut chunk)) => read,
+            read = tokio::time::timeout(idle, reader.read_buf(&mut buffer)) => read,
             () = cancel.cancelled() => break,
         };
         match read {
@@ -223,8 +231,8 @@ async fn serve_stream<S>(
                 debug!(%peer, "SIP over {transport} idle: closing");
                 break;
             }
-            Ok(Ok(_)) if unframed => continue,
-            Ok(Ok(read)) => buffer.extend_from_slice(&chunk[..read]),
+            Ok(Ok(_)) if unframed => buffer.clear(),
+            Ok(Ok(_)) => {}
         }
         while let Some(frame) = next_frame(&mut buffer) {
             match frame {
@@ -243,10 +251,10 @@ async fn serve_stream<S>(
                                     continue;
                                 }
                             };
-                        let event =
-                            TransportEvent::Incoming(message, connection.clone(), remote.clone());
-                        if to_stack.send(event).is_err() {
-                            break 'reading;
+                        let received =
+                            endpoint.on_received_message(message, connection.clone(), &remote);
+                        if let Err(e) = received.await {
+                            debug!(%peer, "SIP over {transport}: {e}");
                         }
                     }
                     Verdict::Answer {
@@ -280,8 +288,42 @@ async fn serve_stream<S>(
     }
     // rsipstack's serve loop ends with our sender; it retires the
     // connection, which cancels `cancel` and so stops the writer.
-    drop(to_stack);
+    drop(lifeline);
     cancel.cancel();
+}
+
+/// Writes what rsipstack sends on one connection, until `cancel`; what is
+/// queued at once goes out in one write (one system call, not one each).
+async fn write_from_stack<S: AsyncWrite>(
+    mut from_stack: tokio::sync::mpsc::UnboundedReceiver<TransportEvent>,
+    writer: Arc<tokio::sync::Mutex<WriteHalf<S>>>,
+    cancel: CancellationToken,
+) {
+    let mut out = Vec::new();
+    loop {
+        let event = tokio::select! {
+            event = from_stack.recv() => event,
+            () = cancel.cancelled() => None,
+        };
+        let Some(event) = event else {
+            break;
+        };
+        out.clear();
+        append_message(&mut out, event);
+        while let Ok(event) = from_stack.try_recv() {
+            append_message(&mut out, event);
+        }
+        if !out.is_empty() && write(&writer, &out).await.is_err() {
+            break;
+        }
+    }
+    writer.lock().await.shutdown().await.ok();
+}
+
+fn append_message(out: &mut Vec<u8>, event: TransportEvent) {
+    if let TransportEvent::Incoming(message, ..) = event {
+        out.extend_from_slice(&message.to_bytes());
+    }
 }
 
 async fn write<S: AsyncWrite>(
@@ -291,11 +333,19 @@ async fn write<S: AsyncWrite>(
     writer.lock().await.write_all(bytes).await
 }
 
-/// Outgoing connections we opened, by transport and next hop; a cancelled
-/// token means rsipstack retired the connection.
+/// Outgoing connections we opened, by transport (TLS or not) and next hop.
 #[derive(Default)]
 pub(crate) struct Outgoing {
-    open: Mutex<HashMap<(bool, SocketAddr), CancellationToken>>,
+    open: Mutex<HashMap<(bool, SocketAddr), Arc<OpenSlot>>>,
+}
+
+/// The connection to one next hop: its token, cancelled once rsipstack
+/// retired it. Held while connecting, so that calls starting together
+/// share one connection instead of each opening its own.
+type OpenSlot = tokio::sync::Mutex<Option<CancellationToken>>;
+
+fn is_up(token: &Option<CancellationToken>) -> bool {
+    token.as_ref().is_some_and(|token| !token.is_cancelled())
 }
 
 /// Where a stream connection goes, and how.
@@ -319,10 +369,16 @@ impl Outgoing {
         timeout: Duration,
     ) -> Result<(), String> {
         let key = (target.tls.is_some(), target.address);
-        let up = |open: &HashMap<(bool, SocketAddr), CancellationToken>| {
-            open.get(&key).is_some_and(|token| !token.is_cancelled())
+        let slot = {
+            let mut open = self.open.lock().expect("not poisoned");
+            // Forget retired connections nobody is opening again.
+            open.retain(|_, slot| {
+                Arc::strong_count(slot) > 1 || slot.try_lock().map_or(true, |token| is_up(&token))
+            });
+            open.entry(key).or_default().clone()
         };
-        if up(&self.open.lock().expect("not poisoned")) {
+        let mut slot = slot.lock().await;
+        if is_up(&slot) {
             return Ok(());
         }
         let address = target.address;
@@ -366,9 +422,7 @@ impl Outgoing {
                 Some(connection)
             }
         };
-        let mut open = self.open.lock().expect("not poisoned");
-        open.retain(|_, token| !token.is_cancelled());
-        open.insert(key, token);
+        *slot = Some(token);
         if let Some(connection) = connection {
             endpoint
                 .transport_layer
