@@ -150,6 +150,7 @@ pub(crate) async fn serve_streams(
                         stream,
                         peer,
                         SipTransport::Tcp,
+                        OpenedBy::Peer,
                         endpoint,
                         cancel,
                     ));
@@ -158,7 +159,8 @@ pub(crate) async fn serve_streams(
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            serve_stream(stream, peer, SipTransport::Tls, endpoint, cancel).await
+                            let tls = SipTransport::Tls;
+                            serve_stream(stream, peer, tls, OpenedBy::Peer, endpoint, cancel).await
                         }
                         Ok(Err(e)) => info!(%peer, "SIP over TLS: handshake failed: {e}"),
                         Err(_) => info!(%peer, "SIP over TLS: handshake timed out"),
@@ -177,6 +179,20 @@ pub(crate) async fn serve_streams(
 /// What one read from a stream asks room for.
 const READ_CHUNK: usize = 16_384;
 
+/// How often a connection we opened is pinged (RFC 5626 §4.4.1 CRLF
+/// keep-alive): a proxy closes an idle one (Kamailio after 120 s), NATs
+/// forget it, and rsipstack cannot open a TLS connection again by itself
+/// when the next REGISTER is due.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// Who opened a stream connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OpenedBy {
+    Peer,
+    /// We did: we keep it alive.
+    Us,
+}
+
 /// One connection, accepted or opened by us: messages are cut and screened
 /// here and handed straight to rsipstack's endpoint, as from the in-memory
 /// channel connection it knows the peer by; what it sends comes back
@@ -185,6 +201,7 @@ async fn serve_stream<S>(
     stream: S,
     peer: SocketAddr,
     transport: SipTransport,
+    opened_by: OpenedBy,
     endpoint: EndpointInnerRef,
     cancel: CancellationToken,
 ) where
@@ -213,6 +230,9 @@ async fn serve_stream<S>(
     let connection = SipConnection::Channel(bridge);
     endpoint.transport_layer.add_connection(connection.clone());
     tokio::spawn(write_from_stack(from_stack, writer.clone(), cancel.clone()));
+    if opened_by == OpenedBy::Us {
+        tokio::spawn(keep_alive(writer.clone(), cancel.clone()));
+    }
 
     let idle = endpoint.transport_layer.stream_idle_timeout();
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
@@ -326,6 +346,24 @@ fn append_message(out: &mut Vec<u8>, event: TransportEvent) {
     }
 }
 
+/// Pings the peer every KEEP_ALIVE until `cancel` or a failed write; its
+/// pong is skipped by the framing like any blank line.
+async fn keep_alive<S: AsyncWrite>(
+    writer: Arc<tokio::sync::Mutex<WriteHalf<S>>>,
+    cancel: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        if write(&writer, PING).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn write<S: AsyncWrite>(
     writer: &tokio::sync::Mutex<WriteHalf<S>>,
     bytes: &[u8],
@@ -401,6 +439,7 @@ impl Outgoing {
                     stream,
                     address,
                     SipTransport::Tls,
+                    OpenedBy::Us,
                     endpoint.clone(),
                     token.clone(),
                 );
