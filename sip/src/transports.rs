@@ -231,7 +231,7 @@ async fn serve_stream<S>(
     endpoint.transport_layer.add_connection(connection.clone());
     tokio::spawn(write_from_stack(from_stack, writer.clone(), cancel.clone()));
     if opened_by == OpenedBy::Us {
-        tokio::spawn(keep_alive(writer.clone(), cancel.clone()));
+        tokio::spawn(keep_alive(writer.clone(), KEEP_ALIVE, cancel.clone()));
     }
 
     let idle = endpoint.transport_layer.stream_idle_timeout();
@@ -346,13 +346,14 @@ fn append_message(out: &mut Vec<u8>, event: TransportEvent) {
     }
 }
 
-/// Pings the peer every KEEP_ALIVE until `cancel` or a failed write; its
+/// Pings the peer `every` so often until `cancel` or a failed write; its
 /// pong is skipped by the framing like any blank line.
 async fn keep_alive<S: AsyncWrite>(
     writer: Arc<tokio::sync::Mutex<WriteHalf<S>>>,
+    every: Duration,
     cancel: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
@@ -468,5 +469,36 @@ impl Outgoing {
                 .add_connection(SipConnection::Tcp(connection));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_we_opened_is_pinged_until_it_is_cancelled() {
+        let every = Duration::from_millis(100);
+        let (ours, mut peer) = tokio::io::duplex(64);
+        let (_, writer) = tokio::io::split(ours);
+        let cancel = CancellationToken::new();
+        let pinging = tokio::spawn(keep_alive(
+            Arc::new(tokio::sync::Mutex::new(writer)),
+            every,
+            cancel.clone(),
+        ));
+        let mut ping = [0u8; 4];
+        // Not at once: after `every`, then again.
+        let early = tokio::time::timeout(every / 2, peer.read_exact(&mut ping)).await;
+        assert!(early.is_err(), "pinged at once");
+        for _ in 0..2 {
+            tokio::time::timeout(every * 20, peer.read_exact(&mut ping))
+                .await
+                .expect("a ping in time")
+                .unwrap();
+            assert_eq!(ping, PING);
+        }
+        cancel.cancel();
+        pinging.await.unwrap();
     }
 }
