@@ -2,7 +2,7 @@
 //! Content-Length, with RFC 5626 keep-alive pings and the blank lines
 //! allowed between messages.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::screen::{self, MAX_MESSAGE};
 
@@ -14,8 +14,9 @@ pub(crate) const PONG: &[u8] = b"\r\n";
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {
     Ping,
-    /// A whole message: head, blank line, Content-Length bytes of body.
-    Message(Vec<u8>),
+    /// A whole message: head, blank line, Content-Length bytes of body
+    /// (cut off the read buffer, not copied).
+    Message(Bytes),
     /// A message whose length we cannot tell (or will not take): the
     /// stream cannot be read any further.
     Unframed {
@@ -56,7 +57,7 @@ pub fn next_frame(buffer: &mut BytesMut) -> Option<Frame> {
         buffer.clear();
         Some(Frame::Unframed { head, status, why })
     };
-    let length = match screen::content_length(&buffer[..head_len]) {
+    let length = match content_length(&buffer[..head_len]) {
         Ok(Some(length)) => length,
         // Streams frame by it, so it is mandatory there (RFC 3261 §18.3, §20.14).
         Ok(None) => return unframed(buffer, 400, "no Content-Length in a stream".into()),
@@ -70,7 +71,45 @@ pub fn next_frame(buffer: &mut BytesMut) -> Option<Frame> {
     if buffer.len() < total {
         return None;
     }
-    Some(Frame::Message(buffer.split_to(total).to_vec()))
+    Some(Frame::Message(buffer.split_to(total).freeze()))
+}
+
+/// The Content-Length of a message head (`Content-Length` or its compact
+/// form `l`, any case, value possibly folded), by a scan of its lines: the
+/// screen reads the whole head once the message is cut, and refuses
+/// there what else is wrong with it.
+fn content_length(head: &[u8]) -> Result<Option<usize>, String> {
+    let mut found = None;
+    let mut lines = head.split(|&byte| byte == b'\n').peekable();
+    lines.next(); // the start line
+    while let Some(line) = lines.next() {
+        let Some(colon) = line.iter().position(|&byte| byte == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii();
+        if !name.eq_ignore_ascii_case(b"content-length") && !name.eq_ignore_ascii_case(b"l") {
+            continue;
+        }
+        let mut value = line[colon + 1..].trim_ascii().to_vec();
+        // Folded onto the next lines (RFC 3261 §7.3.1).
+        while let Some(next) =
+            lines.next_if(|next| next.starts_with(b" ") || next.starts_with(b"\t"))
+        {
+            value.extend_from_slice(next.trim_ascii());
+        }
+        let length = std::str::from_utf8(&value)
+            .ok()
+            .and_then(|value| value.parse::<usize>().ok())
+            .ok_or_else(|| {
+                let value = String::from_utf8_lossy(&value);
+                format!("Content-Length {value:?} is not a number")
+            })?;
+        if found.is_some_and(|found| found != length) {
+            return Err("two different Content-Lengths".into());
+        }
+        found = Some(length);
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -95,8 +134,8 @@ mod tests {
         assert_eq!(
             frames,
             [
-                Frame::Message(OPTIONS.to_vec()),
-                Frame::Message(OPTIONS.to_vec())
+                Frame::Message(Bytes::from_static(OPTIONS)),
+                Frame::Message(Bytes::from_static(OPTIONS))
             ]
         );
         assert_eq!(rest, b"OPT");
@@ -109,7 +148,10 @@ mod tests {
     #[test]
     fn pings_get_pongs_and_blank_lines_are_skipped() {
         let (frames, rest) = frames([&b"\r\n\r\n"[..], b"\r\n", OPTIONS].concat());
-        assert_eq!(frames, [Frame::Ping, Frame::Message(OPTIONS.to_vec())]);
+        assert_eq!(
+            frames,
+            [Frame::Ping, Frame::Message(Bytes::from_static(OPTIONS))]
+        );
         assert!(rest.is_empty());
         // A lone CRLF may be the start of a ping.
         let (frames, rest) = super::tests::frames(b"\r\n".to_vec());
@@ -142,5 +184,27 @@ mod tests {
 
     fn frames_of(buffer: Vec<u8>) -> Vec<Frame> {
         frames(buffer).0
+    }
+
+    #[test]
+    fn the_length_is_found_in_any_spelling_and_folded() {
+        for head in [
+            "OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 2\r\n\r\n",
+            "OPTIONS sip:a@b SIP/2.0\r\ncontent-length   :2\r\n\r\n",
+            "OPTIONS sip:a@b SIP/2.0\r\nl: 2\r\n\r\n",
+            "OPTIONS sip:a@b SIP/2.0\r\nContent-Length:\r\n  2\r\n\r\n",
+            "OPTIONS sip:a@b SIP/2.0\r\nL: 2\r\nContent-Length: 2\r\n\r\n",
+        ] {
+            assert_eq!(content_length(head.as_bytes()), Ok(Some(2)), "{head:?}");
+        }
+        let none = "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h\r\n\r\n";
+        assert_eq!(content_length(none.as_bytes()), Ok(None));
+        for bad in [
+            "OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 2\r\nl: 3\r\n\r\n",
+            "OPTIONS sip:a@b SIP/2.0\r\nContent-Length: two\r\n\r\n",
+            "OPTIONS sip:a@b SIP/2.0\r\nContent-Length: -1\r\n\r\n",
+        ] {
+            assert!(content_length(bad.as_bytes()).is_err(), "{bad:?}");
+        }
     }
 }

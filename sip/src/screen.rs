@@ -138,11 +138,6 @@ pub(crate) fn refuse(
     Head::read(head).answer(Refusal::new(status, why), source, framing)
 }
 
-/// The Content-Length a message head gives, if any.
-pub(crate) fn content_length(head: &[u8]) -> Result<Option<usize>, String> {
-    Head::read(head).content_length()
-}
-
 /// A request's grammar and what a UA must refuse before looking further,
 /// in the order of RFC 3261 §8.2: method (§8.2.1), headers (§8.2.2).
 fn judge(head: &Head) -> Result<(), Refusal> {
