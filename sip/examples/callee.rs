@@ -11,6 +11,10 @@ use std::sync::Arc;
 use mailcall_sip::{CallHandler, CallInfo, Channel, HandlerFuture, SipSettings, UserAgent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// As `mailcall` runs (host/src/main.rs), so the bench measures what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Echo;
 
 impl CallHandler for Echo {

@@ -15,6 +15,10 @@ use std::time::Instant;
 use mailcall_sip::{Ladder, SipSettings, Transport, UserAgent};
 use tokio::sync::Semaphore;
 
+/// As `mailcall` runs (host/src/main.rs), so the bench measures what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     target: String,
     transport: Transport,
