@@ -8,12 +8,14 @@ use std::time::{Duration, SystemTime};
 use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::registration::{RefreshOutcome, Registration};
 use rsipstack::sip::typed::Contact;
+use rsipstack::sip::{Param, Uri};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::caller::credential;
 use crate::ladder::Ladder;
+use crate::locate::NextHop;
 use crate::stack::transport_of;
 use crate::Shared;
 
@@ -120,13 +122,25 @@ async fn keep_registered(
     number: String,
     stop: CancellationToken,
 ) {
-    let server = match shared.stack.target(&registrar) {
+    let mut server = match shared.stack.target(&registrar) {
         Ok(server) => server,
         Err(e) => {
             note(&shared.standings, &number, Standing::Failed(e.to_string()));
             return warn!("registrar {e}");
         }
     };
+    // RFC 3263 for the registrar too: the first next hop that takes a
+    // connection (TCP, or TLS with the registrar's name checked) gets the
+    // REGISTERs, whose URI keeps its name; refreshes reuse the connection.
+    let hop = registrar_hop(&shared, &server, &number).await;
+    if let Some(hop) = &hop {
+        if transport_of(&server) != hop.transport {
+            server
+                .params
+                .retain(|param| !matches!(param, Param::Transport(_)));
+            server.params.push(Param::Transport(hop.transport));
+        }
+    }
     let credential = credential(&shared, &number).unwrap_or_else(|| Credential {
         username: number.clone(),
         password: String::new(),
@@ -134,25 +148,13 @@ async fn keep_registered(
         auth_username: None,
     });
     let mut registration = Registration::new(shared.stack.inner(), Some(credential));
+    registration.outbound_proxy = hop.map(|hop| hop.address);
     registration.contact = Some(Contact {
         display_name: None,
         uri: shared.stack.contact(&number, transport_of(&server)),
         params: Vec::new(),
     });
     let expires = shared.settings.register_expires_secs;
-    // The connection (TCP, or TLS with the registrar's name checked) the
-    // REGISTERs take; refreshes reuse it while it lives.
-    match shared.locator.next_hops(&server, &Ladder::new()).await {
-        Ok(hops) => {
-            for hop in &hops {
-                match shared.stack.prepare(hop).await {
-                    Ok(()) => break,
-                    Err(e) => warn!(number = %number, "registrar {registrar}: {e}"),
-                }
-            }
-        }
-        Err(e) => warn!(number = %number, "registrar {registrar}: {e}"),
-    }
     registration
         .keep_alive(server.clone(), expires, stop, |outcome| {
             let standing = match outcome {
@@ -176,4 +178,23 @@ async fn keep_registered(
         Ok(response) => info!(number = %number, "unregistered: {}", response.status_code),
         Err(e) => warn!(number = %number, "unregistering failed: {e}"),
     }
+}
+
+/// The first next hop of the registrar's that takes a connection, if any
+/// (none: rsipstack sends to the URI as it is, and reports the failure).
+async fn registrar_hop(shared: &Shared, server: &Uri, number: &str) -> Option<NextHop> {
+    let hops = match shared.locator.next_hops(server, &Ladder::new()).await {
+        Ok(hops) => hops,
+        Err(e) => {
+            warn!(number = %number, "registrar {server}: {e}");
+            return None;
+        }
+    };
+    for hop in hops {
+        match shared.stack.prepare(&hop).await {
+            Ok(()) => return Some(hop),
+            Err(e) => warn!(number = %number, "registrar {server}: {e}"),
+        }
+    }
+    None
 }

@@ -3,15 +3,17 @@
 //! record gives (the regexp's back-reference applied), located by RFC 3263
 //! (NAPTR, SRV for two hosts, A), and the call fails over from the dead
 //! host to the live one; a number without ENUM records goes to the
-//! outbound proxy. Every step is in the ladder.
+//! outbound proxy. Every step is in the ladder. A registrar known only by
+//! its SRV records gets the REGISTERs (Kamailio).
 
 mod common;
 
 use std::sync::Arc;
 
 use common::{free_port, init_logs, send_and_read_back, settings, Echo};
-use mailcall_sip::{FailureKind, Label, Ladder, SipSettings, UserAgent};
+use mailcall_sip::{FailureKind, Label, Ladder, SipSettings, Standing, UserAgent};
 use mailcall_testbed::dns::{NameServer, Record};
+use mailcall_testbed::{Kamailio, KamailioAuth};
 
 const PORTS: u16 = 47400;
 const SUFFIX: &str = "e164.private.test";
@@ -278,4 +280,52 @@ async fn a_503_sends_the_call_to_the_next_target() {
     assert_eq!(echo.received.lock().unwrap().len(), 1);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_registrar_known_by_its_srv_records_gets_the_registers() {
+    init_logs();
+    let kamailio = Kamailio::start(KamailioAuth::None);
+    let dns = NameServer::start(vec![
+        Record::srv(
+            "_sip._udp.registrar.test",
+            10,
+            0,
+            kamailio.port,
+            "proxy.registrar.test",
+        ),
+        Record::a("proxy.registrar.test", [127, 0, 0, 1]),
+    ]);
+    let agent = UserAgent::start(
+        SipSettings {
+            registrar: Some("sip:registrar.test".into()),
+            register_expires_secs: 60,
+            ..resolving(&dns, &["100"])
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let registered = async {
+        loop {
+            let registrations = agent.registrations();
+            if let [state] = &registrations[..] {
+                if state.standing != Standing::Pending {
+                    return state.standing.clone();
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let standing = tokio::time::timeout(std::time::Duration::from_secs(10), registered)
+        .await
+        .expect("no answer from the registrar");
+    assert_eq!(standing, Standing::Registered(200));
+    assert!(
+        dns.asked()
+            .contains(&"SRV _sip._udp.registrar.test".to_string()),
+        "{:?}",
+        dns.asked()
+    );
+    agent.shutdown().await;
 }
