@@ -123,39 +123,84 @@ fn serve_in(netns: &Netns, dir: &Path, file: &ConfigFile, smtp: u16) -> Process 
     process
 }
 
-/// Sends a message naming B's number to A, inside A's namespace; waits for
-/// it at B.
-fn deliver(a: &Netns, a_smtp: u16, a_dir: &Path, b_dir: &Path) {
-    let message = "From: taro@a.example\r\nTo: hanako@b.example\r\nSubject: across NAT\r\n\r\nPlease call 050-2222-0000 back.\r\n";
-    let script = format!(
-        "import smtplib\ns = smtplib.SMTP('127.0.0.1', {a_smtp}, timeout=30)\ns.sendmail('taro@a.example', ['hanako@b.example'], {message:?}.encode())\ns.quit()\n"
-    );
-    let output = a
-        .command("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let files = wait_for_files(b_dir, "hanako", 1);
-    let logs = || {
-        let read = |dir: &Path| std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-        format!("A:\n{}\nB:\n{}", read(a_dir), read(b_dir))
-    };
-    assert_eq!(
-        files.len(),
-        1,
-        "nothing arrived at B over the call\n{}",
-        logs()
-    );
-    let stored = std::fs::read_to_string(&files[0]).unwrap();
-    assert!(stored.ends_with(message), "{stored}");
-    let attempts = wait_for_history(a_dir, "hanako@b.example", "delivered");
-    let delivered = attempts
-        .iter()
-        .find(|attempt| attempt["outcome"] == "delivered")
-        .unwrap_or_else(|| panic!("{attempts:?}\n{}", logs()));
-    assert_eq!(delivered["path"], "call", "{delivered}");
+/// A and B serving in their namespaces, A calling B at `b_uri`.
+/// Fields drop in order: the servers stop before their namespaces go.
+struct Scene {
+    _servers: [Process; 2],
+    a: Netns,
+    _b: Netns,
+    a_smtp: u16,
+    a_dir: tempfile::TempDir,
+    b_dir: tempfile::TempDir,
+}
+
+impl Scene {
+    fn new(tag: &str, a_natted: bool, b_uri: &str) -> Scene {
+        let (a, b) = topology(tag, a_natted);
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let pki = Pki::new(&b_dir.path().join("pki"));
+        let (a_smtp, b_smtp) = (free_port(), free_port());
+        let b_file = host_b(b_smtp, &pki.issue("b", &[B_OUTSIDE]));
+        let b_server = serve_in(&b, b_dir.path(), &b_file, b_smtp);
+        let a_file = host_a(a_smtp, b_uri, &pki.ca_file);
+        let a_server = serve_in(&a, a_dir.path(), &a_file, a_smtp);
+        Scene {
+            _servers: [a_server, b_server],
+            a,
+            _b: b,
+            a_smtp,
+            a_dir,
+            b_dir,
+        }
+    }
+
+    /// Sends `message` (naming B's number) to A, inside A's namespace.
+    fn submit(&self, message: &str) {
+        let script = format!(
+            "import smtplib\ns = smtplib.SMTP('127.0.0.1', {}, timeout=30)\ns.sendmail('taro@a.example', ['hanako@b.example'], {message:?}.encode())\ns.quit()\n",
+            self.a_smtp
+        );
+        let output = self
+            .a
+            .command("python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+
+    fn log(dir: &tempfile::TempDir) -> String {
+        std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Submits a message and waits for it at B, delivered over the call.
+    fn deliver(&self) {
+        let message = "From: taro@a.example\r\nTo: hanako@b.example\r\nSubject: across NAT\r\n\r\nPlease call 050-2222-0000 back.\r\n";
+        self.submit(message);
+        let files = wait_for_files(self.b_dir.path(), "hanako", 1);
+        let logs = || {
+            format!(
+                "A:\n{}\nB:\n{}",
+                Scene::log(&self.a_dir),
+                Scene::log(&self.b_dir)
+            )
+        };
+        assert_eq!(
+            files.len(),
+            1,
+            "nothing arrived at B over the call\n{}",
+            logs()
+        );
+        let stored = std::fs::read_to_string(&files[0]).unwrap();
+        assert!(stored.ends_with(message), "{stored}");
+        let attempts = wait_for_history(self.a_dir.path(), "hanako@b.example", "delivered");
+        let delivered = attempts
+            .iter()
+            .find(|attempt| attempt["outcome"] == "delivered")
+            .unwrap_or_else(|| panic!("{attempts:?}\n{}", logs()));
+        assert_eq!(delivered["path"], "call", "{delivered}");
+    }
 }
 
 /// Runs `test` unless namespaces cannot be made here.
@@ -169,19 +214,11 @@ fn with_namespaces(test: impl FnOnce()) {
 #[test]
 fn a_callee_behind_nat_advertises_its_external_address() {
     with_namespaces(|| {
-        let (a, b) = topology("1", false);
-        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let pki = Pki::new(&b_dir.path().join("pki"));
-        let (a_smtp, b_smtp) = (free_port(), free_port());
-        let b_file = host_b(b_smtp, &pki.issue("b", &[B_OUTSIDE]));
-        let _b = serve_in(&b, b_dir.path(), &b_file, b_smtp);
         // Plain UDP signalling: A knows B only by its public address.
-        let b_uri = format!("sip:{B_OUTSIDE}:5060");
-        let a_file = host_a(a_smtp, &b_uri, &pki.ca_file);
-        let _a = serve_in(&a, a_dir.path(), &a_file, a_smtp);
-        deliver(&a, a_smtp, a_dir.path(), b_dir.path());
+        let scene = Scene::new("1", false, &format!("sip:{B_OUTSIDE}:5060"));
+        scene.deliver();
         // B's answer named the public address, not the socket's.
-        let a_log = std::fs::read_to_string(a_dir.path().join("server.log")).unwrap();
+        let a_log = Scene::log(&scene.a_dir);
         assert!(
             a_log.contains(&format!("answer: smtp at {B_OUTSIDE}:")),
             "{a_log}"
@@ -192,18 +229,10 @@ fn a_callee_behind_nat_advertises_its_external_address() {
 #[test]
 fn a_caller_behind_nat_is_taken_over_tls_with_its_fingerprint() {
     with_namespaces(|| {
-        let (a, b) = topology("2", true);
-        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let pki = Pki::new(&b_dir.path().join("pki"));
-        let (a_smtp, b_smtp) = (free_port(), free_port());
-        let b_file = host_b(b_smtp, &pki.issue("b", &[B_OUTSIDE]));
-        let _b = serve_in(&b, b_dir.path(), &b_file, b_smtp);
         // TLS signalling, B's certificate checked against its public address.
-        let b_uri = format!("sip:{B_OUTSIDE}:5061;transport=tls");
-        let a_file = host_a(a_smtp, &b_uri, &pki.ca_file);
-        let _a = serve_in(&a, a_dir.path(), &a_file, a_smtp);
-        deliver(&a, a_smtp, a_dir.path(), b_dir.path());
-        let b_log = std::fs::read_to_string(b_dir.path().join("server.log")).unwrap();
+        let scene = Scene::new("2", true, &format!("sip:{B_OUTSIDE}:5061;transport=tls"));
+        scene.deliver();
+        let b_log = Scene::log(&scene.b_dir);
         assert!(
             b_log.contains(&format!("channel opened from {A_OUTSIDE}:")),
             "{b_log}"
@@ -214,40 +243,22 @@ fn a_caller_behind_nat_is_taken_over_tls_with_its_fingerprint() {
 #[test]
 fn over_plain_signalling_a_natted_callers_channel_is_refused() {
     with_namespaces(|| {
-        let (a, b) = topology("3", true);
-        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let pki = Pki::new(&b_dir.path().join("pki"));
-        let (a_smtp, b_smtp) = (free_port(), free_port());
-        let b_file = host_b(b_smtp, &pki.issue("b", &[B_OUTSIDE]));
-        let _b = serve_in(&b, b_dir.path(), &b_file, b_smtp);
         // UDP signalling: anyone on the path could have swapped the
         // fingerprint, so only the offer's address may open the channel.
-        let b_uri = format!("sip:{B_OUTSIDE}:5060");
-        let a_file = host_a(a_smtp, &b_uri, &pki.ca_file);
-        let _a = serve_in(&a, a_dir.path(), &a_file, a_smtp);
-        let message = "Subject: across NAT in clear\r\n\r\nCall 050-2222-0000.\r\n";
-        let script = format!(
-            "import smtplib\ns = smtplib.SMTP('127.0.0.1', {a_smtp}, timeout=30)\ns.sendmail('taro@a.example', ['hanako@b.example'], {message:?}.encode())\ns.quit()\n"
-        );
-        let output = a
-            .command("python3")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        let attempts = wait_for_history(a_dir.path(), "hanako@b.example", "fell-back");
+        let scene = Scene::new("3", true, &format!("sip:{B_OUTSIDE}:5060"));
+        scene.submit("Subject: across NAT in clear\r\n\r\nCall 050-2222-0000.\r\n");
+        let attempts = wait_for_history(scene.a_dir.path(), "hanako@b.example", "fell-back");
         assert!(
             attempts
                 .iter()
                 .any(|attempt| attempt["path"] == "call" && attempt["outcome"] == "fell-back"),
             "{attempts:?}"
         );
-        let b_log = std::fs::read_to_string(b_dir.path().join("server.log")).unwrap();
+        let b_log = Scene::log(&scene.b_dir);
         assert!(
             b_log.contains("channel connection from a stranger closed"),
             "{b_log}"
         );
-        assert!(maildir_files(b_dir.path(), "hanako").is_empty());
+        assert!(maildir_files(scene.b_dir.path(), "hanako").is_empty());
     });
 }

@@ -39,7 +39,9 @@ pub use channel::Channel;
 pub use config::{E164Plan, SipSettings, Transport};
 pub use failure::{CallFailure, FailureKind, Stage};
 pub use ladder::{Label, Ladder, Rung, Side};
+pub use locate::dns_resolver;
 pub use network::Network;
+pub use sips::AnyCertificate;
 
 /// The parsers the fuzz targets in `fuzz/` drive directly; not an API.
 #[doc(hidden)]

@@ -141,7 +141,8 @@ impl Locator {
                 country_code: settings.country_code,
                 trunk_prefix: settings.trunk_prefix,
             },
-            resolver: resolver(&settings.dns_servers)?,
+            resolver: dns_resolver(&settings.dns_servers)
+                .map_err(|error| LocateError::Resolver(error.to_string()))?,
         })
     }
 
@@ -258,25 +259,24 @@ fn with_transport(text: &str, default: SipTransport) -> Result<Uri, LocateError>
     Ok(uri)
 }
 
-/// The system's resolver, or one asking `servers` (UDP, then TCP).
-fn resolver(servers: &[SocketAddr]) -> Result<TokioResolver, LocateError> {
-    let built = if servers.is_empty() {
-        TokioResolver::builder_tokio().and_then(|builder| builder.build())
-    } else {
-        let servers = servers
-            .iter()
-            .map(|server| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = server.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = server.port();
-                NameServerConfig::new(server.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        let config = ResolverConfig::from_parts(None, Vec::new(), servers);
-        TokioResolver::builder_with_config(config, TokioRuntimeProvider::default()).build()
-    };
-    built.map_err(|error| LocateError::Resolver(error.to_string()))
+/// The system's resolver, or one asking `servers` (UDP, then TCP); the
+/// host's MX look-ups use it too.
+pub fn dns_resolver(servers: &[SocketAddr]) -> Result<TokioResolver, NetError> {
+    if servers.is_empty() {
+        return TokioResolver::builder_tokio().and_then(|builder| builder.build());
+    }
+    let servers = servers
+        .iter()
+        .map(|server| {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = server.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = server.port();
+            NameServerConfig::new(server.ip(), true, vec![udp, tcp])
+        })
+        .collect();
+    let config = ResolverConfig::from_parts(None, Vec::new(), servers);
+    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default()).build()
 }
 
 /// An NAPTR record (RFC 3403 §4.1), as text.

@@ -55,7 +55,7 @@ impl SignallingTls {
         } else {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified { provider }))
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
                 .with_no_client_auth()
         };
         Ok(SignallingTls {
@@ -128,14 +128,13 @@ fn trust_anchors(ca_file: Option<&Path>) -> Result<RootCertStore, SipError> {
     Ok(roots)
 }
 
-/// `tls_verify = false`: any certificate, as long as the handshake's
-/// signatures hold (the connection is encrypted, but to whom is unknown).
+/// Any certificate, as long as the handshake is signed by its key: the
+/// connection is encrypted, but to whom is unknown. For `tls_verify =
+/// false`, and for the host's opportunistic relay TLS (RFC 7435).
 #[derive(Debug)]
-struct Unverified {
-    provider: Arc<CryptoProvider>,
-}
+pub struct AnyCertificate(pub Arc<CryptoProvider>);
 
-impl ServerCertVerifier for Unverified {
+impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,
@@ -157,7 +156,7 @@ impl ServerCertVerifier for Unverified {
             message,
             cert,
             dss,
-            &self.provider.signature_verification_algorithms,
+            &self.0.signature_verification_algorithms,
         )
     }
 
@@ -171,13 +170,11 @@ impl ServerCertVerifier for Unverified {
             message,
             cert,
             dss,
-            &self.provider.signature_verification_algorithms,
+            &self.0.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -7,8 +7,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
@@ -50,25 +48,7 @@ impl Router {
             .iter()
             .map(|(domain, address)| (domain.trim_end_matches('.').to_lowercase(), *address))
             .collect();
-        let resolver = if config.relay.dns_servers.is_empty() {
-            TokioResolver::builder_tokio().and_then(|builder| builder.build())
-        } else {
-            let servers = config
-                .relay
-                .dns_servers
-                .iter()
-                .map(|server| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = server.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = server.port();
-                    NameServerConfig::new(server.ip(), true, vec![udp, tcp])
-                })
-                .collect();
-            let resolver_config = ResolverConfig::from_parts(None, Vec::new(), servers);
-            TokioResolver::builder_with_config(resolver_config, TokioRuntimeProvider::default())
-                .build()
-        };
+        let resolver = mailcall_sip::dns_resolver(&config.relay.dns_servers);
         let resolver = resolver
             .inspect_err(|error| tracing::error!("no DNS resolver, MX look-up is off: {error}"))
             .ok();
