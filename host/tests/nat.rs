@@ -105,7 +105,10 @@ fn serve_in(netns: &Netns, dir: &Path, file: &ConfigFile, smtp: u16) -> Process 
         .args(["serve", "--config"])
         .arg(&path)
         .current_dir(dir)
-        .env("RUST_LOG", "info,rsipstack=warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("NAT_LOG").unwrap_or("info,rsipstack=warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

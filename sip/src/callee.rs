@@ -6,18 +6,22 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver};
-use rsipstack::dialog::invite_dialog::InviteDialog;
-use rsipstack::sip::{Header, HeadersExt, Method, Request, StatusCode, Transport as SipTransport};
+use rsipstack::sip::{
+    Header, HeadersExt, Method, Request, StatusCode, Transport as SipTransport, Uri,
+};
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transaction::TransactionReceiver;
+use rsipstack::transport::stream::StreamConnection;
+use rsipstack::transport::SipConnection;
 use tracing::{debug, info, warn};
 
-use crate::ladder::{Label, Ladder};
-use crate::screen;
+use crate::ladder::Label;
+use crate::screen::{self, Framing};
 use crate::sdp::{ChannelDescription, Setup};
-use crate::stack::{ip_of, Stack};
+use crate::stack::ip_of;
 use crate::tls::ChannelIdentity;
+use crate::transports::for_stack;
+use crate::uas::{Arrival, Ending, Path, ServerInvite};
 use crate::{AdmitFuture, CallInfo, Channel, Counted, HandlerFuture, Shared};
 
 /// Whether a call to one of our numbers is answered.
@@ -68,7 +72,45 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut incoming: TransactionReceiver
     }
 }
 
+/// Answers each new call in a task of its own.
+pub(crate) fn answer_calls(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    shared.stack.answering.on_call(move |invite| {
+        // Gone: the user agent is dropped, and the invite with it is refused.
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let counted = Counted::new(&shared.tasks);
+        tokio::spawn(async move {
+            // Boxed: a call's future is big, and spawning moves it whole.
+            Box::pin(answer_invite(shared, invite)).await;
+            drop(counted);
+        });
+    });
+}
+
+/// A request rsipstack made a transaction of: not one of the calls we
+/// answer (`uas` took those), except on a connection rsipstack serves
+/// itself (TCP ones we opened), whose requests reach us only here.
 async fn dispatch(shared: Arc<Shared>, mut tx: Transaction) {
+    let answering = &shared.stack.answering;
+    if let Some(SipConnection::Tcp(connection)) = &tx.connection {
+        let arrival = Arrival {
+            transport: SipTransport::Tcp,
+            peer: connection
+                .get_remote_addr()
+                .get_socketaddr()
+                .unwrap_or(UNKNOWN_PEER),
+            path: Path::Stack(SipConnection::Tcp(connection.clone())),
+            connection: SipConnection::Tcp(connection.clone()),
+        };
+        // Read again as the transports read what they receive themselves.
+        let text = tx.original.to_string();
+        let passed = screen::check(text.as_bytes(), Framing::Stream, arrival.peer);
+        if let Ok(Ok(None)) = passed.map(|passed| for_stack(&passed, &arrival, answering)) {
+            return;
+        }
+    }
     let method = tx.original.method;
     let call_id = call_id_of(&tx.original);
     if let Some(mut dialog) = shared.stack.dialogs.match_dialog(&tx) {
@@ -79,14 +121,6 @@ async fn dispatch(shared: Arc<Shared>, mut tx: Transaction) {
                 tx.reply(StatusCode::NotAcceptableHere).await
             }
             Method::Options => answer_options(&mut tx).await,
-            Method::Bye => {
-                let call = shared.call_of(&call_id);
-                call.ladder.step(Label::T7, "BYE from the peer");
-                let result = dialog.handle(&mut tx).await;
-                call.ladder.step(Label::R4, "200 to BYE");
-                call.bye_answered.notify_one();
-                result
-            }
             _ => dialog.handle(&mut tx).await,
         };
         if let Err(e) = result {
@@ -101,17 +135,14 @@ async fn dispatch(shared: Arc<Shared>, mut tx: Transaction) {
         .and_then(|to| to.tag().ok().flatten())
         .is_some();
     let result = match method {
-        Method::Invite if !has_to_tag => {
-            // Boxed: the task of every other request need not be as big
-            // as a call's (spawning moves it whole).
-            Box::pin(answer_invite(shared, tx)).await;
-            return;
-        }
         Method::Options => answer_options(&mut tx).await,
         Method::Ack => return,
-        // In-dialog requests for a dialog we do not have (RFC 3261 §12.2.2).
+        // In-dialog requests for a dialog we do not have (RFC 3261 §12.2.2),
+        // and a CANCEL or BYE of nothing we know.
         _ if has_to_tag => tx.reply(StatusCode::CallTransactionDoesNotExist).await,
-        Method::Bye => tx.reply(StatusCode::CallTransactionDoesNotExist).await,
+        Method::Bye | Method::Cancel => tx.reply(StatusCode::CallTransactionDoesNotExist).await,
+        // One `uas` could not tell apart (it needs Call-ID, From tag, CSeq).
+        Method::Invite => tx.reply(StatusCode::BadRequest).await,
         // Methods we know but do not serve (RFC 3261 §8.2.1).
         _ => {
             tx.reply_with(StatusCode::MethodNotAllowed, vec![allow()], None)
@@ -122,6 +153,9 @@ async fn dispatch(shared: Arc<Shared>, mut tx: Transaction) {
         debug!(call_id = %call_id, "answering {method}: {e}");
     }
 }
+
+/// For a connection that cannot say its peer.
+const UNKNOWN_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 fn allow() -> Header {
     Header::Other("Allow".into(), screen::allow_header())
@@ -144,27 +178,6 @@ fn call_id_of(request: &Request) -> String {
         .unwrap_or_default()
 }
 
-/// The request's source: the top Via's `received`, else its host.
-fn source_of(request: &Request) -> Option<IpAddr> {
-    let via = request.via_header().ok()?.value().to_string();
-    let mut parts = via.split(';');
-    let sent_by = parts.next()?.split_whitespace().nth(1)?;
-    let received = parts.find_map(|param| {
-        let (name, value) = param.split_once('=')?;
-        name.trim()
-            .eq_ignore_ascii_case("received")
-            .then(|| value.trim().to_string())
-    });
-    if let Some(received) = received {
-        return received.parse().ok();
-    }
-    let host = match sent_by.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?,
-        None => sent_by.split(':').next()?,
-    };
-    host.parse().ok()
-}
-
 fn source_allowed(shared: &Shared, source: IpAddr) -> bool {
     let settings = &shared.settings;
     let servers = [&settings.outbound_proxy, &settings.registrar];
@@ -178,27 +191,15 @@ fn source_allowed(shared: &Shared, source: IpAddr) -> bool {
             .any(|network| network.contains(source))
 }
 
-/// The reason for a refusal, for people reading traces (RFC 3261 §20.43).
-fn warning(why: &str) -> Header {
-    Header::Other(
-        "Warning".into(),
-        format!("399 mailcall \"{}\"", why.replace('"', "'")),
-    )
+/// Refuses a call with `status` and a Warning saying why.
+fn reject(invite: &ServerInvite, status: StatusCode, why: &str) {
+    info!(call_id = %invite.call_id(), "R2 {status}: {why}");
+    invite.refuse(status, why, &[]);
 }
 
-/// Rejects an INVITE with `status` and a Warning saying why.
-async fn reject(tx: &mut Transaction, call_id: &str, status: StatusCode, why: &str) {
-    info!(call_id = %call_id, "R2 {status}: {why}");
-    if let Err(e) = tx.reply_with(status, vec![warning(why)], None).await {
-        debug!(call_id = %call_id, "rejecting INVITE: {e}");
-    }
-}
-
-async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
+async fn answer_invite(shared: Arc<Shared>, invite: ServerInvite) {
     let _counted = Counted::new(&shared.calls);
-    // Read before `tx` is needed mutably, instead of cloning the request.
-    let request = &tx.original;
-    let call_id = call_id_of(request);
+    let request = &invite.request;
     let number = request.uri.user().unwrap_or_default().to_string();
     let from = request
         .from_header()
@@ -206,47 +207,30 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
         .and_then(|h| h.uri().ok())
         .map(|uri| uri.to_string())
         .unwrap_or_default();
-    let ladder = Ladder::new();
-    ladder.set_call_id(&call_id);
+    let ladder = invite.ladder().clone();
     ladder.step(Label::T1, format!("INVITE {} from {from}", request.uri));
 
-    let source = source_of(request);
-    let offer = ChannelDescription::parse(&request.body);
-    match source {
-        Some(source) if source_allowed(&shared, source) => {}
-        source => {
-            let why = format!("source {source:?} may not call us");
-            return reject(&mut tx, &call_id, StatusCode::Forbidden, &why).await;
-        }
+    // Where the INVITE came from (a proxy, through one), not what its Via says.
+    let source = invite.peer.ip();
+    if !source_allowed(&shared, source) {
+        let why = format!("source {source} may not call us");
+        return reject(&invite, StatusCode::Forbidden, &why);
     }
     if !shared.settings.numbers.contains(&number) {
         let why = format!("{number:?} is not our number");
-        return reject(&mut tx, &call_id, StatusCode::NotFound, &why).await;
+        return reject(&invite, StatusCode::NotFound, &why);
     }
     let Some(handler) = shared.handler.clone() else {
-        return reject(
-            &mut tx,
-            &call_id,
-            StatusCode::TemporarilyUnavailable,
-            "no handler for calls",
-        )
-        .await;
+        let status = StatusCode::TemporarilyUnavailable;
+        return reject(&invite, status, "no handler for calls");
     };
-    let offer = match offer {
+    let offer = match ChannelDescription::parse(&request.body) {
         Ok(offer) if offer.setup != Setup::Passive => offer,
         Ok(_) => {
             let why = "the offer is passive: we only listen";
-            return reject(&mut tx, &call_id, StatusCode::NotAcceptableHere, why).await;
+            return reject(&invite, StatusCode::NotAcceptableHere, why);
         }
-        Err(e) => {
-            return reject(
-                &mut tx,
-                &call_id,
-                StatusCode::NotAcceptableHere,
-                &e.to_string(),
-            )
-            .await;
-        }
+        Err(e) => return reject(&invite, StatusCode::NotAcceptableHere, &e.to_string()),
     };
     let over = if offer.tls { "TCP/TLS" } else { "TCP" };
     ladder.step(
@@ -258,80 +242,40 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
         (true, Some(identity), Some(fingerprint)) => Some((identity, fingerprint)),
         (true, _, _) => {
             let why = "TCP/TLS offered but channel_tls is off";
-            return reject(&mut tx, &call_id, StatusCode::NotAcceptableHere, why).await;
+            return reject(&invite, StatusCode::NotAcceptableHere, why);
         }
     };
-    let stack = &shared.stack;
-    let signalling = Signalling::of(&tx);
+    let signalling = Signalling::of(&invite);
     if shared.settings.require_tls && signalling.transport != SipTransport::Tls {
         let why = format!("require_tls: the INVITE came over {}", signalling.transport);
-        return reject(&mut tx, &call_id, StatusCode::Forbidden, &why).await;
+        return reject(&invite, StatusCode::Forbidden, &why);
     }
-    let transport = signalling.transport;
-    let (state_sender, mut states) = stack.dialogs.new_dialog_state_channel();
-    let dialog = match stack.dialogs.get_or_create_server_invite(
-        &tx,
-        state_sender,
-        None,
-        Some(stack.contact(&number, transport)),
-    ) {
-        Ok(dialog) => dialog,
-        Err(e) => {
-            warn!(call_id = %call_id, "cannot make the dialog: {e}");
-            return reject(
-                &mut tx,
-                &call_id,
-                StatusCode::ServerInternalError,
-                "no dialog",
-            )
-            .await;
-        }
+    let contact = shared.stack.contact(&number, signalling.transport);
+    if !invite.ring(&contact) {
+        return info!(call_id = %invite.call_id(), "the caller gave up before ringing");
+    }
+    ladder.step(Label::R1, "180 Ringing");
+    let admitted = tokio::select! {
+        admission = handler.admit(&number, &from) => Some(admission),
+        _ = invite.ended() => None,
     };
-    let dialog_id = dialog.id();
-    // Runs the INVITE transaction: 100, our answers, then ACK or CANCEL.
-    let mut invite_dialog = dialog.clone();
-    let invite = tokio::spawn(async move { invite_dialog.handle(&mut tx).await });
-    ladder.step(Label::R1, "100 Trying");
-    // In-dialog requests (the caller's BYE) step into the same ladder.
-    let known = shared.know_ladder(&call_id, &ladder);
-
-    match ring(&dialog, &ladder) {
-        Err(e) => warn!(call_id = %call_id, "cannot ring: {e}"),
-        Ok(()) => {
-            let admitted = tokio::select! {
-                admission = handler.admit(&number, &from) => Some(admission),
-                () = until_ended(&mut states, &ladder) => None,
+    match admitted {
+        None => info!(call_id = %invite.call_id(), "the caller gave up while ringing"),
+        Some(Admission::Answer) => {
+            let call = Answered {
+                shared: &shared,
+                invite: &invite,
+                contact,
+                number,
+                from,
             };
-            match admitted {
-                None => info!(call_id = %call_id, "the caller gave up while ringing"),
-                Some(Admission::Answer) => {
-                    let call = Answered {
-                        shared: &shared,
-                        dialog: &dialog,
-                        call_id: &call_id,
-                        number,
-                        from,
-                        ladder: ladder.clone(),
-                        bye_answered: known.bye_answered.clone(),
-                    };
-                    let peers = signalling.channel_peers(offer.address, tls.is_some());
-                    call.run(handler, &peers, tls, &mut states).await;
-                }
-                Some(Admission::Busy(why)) => refuse(&dialog, &call_id, StatusCode::BusyHere, why),
-                Some(Admission::Unavailable(why)) => {
-                    refuse(&dialog, &call_id, StatusCode::TemporarilyUnavailable, why)
-                }
-            }
+            let peers = signalling.channel_peers(offer.address, tls.is_some());
+            call.run(handler, &peers, tls).await;
         }
-    }
-    stack.dialogs.remove_dialog(&dialog_id);
-    // The transaction waits for a late ACK or a CANCEL only briefly.
-    let abort = invite.abort_handle();
-    if tokio::time::timeout(std::time::Duration::from_secs(2), invite)
-        .await
-        .is_err()
-    {
-        abort.abort();
+        Some(Admission::Busy(why)) => reject(&invite, StatusCode::BusyHere, &why),
+        Some(Admission::Unavailable(why)) => {
+            reject(&invite, StatusCode::TemporarilyUnavailable, &why)
+        }
     }
 }
 
@@ -339,22 +283,14 @@ async fn answer_invite(shared: Arc<Shared>, mut tx: Transaction) {
 struct Signalling {
     transport: SipTransport,
     /// The other end of the connection (or the datagram's source).
-    peer: Option<IpAddr>,
+    peer: IpAddr,
 }
 
 impl Signalling {
-    fn of(tx: &Transaction) -> Signalling {
-        let connection = tx.connection.as_ref();
+    fn of(invite: &ServerInvite) -> Signalling {
         Signalling {
-            transport: connection
-                .and_then(|c| c.get_addr().r#type)
-                .unwrap_or(SipTransport::Udp),
-            peer: connection
-                .and_then(|c| c.get_remote_addr())
-                .and_then(|remote| match remote.addr.host {
-                    rsipstack::sip::Host::IpAddr(ip) => Some(ip),
-                    rsipstack::sip::Host::Domain(_) => None,
-                }),
+            transport: invite.transport,
+            peer: invite.peer.ip(),
         }
     }
 
@@ -370,39 +306,23 @@ impl Signalling {
     /// swap the fingerprint, so the offer's address is the only one taken.
     fn channel_peers(&self, offered: IpAddr, channel_tls: bool) -> Vec<IpAddr> {
         let mut peers = vec![offered];
-        if let (SipTransport::Tls, true, Some(peer)) = (self.transport, channel_tls, self.peer) {
-            if peer.to_canonical() != offered.to_canonical() {
-                peers.push(peer);
+        if let (SipTransport::Tls, true) = (self.transport, channel_tls) {
+            if self.peer.to_canonical() != offered.to_canonical() {
+                peers.push(self.peer);
             }
         }
         peers
     }
 }
 
-/// R1 180.
-fn ring(dialog: &InviteDialog, ladder: &Ladder) -> Result<(), String> {
-    dialog.ringing(None, None).map_err(|e| e.to_string())?;
-    ladder.step(Label::R1, "180 Ringing");
-    Ok(())
-}
-
-/// Refuses a call that is ringing.
-fn refuse(dialog: &InviteDialog, call_id: &str, status: StatusCode, why: String) {
-    info!(call_id = %call_id, "R2 {status}: {why}");
-    if let Err(e) = dialog.reject(Some(status), Some(why)) {
-        debug!(call_id = %call_id, "refusing: {e}");
-    }
-}
-
 /// A call we answer: the channel listener, the 200, the session.
 struct Answered<'a> {
     shared: &'a Shared,
-    dialog: &'a InviteDialog,
-    call_id: &'a str,
+    invite: &'a ServerInvite,
+    /// Our Contact in this call.
+    contact: Uri,
     number: String,
     from: String,
-    ladder: Ladder,
-    bye_answered: Arc<tokio::sync::Notify>,
 }
 
 impl Answered<'_> {
@@ -414,9 +334,9 @@ impl Answered<'_> {
         handler: Arc<dyn CallHandler>,
         callers: &[IpAddr],
         tls: Option<(&ChannelIdentity, [u8; 32])>,
-        states: &mut DialogStateReceiver,
     ) {
-        let (shared, dialog, call_id) = (self.shared, self.dialog, self.call_id);
+        let (shared, invite) = (self.shared, self.invite);
+        let call_id = invite.call_id();
         let listener = match shared
             .ports
             .listen(shared.settings.channel_bind_address())
@@ -425,22 +345,18 @@ impl Answered<'_> {
             Ok(listener) => listener,
             Err(e) => {
                 warn!(call_id = %call_id, "{e}");
-                let status = StatusCode::ServiceUnavailable;
-                return refuse(dialog, call_id, status, e.to_string());
+                return reject(invite, StatusCode::ServiceUnavailable, &e.to_string());
             }
         };
         // The listener's port at the address peers reach us on (NAT).
         let reached_at =
             SocketAddr::new(shared.settings.sdp_address(), listener.local_addr().port());
         let answer = ChannelDescription::answer(reached_at, tls.map(|(i, _)| i.fingerprint));
-        let accepted = dialog.accept(
-            Some(vec![Header::ContentType("application/sdp".into())]),
-            Some(answer.to_sdp(crate::caller::rand_session_id()).into_bytes()),
-        );
-        if let Err(e) = accepted {
-            return warn!(call_id = %call_id, "cannot answer: {e}");
+        let sdp = answer.to_sdp(crate::caller::rand_session_id());
+        if !invite.accept(&self.contact, sdp.as_bytes()) {
+            return info!(call_id = %call_id, "the caller gave up before the answer");
         }
-        let ladder = self.ladder;
+        let ladder = invite.ladder();
         ladder.step(Label::R2, "200 OK");
         ladder.step(
             Label::R3,
@@ -450,25 +366,28 @@ impl Answered<'_> {
         // The caller's channel may arrive before its ACK: accept at once.
         let timeout = shared.settings.channel_accept_timeout();
         let accepted = tokio::select! {
-            accepted = listener.accept(callers, tls, timeout) => Some(accepted),
-            () = until_ended(states, &ladder) => None,
+            accepted = listener.accept(callers, tls, timeout) => Ok(accepted),
+            ending = invite.ended() => Err(ending),
         };
         match accepted {
-            None => info!(call_id = %call_id, "call ended before the channel opened"),
-            Some(Err(e)) => {
-                warn!(call_id = %call_id, "channel: {e}");
-                hang_up(&shared.stack, dialog, &ladder, "no channel").await;
+            Err(Ending::NoAck) => {
+                warn!(call_id = %call_id, "no ACK to our 200");
+                hang_up(shared, invite, &self.contact, "no ACK").await;
             }
-            Some(Ok(channel)) => {
+            Err(_) => info!(call_id = %call_id, "call ended before the channel opened"),
+            Ok(Err(e)) => {
+                warn!(call_id = %call_id, "channel: {e}");
+                hang_up(shared, invite, &self.contact, "no channel").await;
+            }
+            Ok(Ok(channel)) => {
                 let info = CallInfo {
                     call_id: call_id.to_string(),
                     number: self.number,
                     from: self.from,
                     peer: channel.peer(),
-                    ladder,
+                    ladder: ladder.clone(),
                 };
-                let bye_answered = &self.bye_answered;
-                run_session(shared, handler, channel, info, dialog, states, bye_answered).await;
+                run_session(shared, handler, channel, info, invite, &self.contact).await;
             }
         }
     }
@@ -485,111 +404,68 @@ async fn run_session(
     handler: Arc<dyn CallHandler>,
     channel: Channel,
     info: CallInfo,
-    dialog: &InviteDialog,
-    states: &mut DialogStateReceiver,
-    bye_answered: &tokio::sync::Notify,
+    invite: &ServerInvite,
+    contact: &Uri,
 ) {
     let call_id = info.call_id.clone();
     let ladder = info.ladder.clone();
     ladder.step(Label::T4, format!("channel opened from {}", channel.peer()));
     ladder.step(Label::T5, "session running");
+    // On the application's runtime; cancelled when given up on.
     let session = tokio::time::timeout(
         shared.settings.session_timeout(),
         handler.handle(channel, info.clone()),
     );
-    tokio::pin!(session);
-    let caller_hung_up = tokio::select! {
+    let mut session = Session(shared.sessions.spawn(session));
+    let ending = tokio::select! {
         // The caller ends the call (S7) once its session is over: give its
         // BYE a moment before hanging up ourselves, so that the two ends do
         // not both send BYE.
-        _ = &mut session => {
-            tokio::time::timeout(BYE_GRACE, until_ended(states, &ladder))
-                .await
-                .is_ok()
-        }
+        _ = &mut session.0 => tokio::time::timeout(BYE_GRACE, invite.ended()).await.ok(),
         // A BYE does not cut the handler short at once: the caller closed
         // the channel first, so the handler sees its end and finishes what
         // it received. One still waiting for more is ended with the call.
-        () = until_ended(states, &ladder) => {
-            match tokio::time::timeout(SESSION_AFTER_BYE, &mut session).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => warn!(call_id = %call_id, "session timed out"),
+        ending = invite.ended() => {
+            match tokio::time::timeout(SESSION_AFTER_BYE, &mut session.0).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(_))) => warn!(call_id = %call_id, "session timed out"),
+                Ok(Err(e)) => warn!(call_id = %call_id, "session failed: {e}"),
                 Err(_) => info!(call_id = %call_id, "the caller hung up: session ended"),
             }
-            true
+            Some(ending)
         }
     };
     ladder.step(Label::T6, "channel closed");
-    let bye_seen = ladder.rungs().iter().any(|rung| rung.label == Label::T7);
-    if caller_hung_up {
-        // The dialog ends as the caller's BYE is answered: let that answer
-        // (R4) reach the ladder first.
-        if bye_seen {
-            let _ = tokio::time::timeout(BYE_GRACE, bye_answered.notified()).await;
-        }
-    } else {
-        hang_up(&shared.stack, dialog, &ladder, "session done").await;
+    // The caller's BYE was answered as it came (R4 is in the ladder).
+    if ending != Some(Ending::Bye) {
+        hang_up(shared, invite, contact, "session done").await;
     }
-    handler.ended(&info);
+    drop(session);
+    shared.sessions.spawn(async move { handler.ended(&info) });
 }
 
-/// Records the ACK and returns when the dialog ends (BYE, CANCEL, timeout).
-async fn until_ended(states: &mut DialogStateReceiver, ladder: &Ladder) {
-    while let Some(state) = states.recv().await {
-        match state {
-            DialogState::Confirmed(..) => ladder.step(Label::T2, "ACK received"),
-            DialogState::Terminated(_, reason) => {
-                debug!(call_id = %ladder.call_id(), "dialog ended: {reason:?}");
-                return;
-            }
-            _ => {}
-        }
+/// A session running on the application's runtime, stopped when dropped.
+struct Session(tokio::task::JoinHandle<Result<(), tokio::time::error::Elapsed>>);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
-async fn hang_up(stack: &Stack, dialog: &InviteDialog, ladder: &Ladder, reason: &str) {
-    if matches!(dialog.state(), DialogState::Terminated(..)) {
-        return;
-    }
-    let call_id = ladder.call_id();
+/// T7 our BYE, R4 its answer.
+async fn hang_up(shared: &Shared, invite: &ServerInvite, contact: &Uri, reason: &str) {
+    let call_id = invite.call_id();
+    let ladder = invite.ladder();
     ladder.step(Label::T7, format!("BYE ({reason})"));
-    match stack.unless_stopped(dialog.bye()).await {
+    invite.end();
+    let stack = &shared.stack;
+    match stack
+        .unless_stopped(invite.bye(&stack.inner(), contact))
+        .await
+    {
         Some(Ok(())) => ladder.step(Label::R4, "BYE answered"),
         Some(Err(e)) => warn!(call_id = %call_id, "BYE failed: {e}"),
         None => info!(call_id = %call_id, "R4 not awaited: the user agent stopped"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn invite_with_via(via: &str) -> Request {
-        let text = format!(
-            "INVITE sip:1@127.0.0.1 SIP/2.0\r\nVia: {via}\r\nFrom: <sip:a@x>;tag=1\r\n\
-             To: <sip:1@127.0.0.1>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n\
-             Content-Length: 0\r\n\r\n"
-        );
-        Request::try_from(text.as_str()).unwrap()
-    }
-
-    #[test]
-    fn the_source_is_received_else_the_via_host() {
-        let cases = [
-            ("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1", "10.0.0.1"),
-            (
-                "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;received=192.0.2.7",
-                "192.0.2.7",
-            ),
-            ("SIP/2.0/TCP [::1]:5060;branch=z9hG4bK1", "::1"),
-        ];
-        for (via, expected) in cases {
-            let source = source_of(&invite_with_via(via));
-            assert_eq!(source, Some(expected.parse().unwrap()), "{via}");
-        }
-        assert_eq!(
-            source_of(&invite_with_via("SIP/2.0/UDP host.example;branch=z9hG4bK1")),
-            None
-        );
     }
 }

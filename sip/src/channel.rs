@@ -1,19 +1,20 @@
 //! The call channel: the TCP (or TLS over TCP) connection negotiated in SDP.
-//! The callee opens a one-shot listener from the configured port range and
-//! accepts exactly one connection from the negotiated peer; the caller
-//! connects to the answered address.
+//! The callee takes a listener on a port from the configured range and
+//! accepts exactly one connection from the negotiated peer on it; the
+//! caller connects to the answered address.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 use crate::tls::ChannelIdentity;
 
@@ -111,20 +112,40 @@ pub enum ChannelError {
     Tls(SocketAddr, String),
 }
 
-/// Hands out channel ports from the configured range, round robin, and
-/// counts the listeners open (for `Stats`).
+/// Hands out channel listeners on ports from the configured range, round
+/// robin, and counts those handed out (for `Stats`).
+///
+/// A listener comes back when its call is done with it: after its one
+/// connection was accepted, or when the call ended before any came (BYE,
+/// CANCEL). The next call takes it instead of binding a new one: opening
+/// and closing a listener per call cost about a tenth of the callee's CPU.
+/// One whose wait timed out is closed instead, since its caller may still
+/// be connecting; a returned one unused for `IDLE` is closed too.
 pub(crate) struct PortPool {
     range: RangeInclusive<u16>,
     next: AtomicU16,
     open: Arc<AtomicUsize>,
+    idle: Arc<Idle>,
 }
+
+/// Listeners waiting for their next call, with when each came back.
+type Idle = Mutex<Vec<(TcpListener, Instant)>>;
+
+/// How long a returned listener waits for its next call.
+const IDLE: Duration = Duration::from_secs(2);
+
+/// At most this many wait: a burst's worth, not the whole range.
+const MOST_IDLE: usize = 128;
 
 impl PortPool {
     pub fn new(range: RangeInclusive<u16>) -> Self {
+        let idle = Arc::new(Idle::default());
+        tokio::spawn(close_idle(Arc::downgrade(&idle)));
         PortPool {
             next: AtomicU16::new(*range.start()),
             range,
             open: Arc::new(AtomicUsize::new(0)),
+            idle,
         }
     }
 
@@ -132,8 +153,37 @@ impl PortPool {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Binds a listener on the first free port after the last one handed out.
+    /// A returned listener on `address`, else a new one on the first free
+    /// port after the last one bound.
     pub async fn listen(&self, address: IpAddr) -> Result<ChannelListener, ChannelError> {
+        let listener = match self.returned(address) {
+            Some(listener) => listener,
+            None => self.bind(address).await?,
+        };
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(ChannelListener {
+            listener: Some(listener),
+            open: self.open.clone(),
+            idle: Arc::downgrade(&self.idle),
+        })
+    }
+
+    fn returned(&self, address: IpAddr) -> Option<TcpListener> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let at = idle.iter().rposition(|(listener, _)| {
+            listener
+                .local_addr()
+                .is_ok_and(|bound| bound.ip() == address)
+        })?;
+        let (listener, _) = idle.swap_remove(at);
+        drop(idle);
+        // A connection that came after its last call ended is nobody's.
+        let mut context = Context::from_waker(std::task::Waker::noop());
+        while let Poll::Ready(Ok(_)) = listener.poll_accept(&mut context) {}
+        Some(listener)
+    }
+
+    async fn bind(&self, address: IpAddr) -> Result<TcpListener, ChannelError> {
         let (first, last) = (*self.range.start(), *self.range.end());
         let count = usize::from(last - first) + 1;
         for _ in 0..count {
@@ -144,13 +194,7 @@ impl PortPool {
                 })
                 .unwrap_or(first);
             match TcpListener::bind(SocketAddr::new(address, port)).await {
-                Ok(listener) => {
-                    self.open.fetch_add(1, Ordering::Relaxed);
-                    return Ok(ChannelListener {
-                        listener,
-                        open: self.open.clone(),
-                    });
-                }
+                Ok(listener) => return Ok(listener),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
                 Err(e) => return Err(ChannelError::Listen(e)),
             }
@@ -159,22 +203,49 @@ impl PortPool {
     }
 }
 
-/// A one-shot listener: it accepts one connection, from the negotiated
-/// peer, and closes when dropped.
+/// Closes the listeners unused for `IDLE`, until the pool is gone.
+async fn close_idle(idle: Weak<Idle>) {
+    loop {
+        tokio::time::sleep(IDLE / 2).await;
+        let Some(idle) = idle.upgrade() else {
+            return;
+        };
+        let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|(_, since)| since.elapsed() < IDLE);
+    }
+}
+
+/// A listener for one call's channel: it accepts one connection, from the
+/// negotiated peer; dropped, it goes back to its pool (see `PortPool`).
 pub(crate) struct ChannelListener {
-    listener: TcpListener,
+    /// None once closed for good.
+    listener: Option<TcpListener>,
     open: Arc<AtomicUsize>,
+    idle: Weak<Idle>,
 }
 
 impl Drop for ChannelListener {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        let (Some(listener), Some(idle)) = (self.listener.take(), self.idle.upgrade()) else {
+            return;
+        };
+        let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MOST_IDLE {
+            idle.push((listener, Instant::now()));
+        }
     }
 }
 
 impl ChannelListener {
-    pub fn local_addr(&self) -> SocketAddr {
+    fn listener(&self) -> &TcpListener {
         self.listener
+            .as_ref()
+            .expect("closed only when dropped or timed out")
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener()
             .local_addr()
             .expect("a bound listener has an address")
     }
@@ -184,7 +255,7 @@ impl ChannelListener {
     /// TLS, the caller must show the certificate whose fingerprint it
     /// offered.
     pub async fn accept(
-        self,
+        mut self,
         peers: &[IpAddr],
         tls: Option<(&ChannelIdentity, [u8; 32])>,
         timeout: Duration,
@@ -192,9 +263,12 @@ impl ChannelListener {
         let offered = peers[0];
         let deadline = tokio::time::Instant::now() + timeout;
         let (stream, from) = loop {
-            let accepted = tokio::time::timeout_at(deadline, self.listener.accept())
-                .await
-                .map_err(|_| ChannelError::AcceptTimeout(offered))?;
+            let accepted = tokio::time::timeout_at(deadline, self.listener().accept()).await;
+            let Ok(accepted) = accepted else {
+                // Closed, not reused: the caller may still be connecting.
+                self.listener = None;
+                return Err(ChannelError::AcceptTimeout(offered));
+            };
             match accepted {
                 Ok((stream, from)) if peers.iter().any(|&peer| same_host(from.ip(), peer)) => {
                     break (stream, from)
@@ -202,7 +276,10 @@ impl ChannelListener {
                 Ok((_, from)) => {
                     tracing::warn!(%from, expected = ?peers, "channel connection from a stranger closed")
                 }
-                Err(e) => return Err(ChannelError::Listen(e)),
+                Err(e) => {
+                    self.listener = None;
+                    return Err(ChannelError::Listen(e));
+                }
             }
         };
         stream.set_nodelay(true).ok();
@@ -376,6 +453,50 @@ mod tests {
         assert_eq!(pool.open_listeners(), 0);
         // The one port of the range is free again.
         pool.listen(LOOPBACK).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_listener_comes_back_for_the_next_call_unless_its_wait_timed_out() {
+        let pool = PortPool::new(46150..=46159);
+        // Ended before any connection came (the caller's BYE): back to the pool.
+        let first = pool.listen(LOOPBACK).await.unwrap();
+        let port = first.local_addr().port();
+        drop(first);
+        let second = pool.listen(LOOPBACK).await.unwrap();
+        assert_eq!(second.local_addr().port(), port, "taken again");
+        // A connection left over from its last call is nobody's: closed,
+        // and the next caller's is the one accepted.
+        let mut stale = TcpStream::connect(SocketAddr::new(LOOPBACK, port))
+            .await
+            .unwrap();
+        drop(second);
+        let third = pool.listen(LOOPBACK).await.unwrap();
+        assert_eq!(third.local_addr().port(), port);
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(SECOND, stale.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "the stale connection is closed"
+        );
+        let accepted = tokio::spawn(async move { third.accept(&[LOOPBACK], None, SECOND).await });
+        let _channel = connect(SocketAddr::new(LOOPBACK, port), None, SECOND)
+            .await
+            .unwrap();
+        let accepted = accepted.await.unwrap().unwrap();
+        assert_eq!(accepted.peer().ip(), LOOPBACK);
+        // One whose wait timed out is closed: its caller may still come.
+        let waited = pool.listen(LOOPBACK).await.unwrap();
+        let waited_port = waited.local_addr().port();
+        assert_eq!(waited_port, port, "back after its accepted connection");
+        let error = waited
+            .accept(&[LOOPBACK], None, Duration::from_millis(20))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ChannelError::AcceptTimeout(_)));
+        let next = pool.listen(LOOPBACK).await.unwrap();
+        assert_ne!(next.local_addr().port(), port, "a new one");
     }
 
     #[tokio::test]

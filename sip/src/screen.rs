@@ -23,6 +23,7 @@
 //! The RFC 4475 torture messages (`sip/tests/torture/`) are its test
 //! corpus, over UDP and TCP (`sip/tests/torture.rs`).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use rsipstack::sip::{Method, SipMessage};
@@ -80,6 +81,39 @@ pub enum Verdict {
     Drop { why: String },
 }
 
+/// A message the screen does not pass: answered, or dropped.
+#[derive(Debug)]
+pub(crate) enum Rejected {
+    /// As `Verdict::Answer`.
+    Answer {
+        response: Vec<u8>,
+        status: u16,
+        why: String,
+        to_port: u16,
+    },
+    /// As `Verdict::Drop`.
+    Drop { why: String },
+}
+
+impl From<Rejected> for Verdict {
+    fn from(rejected: Rejected) -> Verdict {
+        match rejected {
+            Rejected::Answer {
+                response,
+                status,
+                why,
+                to_port,
+            } => Verdict::Answer {
+                response,
+                status,
+                why,
+                to_port,
+            },
+            Rejected::Drop { why } => Verdict::Drop { why },
+        }
+    }
+}
+
 /// Why a request is refused: the status, the reason (our Warning), and a
 /// header the status calls for (`Allow` with 501, `Unsupported` with 420).
 struct Refusal {
@@ -112,17 +146,84 @@ impl Refusal {
 /// Screens one message from `source`. `bytes` is the whole datagram, or
 /// one message cut from a stream (head, blank line, Content-Length bytes).
 pub fn screen(bytes: &[u8], framing: Framing, source: SocketAddr) -> Verdict {
+    let passed = check(bytes, framing, source);
+    match passed.and_then(|passed| Ok((passed.len, passed.parse(source, framing)?))) {
+        Ok((len, message)) => Verdict::Pass { len, message },
+        Err(rejected) => rejected.into(),
+    }
+}
+
+/// `screen` short of rsipstack's parse: a message that passed is read only
+/// as far as its start line and headers (`Passed`), which is all the
+/// requests of the calls we answer need (`uas`); the rest is parsed.
+pub(crate) fn check(
+    bytes: &[u8],
+    framing: Framing,
+    source: SocketAddr,
+) -> Result<Passed<'_>, Rejected> {
     let head = Head::read(bytes);
     if head.start.starts_with(b"SIP/") {
-        // A response nobody can parse is discarded (RFC 3261 §18.1.2).
-        return match pass(bytes, &head, framing) {
-            Ok(verdict) => verdict,
-            Err(refusal) => Verdict::Drop { why: refusal.why },
+        // A response nobody can read is discarded (RFC 3261 §18.1.2).
+        return match length(bytes, &head, framing) {
+            Ok(len) => Ok(Passed { head, bytes, len }),
+            Err(refusal) => Err(Rejected::Drop { why: refusal.why }),
         };
     }
-    match judge(&head).and_then(|()| pass(bytes, &head, framing)) {
-        Ok(verdict) => verdict,
-        Err(refusal) => head.answer(refusal, source, framing),
+    match judge(&head).and_then(|()| length(bytes, &head, framing)) {
+        Ok(len) => Ok(Passed { head, bytes, len }),
+        Err(refusal) => Err(head.answer(refusal, source, framing)),
+    }
+}
+
+/// A message that passed the screen: its start line and headers (names in
+/// lower case, full forms), and its length.
+pub(crate) struct Passed<'a> {
+    head: Head<'a>,
+    bytes: &'a [u8],
+    len: usize,
+}
+
+impl Passed<'_> {
+    /// The request's method (a response's version).
+    pub fn method(&self) -> &str {
+        let start = self.head.start;
+        let end = start.iter().position(|&b| b == b' ').unwrap_or(start.len());
+        std::str::from_utf8(&start[..end]).unwrap_or_default()
+    }
+
+    /// Every header, (lower-case full name, value), in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.head
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_ref(), value.as_ref()))
+    }
+
+    /// The first value of header `name` (lower case, full form).
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.head.value(name)
+    }
+
+    /// The top Via as an answer carries it (`received`, and `rport` when
+    /// asked for: RFC 3581), and the port a datagram answer goes to.
+    pub fn answer_via(&self, source: SocketAddr, framing: Framing) -> Option<(String, u16)> {
+        let top = self.head.value("via")?;
+        Some(received(top, source, framing))
+    }
+
+    /// rsipstack's parse (of the normal form, where the header section
+    /// needed it: RFC 3261 §7.3.1, folding and LWS change no meaning).
+    pub fn parse(&self, source: SocketAddr, framing: Framing) -> Result<SipMessage, Rejected> {
+        // Only an abnormal message costs a copy.
+        let normal = self
+            .head
+            .abnormal
+            .then(|| self.head.normal_form(self.bytes, self.len));
+        let readable = normal.as_deref().unwrap_or(&self.bytes[..self.len]);
+        SipMessage::try_from(readable).map_err(|e| {
+            let refusal = Refusal::bad(format!("unreadable: {e}"));
+            self.head.answer(refusal, source, framing)
+        })
     }
 }
 
@@ -134,14 +235,14 @@ pub(crate) fn refuse(
     why: String,
     source: SocketAddr,
     framing: Framing,
-) -> Verdict {
+) -> Rejected {
     Head::read(head).answer(Refusal::new(status, why), source, framing)
 }
 
 /// A request's grammar and what a UA must refuse before looking further,
 /// in the order of RFC 3261 §8.2: method (§8.2.1), headers (§8.2.2).
 fn judge(head: &Head) -> Result<(), Refusal> {
-    let line = RequestLine::read(&head.start).map_err(Refusal::bad)?;
+    let line = RequestLine::read(head.start).map_err(Refusal::bad)?;
     if line.version != "SIP/2.0" {
         return Err(match line.version.starts_with("SIP/") {
             true => Refusal::new(505, format!("only SIP/2.0, not {}", line.version)),
@@ -218,8 +319,9 @@ fn judge(head: &Head) -> Result<(), Refusal> {
 /// left out: it matters to proxies, and a UAS answers without it.
 const MANDATORY: [&str; 5] = ["via", "from", "to", "call-id", "cseq"];
 
-/// The message as rsipstack gets it, if its length and syntax are right.
-fn pass(bytes: &[u8], head: &Head, framing: Framing) -> Result<Verdict, Refusal> {
+/// How much of `bytes` is the message: all of a stream message (framed by
+/// its Content-Length already), a datagram up to its Content-Length.
+fn length(bytes: &[u8], head: &Head, framing: Framing) -> Result<usize, Refusal> {
     let length = head.content_length().map_err(Refusal::bad)?;
     let len = match (length, framing) {
         (Some(length), Framing::Datagram) => {
@@ -239,12 +341,7 @@ fn pass(bytes: &[u8], head: &Head, framing: Framing) -> Result<Verdict, Refusal>
         let why = format!("{len} bytes is too much for UDP: use TCP");
         return Err(Refusal::new(513, why));
     }
-    // Only an abnormal message costs a copy.
-    let normal = head.abnormal.then(|| head.normal_form(bytes, len));
-    let readable = normal.as_deref().unwrap_or(&bytes[..len]);
-    let message =
-        SipMessage::try_from(readable).map_err(|e| Refusal::bad(format!("unreadable: {e}")))?;
-    Ok(Verdict::Pass { len, message })
+    Ok(len)
 }
 
 /// The request line, `Method SP Request-URI SP SIP-Version`.
@@ -430,11 +527,12 @@ fn check_addresses(value: &str, many: bool) -> Result<(), &'static str> {
 }
 
 /// The start line and headers, read leniently: enough to judge a message
-/// and to copy what an answer must echo.
-struct Head {
-    start: Vec<u8>,
+/// and to copy what an answer must echo. Borrowed from the message: only a
+/// folded or abnormal value, or a name not in lower case, is a copy.
+struct Head<'a> {
+    start: &'a [u8],
     /// (lower-case full name, value unfolded) in order.
-    headers: Vec<(String, String)>,
+    headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     body_start: usize,
     /// The first thing wrong with the header section itself.
     broken: Option<String>,
@@ -444,8 +542,8 @@ struct Head {
     abnormal: bool,
 }
 
-impl Head {
-    fn read(bytes: &[u8]) -> Head {
+impl<'a> Head<'a> {
+    fn read(bytes: &'a [u8]) -> Head<'a> {
         let (section, body_start, mut broken) = match find(bytes, b"\r\n\r\n") {
             Some(at) => (&bytes[..at], at + 4, None),
             None => (
@@ -458,37 +556,56 @@ impl Head {
             [rest @ .., b'\r'] => rest,
             line => line,
         });
-        let start = lines.next().unwrap_or_default().to_vec();
-        let mut headers: Vec<(String, String)> = Vec::new();
+        let start = lines.next().unwrap_or_default();
+        let mut headers: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(16);
         let mut abnormal = false;
+        // One check for the whole section; a line at a time only if it fails.
+        let all_utf8 = std::str::from_utf8(section).is_ok();
         for line in lines {
-            let text = String::from_utf8_lossy(line);
-            if broken.is_none() && std::str::from_utf8(line).is_err() {
+            let text = match all_utf8 {
+                // Checked above: a line of a UTF-8 section is UTF-8.
+                true => Cow::Borrowed(std::str::from_utf8(line).unwrap_or_default()),
+                false => String::from_utf8_lossy(line),
+            };
+            if broken.is_none() && matches!(text, Cow::Owned(_)) {
                 broken = Some("a header line is not UTF-8".into());
             }
             if let (Some(b' ' | b'\t'), Some((_, value))) = (line.first(), headers.last_mut()) {
                 // Folded: a continuation of the previous value (§7.3.1).
+                let value = value.to_mut();
                 if !value.is_empty() {
                     value.push(' ');
                 }
-                value.push_str(text.trim());
+                value.push_str(text.trim_ascii());
                 abnormal = true;
                 continue;
             }
-            match text.split_once(':') {
-                Some((name, value)) if is_header_name(name.trim_end()) => {
-                    abnormal |= name.len() != name.trim_end().len();
-                    let name = full_name(name.trim_end());
-                    headers.push((name, value.trim().to_string()));
-                }
-                _ => {
-                    broken.get_or_insert_with(|| format!("header line without a name: {text:?}"));
-                }
+            let Some(colon) = text.bytes().position(|b| b == b':') else {
+                broken.get_or_insert_with(|| format!("header line without a name: {text:?}"));
+                continue;
+            };
+            let given = &text[..colon];
+            let name = given.trim_ascii_end();
+            if !is_header_name(name) {
+                broken.get_or_insert_with(|| format!("header line without a name: {text:?}"));
+                continue;
             }
+            abnormal |= given.len() != name.len();
+            let (name, value) = match text {
+                Cow::Borrowed(text) => {
+                    let name = header_name(&text[..name.len()]);
+                    (name, Cow::Borrowed(text[colon + 1..].trim_ascii()))
+                }
+                Cow::Owned(ref text) => {
+                    let name = Cow::Owned(header_name(name).into_owned());
+                    (name, Cow::Owned(text[colon + 1..].trim_ascii().to_string()))
+                }
+            };
+            headers.push((name, value));
         }
         for (name, value) in &mut headers {
             if let Some(normal) = normal_value(name, value) {
-                *value = normal;
+                *value = Cow::Owned(normal);
                 abnormal = true;
             }
         }
@@ -505,7 +622,7 @@ impl Head {
     /// values without LWS around their separators; the body as it came.
     fn normal_form(&self, bytes: &[u8], len: usize) -> Vec<u8> {
         let mut normal = Vec::with_capacity(len);
-        normal.extend_from_slice(&self.start);
+        normal.extend_from_slice(self.start);
         for (name, value) in &self.headers {
             normal.extend_from_slice(b"\r\n");
             normal.extend_from_slice(name.as_bytes());
@@ -517,15 +634,18 @@ impl Head {
         normal
     }
 
-    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    fn values<'b>(&'b self, name: &'b str) -> impl Iterator<Item = &'b str> + 'b {
         self.headers
             .iter()
             .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
-    fn value<'a>(&'a self, name: &'a str) -> Option<&'a str> {
-        self.values(name).next()
+    fn value(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_ref())
     }
 
     /// Content-Length, if given; every copy must agree and be a number.
@@ -544,7 +664,7 @@ impl Head {
     }
 
     /// Our answer (or silence, where there is nobody to answer).
-    fn answer(&self, refusal: Refusal, source: SocketAddr, framing: Framing) -> Verdict {
+    fn answer(&self, refusal: Refusal, source: SocketAddr, framing: Framing) -> Rejected {
         let Refusal {
             status,
             why,
@@ -553,11 +673,11 @@ impl Head {
         let vias: Vec<&str> = self.values("via").collect();
         if self.start.starts_with(b"SIP/") {
             // Responses are never answered (§18.1.2).
-            return Verdict::Drop { why };
+            return Rejected::Drop { why };
         }
         if self.start.starts_with(b"ACK ") || vias.is_empty() {
             // No answer to an ACK (§17.2.1); none without a Via to send it by (§8.2.6.2).
-            return Verdict::Drop { why };
+            return Rejected::Drop { why };
         }
         let (top, to_port) = received(vias[0], source, framing);
         let mut response = format!("SIP/2.0 {status} {}\r\n", reason_phrase(status));
@@ -586,7 +706,7 @@ impl Head {
             "\r\n"
         ));
         response.push_str("Content-Length: 0\r\n\r\n");
-        Verdict::Answer {
+        Rejected::Answer {
             response: response.into_bytes(),
             status,
             why,
@@ -739,32 +859,73 @@ fn reason_phrase(status: u16) -> &'static str {
 
 /// Compact header forms (RFC 3261 §7.3.3, and those extensions register
 /// in IANA's SIP header table) to full lower-case names.
-fn full_name(name: &str) -> String {
-    let name = name.to_ascii_lowercase();
-    let full = match name.as_str() {
-        "a" => "accept-contact",
-        "b" => "referred-by",
-        "c" => "content-type",
-        "d" => "request-disposition",
-        "e" => "content-encoding",
-        "f" => "from",
-        "i" => "call-id",
-        "j" => "reject-contact",
-        "k" => "supported",
-        "l" => "content-length",
-        "m" => "contact",
-        "n" => "identity-info",
-        "o" => "event",
-        "r" => "refer-to",
-        "s" => "subject",
-        "t" => "to",
-        "u" => "allow-events",
-        "v" => "via",
-        "x" => "session-expires",
-        "y" => "identity",
-        _ => return name,
+fn compact_form(name: &str) -> Option<&'static str> {
+    let [letter] = name.as_bytes() else {
+        return None;
     };
-    full.to_string()
+    Some(match letter.to_ascii_lowercase() {
+        b'a' => "accept-contact",
+        b'b' => "referred-by",
+        b'c' => "content-type",
+        b'd' => "request-disposition",
+        b'e' => "content-encoding",
+        b'f' => "from",
+        b'i' => "call-id",
+        b'j' => "reject-contact",
+        b'k' => "supported",
+        b'l' => "content-length",
+        b'm' => "contact",
+        b'n' => "identity-info",
+        b'o' => "event",
+        b'r' => "refer-to",
+        b's' => "subject",
+        b't' => "to",
+        b'u' => "allow-events",
+        b'v' => "via",
+        b'x' => "session-expires",
+        b'y' => "identity",
+        _ => return None,
+    })
+}
+
+/// The headers nearly every message has, in lower case: their names are
+/// not copied.
+const COMMON: [&str; 18] = [
+    "via",
+    "from",
+    "to",
+    "call-id",
+    "cseq",
+    "contact",
+    "max-forwards",
+    "content-type",
+    "content-length",
+    "user-agent",
+    "server",
+    "allow",
+    "supported",
+    "route",
+    "record-route",
+    "expires",
+    "require",
+    "date",
+];
+
+/// A header's full name in lower case (compact forms expanded).
+fn header_name(name: &str) -> Cow<'_, str> {
+    if let Some(full) = compact_form(name) {
+        return Cow::Borrowed(full);
+    }
+    if let Some(common) = COMMON
+        .iter()
+        .find(|common| common.eq_ignore_ascii_case(name))
+    {
+        return Cow::Borrowed(common);
+    }
+    match name.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => Cow::Owned(name.to_ascii_lowercase()),
+        false => Cow::Borrowed(name),
+    }
 }
 
 fn display_name(name: &str) -> &str {
@@ -1131,7 +1292,7 @@ mod tests {
         let source = SOURCE.parse().unwrap();
         assert!(matches!(
             refuse(response, 400, "no length".into(), source, Framing::Stream),
-            Verdict::Drop { .. }
+            Rejected::Drop { .. }
         ));
         assert_eq!(outcome("\u{1}\u{2} not SIP at all \r\n\r\n").0, "drop");
     }

@@ -1,8 +1,8 @@
 //! The SIP stack underneath: rsipstack's transports (UDP, TCP, TLS), its
 //! transaction endpoint and its dialog layer, set up from our settings, on
 //! our own sockets (`transports`).
-//! Only this module, `caller`, `callee`, `register` and `locate` see
-//! rsipstack types.
+//! Only this module, `caller`, `callee`, `uas`, `register` and `locate`
+//! see rsipstack types.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use crate::locate::NextHop;
 use crate::screen::ALLOWED_METHODS;
 use crate::sips::SignallingTls;
 use crate::transports::{serve_streams, serve_udp, Outgoing, StreamTarget, UdpSender};
+use crate::uas::Answering;
 use crate::SipError;
 
 /// rsipstack's endpoint and dialog layer, with the addresses we listen on.
@@ -40,20 +41,21 @@ pub(crate) struct Stack {
     pub transport: Transport,
     outgoing: Outgoing,
     connect_timeout: std::time::Duration,
+    /// The calls we answer (`uas`): their requests never reach rsipstack.
+    pub answering: Arc<Answering>,
 }
 
 impl Stack {
     /// Binds the transports; the caller must run `serve` and read `incoming`.
     pub async fn bind(settings: &SipSettings) -> Result<(Stack, TransactionReceiver), SipError> {
         let cancel = CancellationToken::new();
+        let answering = Answering::start(cancel.clone());
         let transports = TransportLayer::new(cancel.clone());
         let mut udp = None;
         let mut udp_receiving = None;
         if let Some(address) = settings.udp_listen {
             let bind_error = |e: &dyn std::fmt::Display| SipError::Bind(address, e.to_string());
-            let socket = tokio::net::UdpSocket::bind(address)
-                .await
-                .map_err(|e| bind_error(&e))?;
+            let socket = bind_udp(address).map_err(|e| bind_error(&e))?;
             let socket = Arc::new(socket);
             let bound = socket.local_addr().map_err(|e| bind_error(&e))?;
             // Behind NAT, Via names the external address (rsipstack takes
@@ -108,17 +110,24 @@ impl Stack {
             .map_err(|e| SipError::Stack(e.to_string()))?;
         let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
         if let Some((socket, connection)) = udp_receiving {
-            let serving = serve_udp(socket, connection, endpoint.inner.clone(), cancel.clone());
-            tokio::spawn(serving);
+            let (inner, answering) = (endpoint.inner.clone(), answering.clone());
+            tokio::spawn(serve_udp(
+                socket,
+                connection,
+                inner,
+                answering,
+                cancel.clone(),
+            ));
         }
-        if let Some(listener) = tcp_listener {
-            let serving = serve_streams(listener, None, endpoint.inner.clone(), cancel.clone());
-            tokio::spawn(serving);
-        }
-        if let Some(listener) = tls_listener {
-            let acceptor = signalling_tls.acceptor.clone();
-            let serving = serve_streams(listener, acceptor, endpoint.inner.clone(), cancel.clone());
-            tokio::spawn(serving);
+        for (listener, acceptor) in [
+            (tcp_listener, None),
+            (tls_listener, signalling_tls.acceptor.clone()),
+        ] {
+            if let Some(listener) = listener {
+                let (inner, answering) = (endpoint.inner.clone(), answering.clone());
+                let serving = serve_streams(listener, acceptor, inner, answering, cancel.clone());
+                tokio::spawn(serving);
+            }
         }
         let stack = Stack {
             endpoint: Arc::new(endpoint),
@@ -133,6 +142,7 @@ impl Stack {
             transport: settings.transport,
             outgoing: Outgoing::default(),
             connect_timeout: settings.channel_connect_timeout(),
+            answering,
         };
         Ok((stack, incoming))
     }
@@ -146,12 +156,15 @@ impl Stack {
         endpoint.serve().await
     }
 
-    /// Transactions the endpoint still tracks.
+    /// Transactions the endpoint still tracks, and the calls we answer
+    /// still remembered (each an INVITE transaction at least).
     pub fn transactions(&self) -> usize {
-        self.endpoint
+        let rsipstack = self
+            .endpoint
             .inner
             .get_running_transactions()
-            .map_or(0, |keys| keys.len())
+            .map_or(0, |keys| keys.len());
+        rsipstack + self.answering.remembered()
     }
 
     /// Our own Call-ID (rsipstack's default names another domain).
@@ -223,6 +236,7 @@ impl Stack {
             .connect(
                 target,
                 &self.endpoint.inner,
+                &self.answering,
                 &self.cancel,
                 self.connect_timeout,
             )
@@ -263,6 +277,28 @@ pub(crate) fn ip_of(text: &str) -> Option<IpAddr> {
         rsipstack::sip::Host::IpAddr(ip) => Some(ip),
         rsipstack::sip::Host::Domain(_) => None,
     }
+}
+
+/// What a UDP socket's buffers are asked to hold (the kernel caps it at
+/// net.core.rmem_max / wmem_max): the default, about 200 KiB, overflows
+/// in bursts of a few hundred calls, and a request lost there waits for
+/// its retransmission, half a second later.
+const UDP_BUFFER: usize = 1 << 20;
+
+/// Binds the UDP socket, with room for bursts.
+fn bind_udp(address: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    // Best effort: a smaller buffer is no reason not to run.
+    socket.set_recv_buffer_size(UDP_BUFFER).ok();
+    socket.set_send_buffer_size(UDP_BUFFER).ok();
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
 }
 
 /// Binds a stream listener; port 0 takes `udp`'s port when it is free for

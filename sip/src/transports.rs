@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use rsipstack::sip::Transport as SipTransport;
+use bytes::{Bytes, BytesMut};
+use rsipstack::sip::{SipMessage, Transport as SipTransport};
 use rsipstack::transaction::endpoint::EndpointInnerRef;
 use rsipstack::transport::channel::ChannelConnection;
 use rsipstack::transport::tcp::TcpConnection;
@@ -31,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::framing::{next_frame, Frame, PING, PONG};
-use crate::screen::{self, Framing, Verdict};
+use crate::screen::{self, Framing, Passed, Rejected};
 use crate::sips::SignallingTls;
+use crate::uas::{Answering, Arrival, Path, Take};
 
 /// How long a TLS handshake may take, either way.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,10 +64,17 @@ pub(crate) async fn serve_udp(
     socket: Arc<UdpSocket>,
     connection: UdpConnection,
     endpoint: EndpointInnerRef,
+    answering: Arc<Answering>,
     cancel: CancellationToken,
 ) {
     // Big enough for any datagram, so an oversized one is seen whole.
     let mut buffer = vec![0u8; 65_536];
+    let mut arrival = Arrival {
+        transport: SipTransport::Udp,
+        peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+        path: Path::Datagram(socket.clone()),
+        connection: SipConnection::Udp(connection.clone()),
+    };
     loop {
         let received = tokio::select! {
             received = socket.recv_from(&mut buffer) => received,
@@ -88,14 +96,19 @@ pub(crate) async fn serve_udp(
         if datagram.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let message = match screen::screen(datagram, Framing::Datagram, source) {
-            Verdict::Pass { message, .. } => message,
-            Verdict::Answer {
+        arrival.peer = source;
+        let message = match screen::check(datagram, Framing::Datagram, source)
+            .and_then(|passed| for_stack(&passed, &arrival, &answering))
+        {
+            Ok(Some(message)) => message,
+            // A request of a call we answer: answered.
+            Ok(None) => continue,
+            Err(Rejected::Answer {
                 response,
                 status,
                 why,
                 to_port,
-            } => {
+            }) => {
                 info!(%source, "{status} to a request over UDP: {why}");
                 let to = SocketAddr::new(source.ip(), to_port);
                 if let Err(e) = socket.send_to(&response, to).await {
@@ -103,7 +116,7 @@ pub(crate) async fn serve_udp(
                 }
                 continue;
             }
-            Verdict::Drop { why } => {
+            Err(Rejected::Drop { why }) => {
                 debug!(%source, "dropped a message over UDP: {why}");
                 continue;
             }
@@ -129,11 +142,34 @@ pub(crate) async fn serve_udp(
     }
 }
 
+/// What rsipstack gets of a message that passed the screen: nothing of the
+/// requests of the calls we answer (`uas` answers them, and starts new
+/// calls); the rest parsed, or the screen's answer when it cannot be.
+pub(crate) fn for_stack(
+    passed: &Passed,
+    arrival: &Arrival,
+    answering: &Arc<Answering>,
+) -> Result<Option<SipMessage>, Rejected> {
+    let take = answering.take(passed, arrival);
+    if let Take::Done = take {
+        return Ok(None);
+    }
+    let message = passed.parse(arrival.peer, arrival.framing())?;
+    match (take, message) {
+        (Take::NewCall(call), SipMessage::Request(invite)) => {
+            answering.begin(*call, invite, arrival);
+            Ok(None)
+        }
+        (_, message) => Ok(Some(message)),
+    }
+}
+
 /// Accepts SIP over TCP, or over TLS with `tls`, until `cancel`.
 pub(crate) async fn serve_streams(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     endpoint: EndpointInnerRef,
+    answering: Arc<Answering>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -145,22 +181,17 @@ pub(crate) async fn serve_streams(
             Ok((stream, peer)) => {
                 stream.set_nodelay(true).ok();
                 let (endpoint, cancel) = (endpoint.clone(), cancel.child_token());
+                let answering = answering.clone();
                 let Some(tls) = tls.clone() else {
-                    tokio::spawn(serve_stream(
-                        stream,
-                        peer,
-                        SipTransport::Tcp,
-                        OpenedBy::Peer,
-                        endpoint,
-                        cancel,
-                    ));
+                    let peer = (peer, SipTransport::Tcp, OpenedBy::Peer);
+                    tokio::spawn(serve_stream(stream, peer, endpoint, answering, cancel));
                     continue;
                 };
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            let tls = SipTransport::Tls;
-                            serve_stream(stream, peer, tls, OpenedBy::Peer, endpoint, cancel).await
+                            let peer = (peer, SipTransport::Tls, OpenedBy::Peer);
+                            serve_stream(stream, peer, endpoint, answering, cancel).await
                         }
                         Ok(Err(e)) => info!(%peer, "SIP over TLS: handshake failed: {e}"),
                         Err(_) => info!(%peer, "SIP over TLS: handshake timed out"),
@@ -199,10 +230,9 @@ enum OpenedBy {
 /// through that connection and is written here.
 async fn serve_stream<S>(
     stream: S,
-    peer: SocketAddr,
-    transport: SipTransport,
-    opened_by: OpenedBy,
+    (peer, transport, opened_by): (SocketAddr, SipTransport, OpenedBy),
     endpoint: EndpointInnerRef,
+    answering: Arc<Answering>,
     cancel: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -229,7 +259,16 @@ async fn serve_stream<S>(
     };
     let connection = SipConnection::Channel(bridge);
     endpoint.transport_layer.add_connection(connection.clone());
-    tokio::spawn(write_from_stack(from_stack, writer.clone(), cancel.clone()));
+    // Our answers in the calls we answer take the same writer.
+    let (answers, from_answering) = tokio::sync::mpsc::unbounded_channel();
+    let arrival = Arrival {
+        transport,
+        peer,
+        path: Path::Stream(answers),
+        connection: connection.clone(),
+    };
+    let queues = (from_stack, from_answering);
+    tokio::spawn(write_from_stack(queues, writer.clone(), cancel.clone()));
     if opened_by == OpenedBy::Us {
         tokio::spawn(keep_alive(writer.clone(), KEEP_ALIVE, cancel.clone()));
     }
@@ -261,40 +300,46 @@ async fn serve_stream<S>(
                         break 'reading;
                     }
                 }
-                Frame::Message(bytes) => match screen::screen(&bytes, Framing::Stream, peer) {
-                    Verdict::Pass { message, .. } => {
-                        let message =
-                            match SipConnection::update_msg_received(message, peer, transport) {
+                Frame::Message(bytes) => {
+                    let checked = screen::check(&bytes, Framing::Stream, peer);
+                    match checked.and_then(|passed| for_stack(&passed, &arrival, &answering)) {
+                        Ok(Some(message)) => {
+                            let message = match SipConnection::update_msg_received(
+                                message, peer, transport,
+                            ) {
                                 Ok(message) => message,
                                 Err(e) => {
                                     debug!(%peer, "unusable Via: {e}");
                                     continue;
                                 }
                             };
-                        let received =
-                            endpoint.on_received_message(message, connection.clone(), &remote);
-                        if let Err(e) = received.await {
-                            debug!(%peer, "SIP over {transport}: {e}");
+                            let received =
+                                endpoint.on_received_message(message, connection.clone(), &remote);
+                            if let Err(e) = received.await {
+                                debug!(%peer, "SIP over {transport}: {e}");
+                            }
+                        }
+                        // A request of a call we answer: answered.
+                        Ok(None) => {}
+                        Err(Rejected::Answer {
+                            response,
+                            status,
+                            why,
+                            ..
+                        }) => {
+                            info!(%peer, "{status} to a request over {transport}: {why}");
+                            if write(&writer, &response).await.is_err() {
+                                break 'reading;
+                            }
+                        }
+                        Err(Rejected::Drop { why }) => {
+                            debug!(%peer, "dropped a message over {transport}: {why}")
                         }
                     }
-                    Verdict::Answer {
-                        response,
-                        status,
-                        why,
-                        ..
-                    } => {
-                        info!(%peer, "{status} to a request over {transport}: {why}");
-                        if write(&writer, &response).await.is_err() {
-                            break 'reading;
-                        }
-                    }
-                    Verdict::Drop { why } => {
-                        debug!(%peer, "dropped a message over {transport}: {why}")
-                    }
-                },
+                }
                 Frame::Unframed { head, status, why } => {
                     info!(%peer, "{status} over {transport}, reading no further: {why}");
-                    if let Verdict::Answer { response, .. } =
+                    if let Rejected::Answer { response, .. } =
                         screen::refuse(&head, status, why, peer, Framing::Stream)
                     {
                         write(&writer, &response).await.ok();
@@ -312,26 +357,33 @@ async fn serve_stream<S>(
     cancel.cancel();
 }
 
-/// Writes what rsipstack sends on one connection, until `cancel`; what is
-/// queued at once goes out in one write (one system call, not one each).
+/// Writes what rsipstack and `Answering` send on one connection, until
+/// `cancel`; what is queued at once goes out in one write (one system
+/// call, not one each).
 async fn write_from_stack<S: AsyncWrite>(
-    mut from_stack: tokio::sync::mpsc::UnboundedReceiver<TransportEvent>,
+    (mut from_stack, mut from_answering): (
+        tokio::sync::mpsc::UnboundedReceiver<TransportEvent>,
+        tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    ),
     writer: Arc<tokio::sync::Mutex<WriteHalf<S>>>,
     cancel: CancellationToken,
 ) {
     let mut out = Vec::new();
     loop {
-        let event = tokio::select! {
-            event = from_stack.recv() => event,
-            () = cancel.cancelled() => None,
-        };
-        let Some(event) = event else {
-            break;
-        };
         out.clear();
-        append_message(&mut out, event);
+        tokio::select! {
+            event = from_stack.recv() => match event {
+                Some(event) => append_message(&mut out, event),
+                None => break,
+            },
+            Some(answer) = from_answering.recv() => out.extend_from_slice(&answer),
+            () = cancel.cancelled() => break,
+        }
         while let Ok(event) = from_stack.try_recv() {
             append_message(&mut out, event);
+        }
+        while let Ok(answer) = from_answering.try_recv() {
+            out.extend_from_slice(&answer);
         }
         if !out.is_empty() && write(&writer, &out).await.is_err() {
             break;
@@ -404,6 +456,7 @@ impl Outgoing {
         &self,
         target: StreamTarget<'_>,
         endpoint: &EndpointInnerRef,
+        answering: &Arc<Answering>,
         cancel: &CancellationToken,
         timeout: Duration,
     ) -> Result<(), String> {
@@ -438,10 +491,9 @@ impl Outgoing {
                 };
                 let serving = serve_stream(
                     stream,
-                    address,
-                    SipTransport::Tls,
-                    OpenedBy::Us,
+                    (address, SipTransport::Tls, OpenedBy::Us),
                     endpoint.clone(),
+                    answering.clone(),
                     token.clone(),
                 );
                 tokio::spawn(serving);

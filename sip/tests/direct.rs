@@ -83,7 +83,7 @@ async fn round_trip(transport: Transport, tls: bool) {
     assert!(rungs.windows(2).all(|w| w[0].at_us <= w[1].at_us));
     assert_eq!(call.sip_status, 200);
     assert_eq!(call.output, message, "the echo came back");
-    let received = echo.received.lock().unwrap().clone();
+    let received = echo.sessions(1).await;
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].1, message, "the callee's handler got the bytes");
     assert_eq!(received[0].0.call_id, call.call_id);

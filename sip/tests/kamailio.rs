@@ -73,7 +73,7 @@ async fn call_through_kamailio(auth: Auth, transport: Transport, check_refresh: 
 
     let message = b"MAIL FROM:<a@a.example>\r\n".to_vec();
     assert_eq!(call_when_registered(&a, "200", &message).await, message);
-    let received = echo.received.lock().unwrap().clone();
+    let received = echo.sessions(1).await;
     assert_eq!(received.last().unwrap().1, message);
     assert!(
         received.last().unwrap().0.from.contains("100"),

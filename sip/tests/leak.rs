@@ -84,7 +84,7 @@ async fn a_thousand_calls_leave_nothing_behind() {
     tokio::time::timeout(Duration::from_secs(150), all)
         .await
         .expect("a thousand calls in time");
-    assert_eq!(echo.received.lock().unwrap().len(), CALLS + 2);
+    assert_eq!(echo.sessions(CALLS + 2).await.len(), CALLS + 2);
 
     // UDP transactions linger for 64*T1 (32 s) after their last message.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(45);

@@ -64,10 +64,16 @@ impl Peer {
         self.socket.local_addr().unwrap()
     }
 
-    /// Sends `message`, returns every response within QUIET.
+    /// Sends `message`, returns its answers within QUIET: those with its
+    /// Call-ID (a final answer to an earlier INVITE we never ACK is sent
+    /// again meanwhile, RFC 3261 §17.2.1).
     async fn exchange(&self, message: &[u8]) -> Vec<String> {
         self.socket.send_to(message, self.to).await.unwrap();
-        self.responses().await
+        let sent = String::from_utf8_lossy(message);
+        let call_id = header(&sent, "Call-ID").or_else(|| header(&sent, "i"));
+        let mut responses = self.responses().await;
+        responses.retain(|response| header(response, "Call-ID") == call_id);
+        responses
     }
 
     async fn responses(&self) -> Vec<String> {

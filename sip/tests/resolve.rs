@@ -108,7 +108,7 @@ async fn an_enum_number_is_called_where_dns_says_failing_over_to_the_live_host()
         .await
         .unwrap_or_else(|e| panic!("{e}: {:?}", ladder.rungs()));
     assert_eq!(call.output, message);
-    assert_eq!(echo.received.lock().unwrap()[0].0.number, "05022220000");
+    assert_eq!(echo.sessions(1).await[0].0.number, "05022220000");
 
     let steps = texts(&ladder).join("\n");
     for expected in [
@@ -277,7 +277,7 @@ async fn a_503_sends_the_call_to_the_next_target() {
             .any(|text| text.contains("unavailable (503)") && text.contains("next target")),
         "{rungs:?}"
     );
-    assert_eq!(echo.received.lock().unwrap().len(), 1);
+    assert_eq!(echo.sessions(1).await.len(), 1);
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -84,7 +84,7 @@ async fn register_and_call_over_tls(auth: Auth) {
     let invite = rungs.iter().find(|rung| rung.label == Label::T1).unwrap();
     assert!(invite.text.contains("to TLS 127.0.0.1"), "{rungs:?}");
     // B answered, so its INVITE came over TLS (it requires it).
-    assert_eq!(echo.received.lock().unwrap().len(), 1);
+    assert_eq!(echo.sessions(1).await.len(), 1);
     for agent in [&a, &b] {
         let registrations = agent.registrations();
         assert_eq!(registrations.len(), 1);

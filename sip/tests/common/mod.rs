@@ -72,6 +72,22 @@ impl CallHandler for Echo {
     }
 }
 
+impl Echo {
+    /// The sessions so far, once there are `count` at least (waiting, up
+    /// to 10 s: a session ends on the test's runtime a moment after the
+    /// caller got its echo back).
+    pub async fn sessions(&self, count: usize) -> Vec<(CallInfo, Vec<u8>)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let received = self.received.lock().unwrap().clone();
+            if received.len() >= count || tokio::time::Instant::now() >= deadline {
+                return received;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// The caller's session: sends `message`, closes its side, returns the echo.
 pub async fn send_and_read_back(mut channel: Channel, message: Vec<u8>) -> Vec<u8> {
     channel.write_all(&message).await.unwrap();
