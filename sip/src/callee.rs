@@ -1,7 +1,8 @@
-//! The callee (UAS): answers INVITEs for our numbers from allowed sources
-//! with 180 and a 200 naming a one-shot channel listener, hands the
-//! channel to the handler, and ends the call with BYE. Also answers every
-//! other request that reaches us outside a call (OPTIONS, stray BYE, …).
+//! The callee (UAS) policy: answers INVITEs for our numbers from allowed
+//! sources with 180 and a 200 naming a channel listener, hands the channel
+//! to the handler (on the application's runtime), and ends the call with
+//! BYE; the protocol under it is `uas`'s. Also answers the requests that
+//! reach rsipstack outside our calls (OPTIONS, stray BYE, …).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -72,7 +72,7 @@ pub struct SipSettings {
     /// Addresses and networks (`10.0.0.0/8`) allowed to call us; the
     /// outbound proxy and the registrar are allowed implicitly.
     pub allowed_sources: Vec<Network>,
-    /// The ports our one-shot channel listeners take (`40000-40099`).
+    /// The ports our channel listeners take (`40000-40099`), one call's at a time.
     pub channel_ports: String,
     /// The address in our SDP (answer and offer); default: the SIP listen address.
     pub channel_address: Option<IpAddr>,

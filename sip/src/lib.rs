@@ -2,9 +2,11 @@
 //! (S5–S7 of DESIGN.md: INVITE, ACK, the SDP-negotiated channel, BYE) and
 //! answers calls to ours, handing each call's channel to a handler.
 //!
-//! rsipstack does the SIP (parser, transports, transactions, dialogs,
-//! digest); its types stay inside this crate so it can be swapped.
-//! It logs every raw message at INFO: filter `rsipstack=warn`.
+//! rsipstack does the SIP of our calls and registrations (parser,
+//! transactions, dialogs, digest); the calls we answer are ours from the
+//! socket up (`screen`, `uas`), as rsipstack's server side cost four times
+//! sipp's CPU per call. Its types stay inside this crate so it can be
+//! swapped. It logs every raw message at INFO: filter `rsipstack=warn`.
 
 mod callee;
 mod caller;

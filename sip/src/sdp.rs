@@ -1,7 +1,7 @@
 //! SDP offer and answer for the call channel (RFC 4145 TCP-based media,
 //! RFC 4572/8122 fingerprints): the caller offers `m=application 9 TCP smtp`
 //! and connects (`a=setup:active`); the callee answers with the address and
-//! port of its one-shot listener (`a=setup:passive`).
+//! port of the call's listener (`a=setup:passive`).
 
 use std::net::{IpAddr, SocketAddr};
 
