@@ -526,6 +526,42 @@ fn check_addresses(value: &str, many: bool) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The lines of a header section, each as bytes and as text: borrowed
+/// when the section is UTF-8 (checked once, as a whole), else each line
+/// made readable (a line that is not UTF-8 is refused, `Head::broken`).
+enum Lines<'a> {
+    Text(std::str::Split<'a, char>),
+    Bytes(std::slice::Split<'a, u8, fn(&u8) -> bool>),
+}
+
+impl<'a> Lines<'a> {
+    fn of(section: &'a [u8]) -> Lines<'a> {
+        match std::str::from_utf8(section) {
+            Ok(text) => Lines::Text(text.split('\n')),
+            Err(_) => Lines::Bytes(section.split(|&b| b == b'\n')),
+        }
+    }
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = (&'a [u8], Cow<'a, str>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Lines::Text(lines) => {
+                let line = lines.next()?;
+                let line = line.strip_suffix('\r').unwrap_or(line);
+                Some((line.as_bytes(), Cow::Borrowed(line)))
+            }
+            Lines::Bytes(lines) => {
+                let line = lines.next()?;
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                Some((line, String::from_utf8_lossy(line)))
+            }
+        }
+    }
+}
+
 /// The start line and headers, read leniently: enough to judge a message
 /// and to copy what an answer must echo. Borrowed from the message: only a
 /// folded or abnormal value, or a name not in lower case, is a copy.
@@ -552,21 +588,11 @@ impl<'a> Head<'a> {
                 Some("no blank line after the headers".to_string()),
             ),
         };
-        let mut lines = section.split(|&b| b == b'\n').map(|line| match line {
-            [rest @ .., b'\r'] => rest,
-            line => line,
-        });
-        let start = lines.next().unwrap_or_default();
+        let mut lines = Lines::of(section);
+        let start = lines.next().map(|(line, _)| line).unwrap_or_default();
         let mut headers: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(16);
         let mut abnormal = false;
-        // One check for the whole section; a line at a time only if it fails.
-        let all_utf8 = std::str::from_utf8(section).is_ok();
-        for line in lines {
-            let text = match all_utf8 {
-                // Checked above: a line of a UTF-8 section is UTF-8.
-                true => Cow::Borrowed(std::str::from_utf8(line).unwrap_or_default()),
-                false => String::from_utf8_lossy(line),
-            };
+        for (line, text) in lines {
             if broken.is_none() && matches!(text, Cow::Owned(_)) {
                 broken = Some("a header line is not UTF-8".into());
             }
@@ -944,7 +970,7 @@ fn display_name(name: &str) -> &str {
 }
 
 pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 #[cfg(test)]
