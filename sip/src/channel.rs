@@ -354,11 +354,11 @@ mod tests {
 
     #[tokio::test]
     async fn tcp_channel_carries_bytes_both_ways_and_the_listener_is_counted() {
-        let pool = PortPool::new(46100..=46109);
+        let pool = PortPool::new(32100..=32109);
         let listener = pool.listen(LOOPBACK).await.unwrap();
         assert_eq!(pool.open_listeners(), 1);
         let addr = listener.local_addr();
-        assert!((46100..=46109).contains(&addr.port()));
+        assert!((32100..=32109).contains(&addr.port()));
         let callee = tokio::spawn(async move {
             echo_once(listener.accept(&[LOOPBACK], None, SECOND).await.unwrap()).await
         });
@@ -376,7 +376,7 @@ mod tests {
     async fn tls_channel_checks_both_fingerprints() {
         let caller = ChannelIdentity::generate().unwrap();
         let callee = Arc::new(ChannelIdentity::generate().unwrap());
-        let pool = PortPool::new(46110..=46119);
+        let pool = PortPool::new(32110..=32119);
         let listener = pool.listen(LOOPBACK).await.unwrap();
         let addr = listener.local_addr();
         let expected = caller.fingerprint;
@@ -418,7 +418,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_negotiated_peer_gets_the_channel() {
-        let pool = PortPool::new(46140..=46149);
+        let pool = PortPool::new(32140..=32149);
         let listener = pool.listen(LOOPBACK).await.unwrap();
         let addr = listener.local_addr();
         let accepted =
@@ -443,7 +443,7 @@ mod tests {
 
     #[tokio::test]
     async fn nobody_connecting_times_out_and_frees_the_port() {
-        let pool = PortPool::new(46120..=46120);
+        let pool = PortPool::new(32120..=32120);
         let listener = pool.listen(LOOPBACK).await.unwrap();
         let error = listener
             .accept(&[LOOPBACK], None, Duration::from_millis(50))
@@ -457,7 +457,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_listener_comes_back_for_the_next_call_unless_its_wait_timed_out() {
-        let pool = PortPool::new(46150..=46159);
+        let pool = PortPool::new(32150..=32159);
         // Ended before any connection came (the caller's BYE): back to the pool.
         let first = pool.listen(LOOPBACK).await.unwrap();
         let port = first.local_addr().port();
@@ -501,7 +501,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_range_is_reported() {
-        let pool = PortPool::new(46130..=46130);
+        let pool = PortPool::new(32130..=32130);
         let _held = pool.listen(LOOPBACK).await.unwrap();
         let error = pool.listen(LOOPBACK).await.err().unwrap();
         assert!(matches!(error, ChannelError::NoFreePort(_)), "{error}");

@@ -24,6 +24,7 @@
 //! corpus, over UDP and TCP (`sip/tests/torture.rs`).
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use rsipstack::sip::{Method, SipMessage};
@@ -766,12 +767,14 @@ fn normal_value(name: &str, value: &str) -> Option<String> {
         _ => b";=,",
     };
     let bytes = value.as_bytes();
-    // Cheap test first: most values have nothing to change.
-    let changes = bytes.windows(2).any(|pair| match pair {
-        [a, b] if is_lws(*a) && (is_lws(*b) || separators.contains(b)) => true,
-        [a, b] if separators.contains(a) && is_lws(*b) => true,
-        [b'\t', _] | [_, b'\t'] => true,
-        _ => false,
+    // Cheap test first: most values have nothing to change, and every
+    // change is at an LWS (a tab, or one next to LWS or a separator).
+    let changes = memchr::memchr2_iter(b' ', b'\t', bytes).any(|at| {
+        let before = at.checked_sub(1).map(|i| bytes[i]);
+        let after = bytes.get(at + 1).copied();
+        bytes[at] == b'\t'
+            || after.is_some_and(|b| is_lws(b) || separators.contains(&b))
+            || before.is_some_and(|b| separators.contains(&b))
     });
     if !changes {
         return None;
@@ -825,20 +828,22 @@ fn received(via: &str, source: SocketAddr, framing: Framing) -> (String, u16) {
         None => (via, None),
     };
     let mut parts = first.split(';');
-    let sent_by = parts.next().unwrap_or_default().trim().to_string();
-    let mut params: Vec<String> = Vec::new();
+    let sent_by = parts.next().unwrap_or_default().trim();
+    let mut top = String::with_capacity(via.len() + 48);
+    top.push_str(sent_by);
     let mut rport = false;
     for param in parts.map(str::trim) {
         let name = param.split('=').next().unwrap_or_default().trim();
         if name.eq_ignore_ascii_case("rport") {
             rport = true;
         } else if !name.eq_ignore_ascii_case("received") {
-            params.push(param.to_string());
+            top.push(';');
+            top.push_str(param);
         }
     }
-    params.push(format!("received={}", source.ip()));
+    let _ = write!(top, ";received={}", source.ip());
     if rport {
-        params.push(format!("rport={}", source.port()));
+        let _ = write!(top, ";rport={}", source.port());
     }
     let port = match (rport, framing) {
         (true, _) | (_, Framing::Stream) => source.port(),
@@ -853,7 +858,6 @@ fn received(via: &str, source: SocketAddr, framing: Framing) -> (String, u16) {
             port.and_then(|port| port.parse().ok()).unwrap_or(5060)
         }
     };
-    let mut top = format!("{sent_by};{}", params.join(";"));
     if let Some(rest) = rest {
         top.push(',');
         top.push_str(rest);

@@ -12,8 +12,8 @@
 //! From and To headers at every step. Under `scripts/bench-sip` the callee
 //! spent about 220 µs of CPU per call on this machine, sipp's UAS 57 µs;
 //! with this module (and the screen's view of each message in place of a
-//! second parse, `screen::Passed`) about 45–70 µs, as much as sipp's in the
-//! same minutes. A call is one map entry; its INVITE is parsed by rsipstack
+//! second parse, `screen::Passed`) about 45–70 µs, a fifth more than sipp's
+//! in the same minutes. A call is one map entry; its INVITE is parsed by rsipstack
 //! once, for the callee; its ACK and BYE are never parsed beyond the
 //! screen; its timers (retransmissions, how long an ended call is
 //! remembered) are entries in one queue served by one task (`timers`).
