@@ -7,16 +7,16 @@
 use std::net::SocketAddr;
 
 use libfuzzer_sys::fuzz_target;
-use mailcall_sip::fuzzing::{screen, Framing, Verdict};
+use mailcall_sip::fuzzing::{screen, Framing, Rejected, Verdict};
 
 fuzz_target!(|bytes: &[u8]| {
     let source: SocketAddr = "192.0.2.7:5070".parse().expect("an address");
     for framing in [Framing::Datagram, Framing::Stream] {
         match screen(bytes, framing, source) {
             Verdict::Pass { len, .. } => assert!(len <= bytes.len(), "{len} > {}", bytes.len()),
-            Verdict::Answer {
+            Verdict::Refused(Rejected::Answer {
                 response, status, ..
-            } => {
+            }) => {
                 let start = format!("SIP/2.0 {status} ");
                 assert!(
                     response.starts_with(start.as_bytes()),
@@ -28,7 +28,7 @@ fuzz_target!(|bytes: &[u8]| {
                     "a refusal must be an error, not {status}"
                 );
             }
-            Verdict::Drop { .. } => {}
+            Verdict::Refused(Rejected::Drop { .. }) => {}
         }
     }
 });

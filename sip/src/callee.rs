@@ -159,7 +159,7 @@ async fn dispatch(shared: Arc<Shared>, mut tx: Transaction) {
 const UNKNOWN_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 fn allow() -> Header {
-    Header::Other("Allow".into(), screen::allow_header())
+    Header::Other("Allow".into(), screen::allow_header().into())
 }
 
 /// The capability query: what we can do, and the SDP we take.

@@ -51,7 +51,7 @@ pub use sips::AnyCertificate;
 pub mod fuzzing {
     pub use crate::framing::{next_frame, Frame};
     pub use crate::locate::Substitution;
-    pub use crate::screen::{screen, Framing, Verdict};
+    pub use crate::screen::{screen, Framing, Rejected, Verdict};
     pub use crate::sdp::ChannelDescription;
 }
 

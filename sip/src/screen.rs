@@ -39,10 +39,13 @@ pub(crate) const ALLOWED_METHODS: [Method; 5] = [
 ];
 
 /// The value of our `Allow` header: every answer that lists our methods
-/// (200 to OPTIONS, 405, 501) says the same.
-pub(crate) fn allow_header() -> String {
-    let methods: Vec<String> = ALLOWED_METHODS.iter().map(|m| m.to_string()).collect();
-    methods.join(", ")
+/// (200 to OPTIONS, 405, 501) says the same, built once.
+pub(crate) fn allow_header() -> &'static str {
+    static ALLOW: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ALLOW.get_or_init(|| {
+        let methods: Vec<String> = ALLOWED_METHODS.iter().map(|m| m.to_string()).collect();
+        methods.join(", ")
+    })
 }
 
 /// The largest SIP message we take: rsipstack's own limit for streams, and
@@ -70,8 +73,15 @@ pub enum Verdict {
     /// its Content-Length), parsed, in normal form where the header section
     /// needed it (RFC 3261 §7.3.1: folding and LWS change no meaning).
     Pass { len: usize, message: SipMessage },
-    /// Answer with this response instead; `to_port` is where a datagram
-    /// answer goes on the source's address (RFC 3261 §18.2.2, RFC 3581).
+    /// Answer it or drop it instead.
+    Refused(Rejected),
+}
+
+/// A message the screen does not pass: answered, or dropped.
+#[derive(Debug)]
+pub enum Rejected {
+    /// Answer with this response; `to_port` is where a datagram answer goes
+    /// on the source's address (RFC 3261 §18.2.2, RFC 3581).
     Answer {
         response: Vec<u8>,
         status: u16,
@@ -80,39 +90,6 @@ pub enum Verdict {
     },
     /// Ignore it, as RFC 3261 says for what cannot be answered.
     Drop { why: String },
-}
-
-/// A message the screen does not pass: answered, or dropped.
-#[derive(Debug)]
-pub(crate) enum Rejected {
-    /// As `Verdict::Answer`.
-    Answer {
-        response: Vec<u8>,
-        status: u16,
-        why: String,
-        to_port: u16,
-    },
-    /// As `Verdict::Drop`.
-    Drop { why: String },
-}
-
-impl From<Rejected> for Verdict {
-    fn from(rejected: Rejected) -> Verdict {
-        match rejected {
-            Rejected::Answer {
-                response,
-                status,
-                why,
-                to_port,
-            } => Verdict::Answer {
-                response,
-                status,
-                why,
-                to_port,
-            },
-            Rejected::Drop { why } => Verdict::Drop { why },
-        }
-    }
 }
 
 /// Why a request is refused: the status, the reason (our Warning), and a
@@ -150,7 +127,7 @@ pub fn screen(bytes: &[u8], framing: Framing, source: SocketAddr) -> Verdict {
     let passed = check(bytes, framing, source);
     match passed.and_then(|passed| Ok((passed.len, passed.parse(source, framing)?))) {
         Ok((len, message)) => Verdict::Pass { len, message },
-        Err(rejected) => rejected.into(),
+        Err(rejected) => Verdict::Refused(rejected),
     }
 }
 
@@ -279,7 +256,7 @@ fn judge(head: &Head) -> Result<(), Refusal> {
         .is_ok_and(|known| known.to_string() == method);
     if !known {
         let why = format!("{method} is not a method we know");
-        return Err(Refusal::new(501, why).with("Allow", allow_header()));
+        return Err(Refusal::new(501, why).with("Allow", allow_header().to_string()));
     }
     let cseq = cseq_method(head.value("cseq").unwrap_or_default()).map_err(Refusal::bad)?;
     if cseq != method {
@@ -1005,8 +982,8 @@ mod tests {
     fn outcome(message: &str) -> (String, String) {
         match verdict(message, Framing::Datagram) {
             Verdict::Pass { .. } => ("pass".into(), String::new()),
-            Verdict::Drop { .. } => ("drop".into(), String::new()),
-            Verdict::Answer { response, .. } => {
+            Verdict::Refused(Rejected::Drop { .. }) => ("drop".into(), String::new()),
+            Verdict::Refused(Rejected::Answer { response, .. }) => {
                 let text = String::from_utf8(response).unwrap();
                 (text.lines().next().unwrap().to_string(), text)
             }
@@ -1064,7 +1041,7 @@ mod tests {
                 .replace("1 OPTIONS", "1 FOO")
         };
         let port = |m: &str| match verdict(m, Framing::Datagram) {
-            Verdict::Answer { to_port, .. } => to_port,
+            Verdict::Refused(Rejected::Answer { to_port, .. }) => to_port,
             other => panic!("{other:?}"),
         };
         assert_eq!(port(&unknown(&with_rport)), 5072);
@@ -1293,7 +1270,7 @@ mod tests {
         let at = message.windows(4).position(|w| w == b"peer").unwrap();
         message[at] = 0xff;
         match screen(&message, Framing::Datagram, SOURCE.parse().unwrap()) {
-            Verdict::Answer { status, why, .. } => {
+            Verdict::Refused(Rejected::Answer { status, why, .. }) => {
                 assert_eq!(status, 400);
                 assert_eq!(why, "a header line is not UTF-8");
             }

@@ -406,7 +406,7 @@ impl Answering {
             "OPTIONS" => {
                 let allow = screen::allow_header();
                 let extra = [
-                    ("Allow", allow.as_str()),
+                    ("Allow", allow),
                     ("Accept", "application/sdp"),
                     ("Supported", ""),
                 ];
@@ -417,7 +417,7 @@ impl Answering {
             // Methods we know but do not serve (§8.2.1).
             _ => {
                 let allow = screen::allow_header();
-                let extra = [("Allow", allow.as_str())];
+                let extra = [("Allow", allow)];
                 reply.send(&answer(StatusCode::MethodNotAllowed, &extra));
             }
         }

@@ -69,7 +69,7 @@ impl ServerInvite {
         }
         let allow = screen::allow_header();
         let contact = contact_value(contact);
-        let extra = [("Contact", contact.as_str()), ("Allow", allow.as_str())];
+        let extra = [("Contact", contact.as_str()), ("Allow", allow)];
         let body = Some(("application/sdp", sdp));
         self.call.answer(&mut state, StatusCode::OK, &extra, body);
         self.call.set_phase(&mut state, Phase::Accepted);
