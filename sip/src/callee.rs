@@ -22,7 +22,7 @@ use crate::sdp::{ChannelDescription, Setup};
 use crate::stack::ip_of;
 use crate::tls::ChannelIdentity;
 use crate::transports::for_stack;
-use crate::uas::{Arrival, Ending, Path, ServerInvite};
+use crate::uas::{contact_value, Arrival, Ending, Path, ServerInvite};
 use crate::{AdmitFuture, CallInfo, Channel, Counted, HandlerFuture, Shared};
 
 /// Whether a call to one of our numbers is answered.
@@ -83,8 +83,7 @@ pub(crate) fn answer_calls(shared: &Arc<Shared>) {
         };
         let counted = Counted::new(&shared.tasks);
         tokio::spawn(async move {
-            // Boxed: a call's future is big, and spawning moves it whole.
-            Box::pin(answer_invite(shared, invite)).await;
+            answer_invite(shared, invite).await;
             drop(counted);
         });
     });
@@ -202,12 +201,7 @@ async fn answer_invite(shared: Arc<Shared>, invite: ServerInvite) {
     let _counted = Counted::new(&shared.calls);
     let request = &invite.request;
     let number = request.uri.user().unwrap_or_default().to_string();
-    let from = request
-        .from_header()
-        .ok()
-        .and_then(|h| h.uri().ok())
-        .map(|uri| uri.to_string())
-        .unwrap_or_default();
+    let from = request.from.clone();
     let ladder = invite.ladder().clone();
     ladder.step(Label::T1, format!("INVITE {} from {from}", request.uri));
 
@@ -225,7 +219,7 @@ async fn answer_invite(shared: Arc<Shared>, invite: ServerInvite) {
         let status = StatusCode::TemporarilyUnavailable;
         return reject(&invite, status, "no handler for calls");
     };
-    let offer = match ChannelDescription::parse(&request.body) {
+    let offer = match ChannelDescription::parse(request.body()) {
         Ok(offer) if offer.setup != Setup::Passive => offer,
         Ok(_) => {
             let why = "the offer is passive: we only listen";
@@ -252,7 +246,8 @@ async fn answer_invite(shared: Arc<Shared>, invite: ServerInvite) {
         return reject(&invite, StatusCode::Forbidden, &why);
     }
     let contact = shared.stack.contact(&number, signalling.transport);
-    if !invite.ring(&contact) {
+    let contact_value = contact_value(&contact);
+    if !invite.ring(&contact_value) {
         return info!(call_id = %invite.call_id(), "the caller gave up before ringing");
     }
     ladder.step(Label::R1, "180 Ringing");
@@ -267,6 +262,7 @@ async fn answer_invite(shared: Arc<Shared>, invite: ServerInvite) {
                 shared: &shared,
                 invite: &invite,
                 contact,
+                contact_value,
                 number,
                 from,
             };
@@ -320,8 +316,9 @@ impl Signalling {
 struct Answered<'a> {
     shared: &'a Shared,
     invite: &'a ServerInvite,
-    /// Our Contact in this call.
+    /// Our Contact in this call, and as its header value.
     contact: Uri,
+    contact_value: String,
     number: String,
     from: String,
 }
@@ -354,7 +351,7 @@ impl Answered<'_> {
             SocketAddr::new(shared.settings.sdp_address(), listener.local_addr().port());
         let answer = ChannelDescription::answer(reached_at, tls.map(|(i, _)| i.fingerprint));
         let sdp = answer.to_sdp(crate::caller::rand_session_id());
-        if !invite.accept(&self.contact, sdp.as_bytes()) {
+        if !invite.accept(&self.contact_value, sdp.as_bytes()) {
             return info!(call_id = %call_id, "the caller gave up before the answer");
         }
         let ladder = invite.ladder();
@@ -388,7 +385,15 @@ impl Answered<'_> {
                     peer: channel.peer(),
                     ladder: ladder.clone(),
                 };
-                run_session(shared, handler, channel, info, invite, &self.contact).await;
+                Box::pin(run_session(
+                    shared,
+                    handler,
+                    channel,
+                    info,
+                    invite,
+                    &self.contact,
+                ))
+                .await;
             }
         }
     }
@@ -462,7 +467,7 @@ async fn hang_up(shared: &Shared, invite: &ServerInvite, contact: &Uri, reason: 
     invite.end();
     let stack = &shared.stack;
     match stack
-        .unless_stopped(invite.bye(&stack.inner(), contact))
+        .unless_stopped(Box::pin(invite.bye(&stack.inner(), contact)))
         .await
     {
         Some(Ok(())) => ladder.step(Label::R4, "BYE answered"),

@@ -128,8 +128,9 @@ pub(crate) struct PortPool {
     idle: Arc<Idle>,
 }
 
-/// Listeners waiting for their next call, with when each came back.
-type Idle = Mutex<Vec<(TcpListener, Instant)>>;
+/// Listeners waiting for their next call, each with its address (kept, not
+/// asked of the socket again) and when it came back.
+type Idle = Mutex<Vec<(TcpListener, SocketAddr, Instant)>>;
 
 /// How long a returned listener waits for its next call.
 const IDLE: Duration = Duration::from_secs(2);
@@ -156,34 +157,33 @@ impl PortPool {
     /// A returned listener on `address`, else a new one on the first free
     /// port after the last one bound.
     pub async fn listen(&self, address: IpAddr) -> Result<ChannelListener, ChannelError> {
-        let listener = match self.returned(address) {
-            Some(listener) => listener,
+        let (listener, bound) = match self.returned(address) {
+            Some(returned) => returned,
             None => self.bind(address).await?,
         };
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(ChannelListener {
             listener: Some(listener),
+            bound,
             open: self.open.clone(),
             idle: Arc::downgrade(&self.idle),
         })
     }
 
-    fn returned(&self, address: IpAddr) -> Option<TcpListener> {
+    fn returned(&self, address: IpAddr) -> Option<(TcpListener, SocketAddr)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let at = idle.iter().rposition(|(listener, _)| {
-            listener
-                .local_addr()
-                .is_ok_and(|bound| bound.ip() == address)
-        })?;
-        let (listener, _) = idle.swap_remove(at);
+        let at = idle
+            .iter()
+            .rposition(|(_, bound, _)| bound.ip() == address)?;
+        let (listener, bound, _) = idle.swap_remove(at);
         drop(idle);
         // A connection that came after its last call ended is nobody's.
         let mut context = Context::from_waker(std::task::Waker::noop());
         while let Poll::Ready(Ok(_)) = listener.poll_accept(&mut context) {}
-        Some(listener)
+        Some((listener, bound))
     }
 
-    async fn bind(&self, address: IpAddr) -> Result<TcpListener, ChannelError> {
+    async fn bind(&self, address: IpAddr) -> Result<(TcpListener, SocketAddr), ChannelError> {
         let (first, last) = (*self.range.start(), *self.range.end());
         let count = usize::from(last - first) + 1;
         for _ in 0..count {
@@ -193,8 +193,9 @@ impl PortPool {
                     Some(if p >= last { first } else { p + 1 })
                 })
                 .unwrap_or(first);
-            match TcpListener::bind(SocketAddr::new(address, port)).await {
-                Ok(listener) => return Ok(listener),
+            let bound = SocketAddr::new(address, port);
+            match TcpListener::bind(bound).await {
+                Ok(listener) => return Ok((listener, bound)),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
                 Err(e) => return Err(ChannelError::Listen(e)),
             }
@@ -211,7 +212,7 @@ async fn close_idle(idle: Weak<Idle>) {
             return;
         };
         let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|(_, since)| since.elapsed() < IDLE);
+        idle.retain(|(_, _, since)| since.elapsed() < IDLE);
     }
 }
 
@@ -220,6 +221,7 @@ async fn close_idle(idle: Weak<Idle>) {
 pub(crate) struct ChannelListener {
     /// None once closed for good.
     listener: Option<TcpListener>,
+    bound: SocketAddr,
     open: Arc<AtomicUsize>,
     idle: Weak<Idle>,
 }
@@ -232,7 +234,7 @@ impl Drop for ChannelListener {
         };
         let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MOST_IDLE {
-            idle.push((listener, Instant::now()));
+            idle.push((listener, self.bound, Instant::now()));
         }
     }
 }
@@ -245,9 +247,7 @@ impl ChannelListener {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener()
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.bound
     }
 
     /// Accepts the first connection from one of `peers` (the offer's
@@ -289,7 +289,9 @@ impl ChannelListener {
                 let acceptor = identity
                     .acceptor(expected)
                     .map_err(|e| ChannelError::Tls(from, e))?;
-                let tls = tokio::time::timeout_at(deadline, acceptor.accept(stream))
+                // Boxed: a handshake's state is large, and most channels have none.
+                let handshake = Box::pin(acceptor.accept(stream));
+                let tls = tokio::time::timeout_at(deadline, handshake)
                     .await
                     .map_err(|_| ChannelError::AcceptTimeout(offered))?
                     .map_err(|e| ChannelError::Tls(from, e.to_string()))?;

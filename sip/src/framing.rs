@@ -40,7 +40,7 @@ pub fn next_frame(buffer: &mut BytesMut) -> Option<Frame> {
             _ => break,
         }
     }
-    let Some(at) = screen::find(buffer, b"\r\n\r\n") else {
+    let Some(at) = screen::find_blank_line(buffer) else {
         return (buffer.len() > MAX_MESSAGE).then(|| {
             let head = buffer.split().to_vec();
             let why = format!("no end of headers in {MAX_MESSAGE} bytes");

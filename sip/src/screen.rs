@@ -38,6 +38,25 @@ pub(crate) const ALLOWED_METHODS: [Method; 5] = [
     Method::Options,
 ];
 
+/// The methods rsipstack knows (`Method`), as RFC 3261 and its extensions
+/// spell them: any other gets 501, one of these that we do not serve 405.
+const KNOWN_METHODS: [&str; 14] = [
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "INFO",
+    "INVITE",
+    "MESSAGE",
+    "NOTIFY",
+    "OPTIONS",
+    "PRACK",
+    "PUBLISH",
+    "REFER",
+    "REGISTER",
+    "SUBSCRIBE",
+    "UPDATE",
+];
+
 /// The value of our `Allow` header: every answer that lists our methods
 /// (200 to OPTIONS, 405, 501) says the same, built once.
 pub(crate) fn allow_header() -> &'static str {
@@ -189,19 +208,38 @@ impl Passed<'_> {
         Some(received(top, source, framing))
     }
 
-    /// rsipstack's parse (of the normal form, where the header section
-    /// needed it: RFC 3261 §7.3.1, folding and LWS change no meaning).
+    /// A request's Request-URI, as it came (`screen` read the line).
+    pub fn request_uri(&self) -> &str {
+        let start = std::str::from_utf8(self.head.start).unwrap_or_default();
+        start.split(' ').nth(1).unwrap_or_default()
+    }
+
+    /// The body (up to Content-Length).
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[self.head.body_start.min(self.len)..self.len]
+    }
+
+    /// The message as rsipstack's parser reads it: the normal form, where
+    /// the header section needed it (RFC 3261 §7.3.1: folding and LWS
+    /// change no meaning); only an abnormal message costs a copy.
+    pub fn readable(&self) -> Cow<'_, [u8]> {
+        match self.head.abnormal {
+            true => Cow::Owned(self.head.normal_form(self.bytes, self.len)),
+            false => Cow::Borrowed(&self.bytes[..self.len]),
+        }
+    }
+
+    /// rsipstack's parse (of `readable`).
     pub fn parse(&self, source: SocketAddr, framing: Framing) -> Result<SipMessage, Rejected> {
-        // Only an abnormal message costs a copy.
-        let normal = self
-            .head
-            .abnormal
-            .then(|| self.head.normal_form(self.bytes, self.len));
-        let readable = normal.as_deref().unwrap_or(&self.bytes[..self.len]);
-        SipMessage::try_from(readable).map_err(|e| {
-            let refusal = Refusal::bad(format!("unreadable: {e}"));
-            self.head.answer(refusal, source, framing)
-        })
+        SipMessage::try_from(&self.readable()[..])
+            .map_err(|e| self.unreadable(&e.to_string(), source, framing))
+    }
+
+    /// Our 400 to a message that passed the screen but that rsipstack
+    /// cannot read (`why`).
+    pub fn unreadable(&self, why: &str, source: SocketAddr, framing: Framing) -> Rejected {
+        let refusal = Refusal::bad(format!("unreadable: {why}"));
+        self.head.answer(refusal, source, framing)
     }
 }
 
@@ -251,10 +289,7 @@ fn judge(head: &Head) -> Result<(), Refusal> {
     }
     let method = line.method;
     // Methods are case-sensitive (§7.1): `invite` is an extension method.
-    let known = method
-        .parse::<Method>()
-        .is_ok_and(|known| known.to_string() == method);
-    if !known {
+    if !KNOWN_METHODS.contains(&method) {
         let why = format!("{method} is not a method we know");
         return Err(Refusal::new(501, why).with("Allow", allow_header().to_string()));
     }
@@ -334,8 +369,10 @@ impl<'a> RequestLine<'a> {
     fn read(start: &'a [u8]) -> Result<Self, String> {
         let text = std::str::from_utf8(start).map_err(|_| "Request-Line is not UTF-8")?;
         // Exactly one SP between the three parts, none after (§7.1, RFC 4475 §3.1.2.9-10).
-        let parts: Vec<&str> = text.split(' ').collect();
-        let [method, uri, version] = parts[..] else {
+        let mut parts = text.split(' ');
+        let (Some(method), Some(uri), Some(version), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(format!("bad Request-Line {text:?}"));
         };
         if method.is_empty() || !method.bytes().all(is_token_byte) {
@@ -558,7 +595,7 @@ struct Head<'a> {
 
 impl<'a> Head<'a> {
     fn read(bytes: &'a [u8]) -> Head<'a> {
-        let (section, body_start, mut broken) = match find(bytes, b"\r\n\r\n") {
+        let (section, body_start, mut broken) = match find_blank_line(bytes) {
             Some(at) => (&bytes[..at], at + 4, None),
             None => (
                 bytes,
@@ -950,8 +987,12 @@ fn display_name(name: &str) -> &str {
     }
 }
 
-pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(haystack, needle)
+/// Where the header section ends (the blank line's CRLF CRLF), with a
+/// searcher built once rather than at every message.
+pub(crate) fn find_blank_line(bytes: &[u8]) -> Option<usize> {
+    static BLANK_LINE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    BLANK_LINE.find(bytes)
 }
 
 #[cfg(test)]
@@ -1013,6 +1054,13 @@ mod tests {
                        t: <sip:200@127.0.0.1>\r\ni: c1@test\r\n\
                        CSeq: 1\r\n\tOPTIONS\r\nl: 0\r\n\r\n";
         assert_eq!(outcome(message).0, "pass");
+    }
+
+    #[test]
+    fn the_known_methods_are_rsipstacks() {
+        let mut theirs: Vec<String> = Method::all().iter().map(|m| m.to_string()).collect();
+        theirs.sort();
+        assert_eq!(theirs, KNOWN_METHODS);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use tracing::{debug, info};
 use crate::framing::{next_frame, Frame, PING, PONG};
 use crate::screen::{self, Framing, Passed, Rejected};
 use crate::sips::SignallingTls;
-use crate::uas::{Answering, Arrival, Path, Take};
+use crate::uas::{Answering, Arrival, Invite, Path, Take};
 
 /// How long a TLS handshake may take, either way.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -150,17 +150,15 @@ pub(crate) fn for_stack(
     arrival: &Arrival,
     answering: &Arc<Answering>,
 ) -> Result<Option<SipMessage>, Rejected> {
-    let take = answering.take(passed, arrival);
-    if let Take::Done = take {
-        return Ok(None);
-    }
-    let message = passed.parse(arrival.peer, arrival.framing())?;
-    match (take, message) {
-        (Take::NewCall(call), SipMessage::Request(invite)) => {
+    match answering.take(passed, arrival) {
+        Take::Done => Ok(None),
+        Take::NewCall(call) => {
+            let invite = Invite::read(passed)
+                .map_err(|why| passed.unreadable(&why, arrival.peer, arrival.framing()))?;
             answering.begin(*call, invite, arrival);
             Ok(None)
         }
-        (_, message) => Ok(Some(message)),
+        Take::Pass => passed.parse(arrival.peer, arrival.framing()).map(Some),
     }
 }
 

@@ -31,14 +31,14 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rsipstack::sip::{Request, StatusCode};
+use rsipstack::sip::StatusCode;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub(crate) use answer::{Arrival, Path};
-pub(crate) use invite::ServerInvite;
+pub(crate) use invite::{contact_value, Invite, ServerInvite};
 
 use crate::ladder::{Label, Ladder};
 use crate::screen::{self, Passed};
@@ -164,7 +164,7 @@ impl ServerCall {
 pub(crate) enum Take {
     /// It belonged to a call we answer, and is answered.
     Done,
-    /// A new call: `begin` it once the INVITE is parsed.
+    /// A new call: `begin` it once its INVITE is read (`Invite::read`).
     NewCall(Box<NewCall>),
     /// Not ours: for rsipstack.
     Pass,
@@ -288,8 +288,8 @@ impl Answering {
         }
     }
 
-    /// Begins the call `take` found new, once the INVITE is parsed.
-    pub fn begin(self: &Arc<Self>, new: NewCall, invite: Request, arrival: &Arrival) {
+    /// Begins the call `take` found new, once its INVITE is read.
+    pub fn begin(self: &Arc<Self>, new: NewCall, invite: Invite, arrival: &Arrival) {
         let NewCall {
             key,
             branch,

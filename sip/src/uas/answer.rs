@@ -137,25 +137,45 @@ impl<'a> Ids<'a> {
 }
 
 /// The parameters of a From/To/Contact value: after the URI's `>` in a
-/// name-addr (a quoted display name may hold anything), else after the
-/// bare URI (whose own parameters are then the header's, §20.10).
+/// name-addr, else after the bare URI (whose own parameters are then the
+/// header's, §20.10).
 pub(super) fn header_params(value: &str) -> &str {
-    let mut rest = value.trim_start();
-    if let Some(quoted) = rest.strip_prefix('"') {
-        let mut escaped = false;
-        let end = quoted.char_indices().find_map(|(i, c)| {
-            let end = !escaped && c == '"';
-            escaped = !escaped && c == '\\';
-            end.then_some(i)
-        });
-        rest = end.map_or("", |end| &quoted[end + 1..]);
-    }
+    let rest = after_display_name(value);
     match rest.find('<') {
         Some(open) => rest[open..]
             .find('>')
             .map_or("", |close| &rest[open + close + 1..]),
         None => rest.find(';').map_or("", |semi| &rest[semi..]),
     }
+}
+
+/// The URI of a From/To/Contact value: inside the `<>` of a name-addr,
+/// else the addr-spec up to the header's parameters (§20.10).
+pub(super) fn address(value: &str) -> &str {
+    let rest = after_display_name(value);
+    match rest.find('<') {
+        Some(open) => {
+            let uri = &rest[open + 1..];
+            uri.find('>').map_or(uri, |close| &uri[..close])
+        }
+        None => rest.split(';').next().unwrap_or_default().trim(),
+    }
+}
+
+/// A From/To/Contact value past its quoted display name, if it has one
+/// (a quoted string may hold anything, `<` and `;` too).
+fn after_display_name(value: &str) -> &str {
+    let rest = value.trim_start();
+    let Some(quoted) = rest.strip_prefix('"') else {
+        return rest;
+    };
+    let mut escaped = false;
+    let end = quoted.char_indices().find_map(|(i, c)| {
+        let end = !escaped && c == '"';
+        escaped = !escaped && c == '\\';
+        end.then_some(i)
+    });
+    end.map_or("", |end| &quoted[end + 1..])
 }
 
 /// The parameters of the first Via value.

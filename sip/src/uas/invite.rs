@@ -13,10 +13,52 @@ use rsipstack::transaction::key::{TransactionKey, TransactionRole};
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transport::{SipAddr, SipConnection};
 
-use super::answer::{header_params, param, warning, Extra, SERVER};
+use super::answer::{address, header_params, param, warning, Extra, SERVER};
 use super::{Answering, Ending, Phase, ServerCall};
 use crate::ladder::Ladder;
-use crate::screen;
+use crate::screen::{self, Passed};
+
+/// An INVITE as the callee reads it: its Request-URI (parsed as rsipstack
+/// parses it), the address in its From, its body. The rest is parsed only
+/// for our BYE (its Contact, its route set), and most calls end with the
+/// caller's: a whole parse per call cost about a tenth of the callee's CPU.
+pub(crate) struct Invite {
+    pub uri: Uri,
+    /// The URI in From, as it came.
+    pub from: String,
+    /// The message as rsipstack reads it (`Passed::readable`), body last.
+    message: Vec<u8>,
+    body_len: usize,
+}
+
+impl Invite {
+    /// Reads what `passed` says; refused as rsipstack's parser refuses a
+    /// Request-URI (the only part of a request the screen lets through
+    /// that it may not read).
+    pub fn read(passed: &Passed) -> Result<Invite, String> {
+        let uri = Uri::try_from(passed.request_uri()).map_err(|e| e.to_string())?;
+        let from = passed.value("from").map(address).unwrap_or_default();
+        Ok(Invite {
+            uri,
+            from: from.to_string(),
+            message: passed.readable().into_owned(),
+            body_len: passed.body().len(),
+        })
+    }
+
+    pub fn body(&self) -> &[u8] {
+        &self.message[self.message.len() - self.body_len..]
+    }
+
+    /// The whole INVITE, parsed by rsipstack.
+    fn request(&self) -> Result<Request, String> {
+        match SipMessage::try_from(&self.message[..]) {
+            Ok(SipMessage::Request(request)) => Ok(request),
+            Ok(SipMessage::Response(_)) => Err("the INVITE reads as a response".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
 
 /// A call for the callee to answer: the INVITE, and how to answer it.
 /// Dropped before its final answer, it answers 500.
@@ -24,7 +66,7 @@ pub(crate) struct ServerInvite {
     pub(super) answering: Arc<Answering>,
     pub(super) call: Arc<ServerCall>,
     pub(super) ladder: Ladder,
-    pub request: Request,
+    pub request: Invite,
     /// The transport it came over, and its source.
     pub transport: SipTransport,
     pub peer: SocketAddr,
@@ -46,30 +88,27 @@ impl ServerInvite {
         &self.call.to_tag
     }
 
-    /// 180 with our Contact, unless the call ended (CANCEL) or has its
-    /// final answer.
-    pub fn ring(&self, contact: &Uri) -> bool {
+    /// 180 with our Contact (`contact_value`), unless the call ended
+    /// (CANCEL) or has its final answer.
+    pub fn ring(&self, contact: &str) -> bool {
         let mut state = self.call.lock();
         if state.phase != Phase::Proceeding {
             return false;
         }
-        let contact = contact_value(contact);
-        let extra = [("Contact", contact.as_str())];
+        let extra = [("Contact", contact)];
         self.call
             .answer(&mut state, StatusCode::Ringing, &extra, None);
         true
     }
 
-    /// 200 with our Contact and the SDP answer, retransmitted until the ACK;
+    /// 200 with our Contact (`contact_value`) and the SDP answer, retransmitted until the ACK;
     /// false when the call ended first (CANCEL, BYE).
-    pub fn accept(&self, contact: &Uri, sdp: &[u8]) -> bool {
+    pub fn accept(&self, contact: &str, sdp: &[u8]) -> bool {
         let mut state = self.call.lock();
         if state.phase != Phase::Proceeding {
             return false;
         }
-        let allow = screen::allow_header();
-        let contact = contact_value(contact);
-        let extra = [("Contact", contact.as_str()), ("Allow", allow)];
+        let extra = [("Contact", contact), ("Allow", screen::allow_header())];
         let body = Some(("application/sdp", sdp));
         self.call.answer(&mut state, StatusCode::OK, &extra, body);
         self.call.set_phase(&mut state, Phase::Accepted);
@@ -136,7 +175,7 @@ impl ServerInvite {
     /// Record-Route, over the stream the INVITE came on if any; as from
     /// `local` (our Contact). Returns once it is answered.
     pub async fn bye(&self, endpoint: &EndpointInnerRef, local: &Uri) -> Result<(), String> {
-        let request = &self.request;
+        let request = self.request.request()?;
         let target = request
             .typed_contact_headers()
             .map_err(|e| e.to_string())?
@@ -205,7 +244,7 @@ impl ServerInvite {
 
 /// Our Contact, in `<>`: its URI's parameters (`;transport=tls`) would be
 /// the header's without them (RFC 3261 §20.10).
-fn contact_value(contact: &Uri) -> String {
+pub(crate) fn contact_value(contact: &Uri) -> String {
     format!("<{contact}>")
 }
 

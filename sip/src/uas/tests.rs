@@ -19,8 +19,9 @@ use crate::ladder::Label;
 use crate::screen::{self, Framing};
 use crate::transports::{for_stack, UdpSender};
 
-fn contact() -> Uri {
-    Uri::try_from("sip:200@127.0.0.1:5060;transport=tcp").unwrap()
+/// Our Contact, as the callee gives it (`contact_value`).
+fn contact() -> String {
+    contact_value(&Uri::try_from("sip:200@127.0.0.1:5060;transport=tcp").unwrap())
 }
 
 /// Our socket, the peer's, and the calls `Answering` begins.
