@@ -23,6 +23,7 @@ mod screen;
 mod sdp;
 mod sips;
 mod stack;
+mod text;
 mod tls;
 mod transports;
 mod uas;

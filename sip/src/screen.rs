@@ -25,9 +25,11 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use rsipstack::sip::{Method, SipMessage};
+
+use crate::text;
 
 /// The methods we answer; advertised in `Allow` (RFC 3261 §20.5).
 pub(crate) const ALLOWED_METHODS: [Method; 5] = [
@@ -428,57 +430,87 @@ fn cseq_method(value: &str) -> Result<&str, String> {
 /// The grammar of the headers a UA reads (RFC 3261 §20, §25.1): Via,
 /// Max-Forwards, the name-addr headers, Date. Others are left to those
 /// who read them; unknown ones are opaque (RFC 4475 §3.1.1.1).
+///
+/// One pass over the headers; a message with several faults is refused
+/// for the first in this order: Via, Max-Forwards, the addresses (From,
+/// To, Contact, Route, Record-Route, Reply-To), Date.
 fn check_headers(head: &Head) -> Result<(), String> {
-    for via in head.values("via") {
-        check_via(via)?;
-    }
-    if let Some(hops) = head.value("max-forwards") {
-        // 1*DIGIT, and 0-255 in practice (§20.22, RFC 4475 §3.1.2.4).
-        if hops.is_empty()
-            || !hops.bytes().all(|b| b.is_ascii_digit())
-            || hops.parse::<u8>().is_err()
-        {
-            return Err(format!("bad Max-Forwards {hops:?}"));
+    let mut fault: Option<(usize, String)> = None;
+    let mut note = |rank: usize, why: String| {
+        if fault.as_ref().is_none_or(|(first, _)| rank < *first) {
+            fault = Some((rank, why));
+        }
+    };
+    let (mut hops_seen, mut date_seen) = (false, false);
+    for (name, value) in &head.headers {
+        let value = value.as_ref();
+        match name.as_ref() {
+            "via" => {
+                if let Err(why) = check_via(value) {
+                    note(0, why);
+                }
+            }
+            // The first Max-Forwards: 1*DIGIT, and 0-255 in practice
+            // (§20.22, RFC 4475 §3.1.2.4).
+            "max-forwards" if !hops_seen => {
+                hops_seen = true;
+                if value.is_empty()
+                    || !value.bytes().all(|b| b.is_ascii_digit())
+                    || value.parse::<u8>().is_err()
+                {
+                    note(1, format!("bad Max-Forwards {value:?}"));
+                }
+            }
+            // The first Date: rfc1123-date, always in GMT (§20.17, RFC 4475 §3.1.2.12).
+            "date" if !date_seen => {
+                date_seen = true;
+                if !value.ends_with(" GMT") {
+                    note(8, format!("Date {value:?} is not in GMT"));
+                }
+            }
+            name => {
+                let Some(rank) = ADDRESS_HEADERS.iter().position(|n| *n == name) else {
+                    continue;
+                };
+                // From and To hold one address: a comma outside quotes and <> is wrong there.
+                let many = rank >= 2;
+                if let Err(why) = check_addresses(value, many) {
+                    note(2 + rank, format!("bad {}: {why}", display_name(name)));
+                }
+            }
         }
     }
-    for name in ["from", "to", "contact", "route", "record-route", "reply-to"] {
-        // From and To hold one address: a comma outside quotes and <> is wrong there.
-        let many = !matches!(name, "from" | "to");
-        for value in head.values(name) {
-            check_addresses(value, many)
-                .map_err(|why| format!("bad {}: {why}", display_name(name)))?;
-        }
+    match fault {
+        Some((_, why)) => Err(why),
+        None => Ok(()),
     }
-    if let Some(date) = head.value("date") {
-        // rfc1123-date, always in GMT (§20.17, RFC 4475 §3.1.2.12).
-        if !date.ends_with(" GMT") {
-            return Err(format!("Date {date:?} is not in GMT"));
-        }
-    }
-    Ok(())
 }
+
+/// The headers of `name-addr / addr-spec` values, in the order their
+/// faults are reported.
+const ADDRESS_HEADERS: [&str; 6] = ["from", "to", "contact", "route", "record-route", "reply-to"];
 
 /// `Via: sent-protocol LWS sent-by *( SEMI via-params )`, comma-separated
 /// (§20.42): no empty values, no empty parameters (RFC 4475 §3.1.2.1).
 fn check_via(value: &str) -> Result<(), String> {
     let bad = || format!("bad Via {value:?}");
-    for via in value.split(',') {
-        let mut params = via.split(';');
+    for via in text::split(value, b',') {
+        let mut params = text::split(via, b';');
         let sent = params.next().unwrap_or_default();
         // `SIP / 2.0 / UDP host`: LWS may surround the slashes (§20.42).
-        let Some((protocol, sent_by)) = sent.trim().rsplit_once('/') else {
+        let Some((protocol, sent_by)) = text::rsplit_once(sent.trim(), b'/') else {
             return Err(bad());
         };
         // transport, then host [":" port] (LWS may surround the colon).
-        let mut words = sent_by.split_whitespace();
+        let mut words = text::words(sent_by);
         let (Some(_transport), Some(_host)) = (words.next(), words.next()) else {
             return Err(bad());
         };
-        if protocol.split('/').count() != 2 {
+        if text::split(protocol, b'/').count() != 2 {
             return Err(bad());
         }
         for param in params {
-            let name = param.split('=').next().unwrap_or_default().trim();
+            let name = text::split(param, b'=').next().unwrap_or_default().trim();
             if name.is_empty() || !name.bytes().all(is_token_byte) {
                 return Err(bad());
             }
@@ -511,10 +543,10 @@ fn check_addresses(value: &str, many: bool) -> Result<(), &'static str> {
                 }
             }
             b'<' => {
-                let Some(close) = value[at..].find('>') else {
+                let Some(close) = text::find(&value[at..], b'>') else {
                     return Err("'<' without '>'");
                 };
-                if value[at..at + close].contains([' ', '\t']) {
+                if memchr::memchr2(b' ', b'\t', &bytes[at..at + close]).is_some() {
                     return Err("LWS inside <>");
                 }
                 let display = value[display_start..at].trim();
@@ -545,14 +577,14 @@ fn check_addresses(value: &str, many: bool) -> Result<(), &'static str> {
 /// when the section is UTF-8 (checked once, as a whole), else each line
 /// made readable (a line that is not UTF-8 is refused, `Head::broken`).
 enum Lines<'a> {
-    Text(std::str::Split<'a, char>),
+    Text(text::Split<'a>),
     Bytes(std::slice::Split<'a, u8, fn(&u8) -> bool>),
 }
 
 impl<'a> Lines<'a> {
     fn of(section: &'a [u8]) -> Lines<'a> {
         match std::str::from_utf8(section) {
-            Ok(text) => Lines::Text(text.split('\n')),
+            Ok(section) => Lines::Text(text::split(section, b'\n')),
             Err(_) => Lines::Bytes(section.split(|&b| b == b'\n')),
         }
     }
@@ -837,17 +869,17 @@ fn is_header_name(name: &str) -> bool {
 /// when asked for: RFC 3581), and the port a datagram answer goes to.
 fn received(via: &str, source: SocketAddr, framing: Framing) -> (String, u16) {
     // Several Via values may share one line: only the first is ours to mark.
-    let (first, rest) = match via.split_once(',') {
+    let (first, rest) = match text::split_once(via, b',') {
         Some((first, rest)) => (first, Some(rest)),
         None => (via, None),
     };
-    let mut parts = first.split(';');
+    let mut parts = text::split(first, b';');
     let sent_by = parts.next().unwrap_or_default().trim();
     let mut top = String::with_capacity(via.len() + 48);
     top.push_str(sent_by);
     let mut rport = false;
     for param in parts.map(str::trim) {
-        let name = param.split('=').next().unwrap_or_default().trim();
+        let name = text::split(param, b'=').next().unwrap_or_default().trim();
         if name.eq_ignore_ascii_case("rport") {
             rport = true;
         } else if !name.eq_ignore_ascii_case("received") {
@@ -855,19 +887,21 @@ fn received(via: &str, source: SocketAddr, framing: Framing) -> (String, u16) {
             top.push_str(param);
         }
     }
-    let _ = write!(top, ";received={}", source.ip());
+    top.push_str(";received=");
+    push_ip(&mut top, source.ip());
     if rport {
-        let _ = write!(top, ";rport={}", source.port());
+        top.push_str(";rport=");
+        top.push_str(itoa::Buffer::new().format(source.port()));
     }
     let port = match (rport, framing) {
         (true, _) | (_, Framing::Stream) => source.port(),
         // `SIP/2.0/UDP host[:port]`: the sent-by port, else 5060.
         (false, Framing::Datagram) => {
-            let host_port = sent_by.split_whitespace().last().unwrap_or_default();
+            let host_port = text::words(sent_by).last().unwrap_or_default();
             // `[v6]` alone has colons but no port.
             let port = match host_port.ends_with(']') {
                 true => None,
-                false => host_port.rsplit_once(':').map(|(_, port)| port),
+                false => text::rsplit_once(host_port, b':').map(|(_, port)| port),
             };
             port.and_then(|port| port.parse().ok()).unwrap_or(5060)
         }
@@ -879,11 +913,30 @@ fn received(via: &str, source: SocketAddr, framing: Framing) -> (String, u16) {
     (top, port)
 }
 
+/// `ip` as text, an IPv4 address without the formatting machinery (every
+/// answer carries the source's).
+pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut numbers = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(numbers.format(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 fn has_param(value: &str, name: &str) -> bool {
     // Parameters follow the name-addr's closing '>' (or the bare URI).
-    let params = value.rsplit_once('>').map_or(value, |(_, after)| after);
-    params.split(';').skip(1).any(|p| {
-        p.split('=')
+    let params = text::rsplit_once(value, b'>').map_or(value, |(_, after)| after);
+    text::split(params, b';').skip(1).any(|p| {
+        text::split(p, b'=')
             .next()
             .is_some_and(|n| n.trim().eq_ignore_ascii_case(name))
     })
@@ -960,11 +1013,14 @@ fn header_name(name: &str) -> Cow<'_, str> {
     if let Some(full) = compact_form(name) {
         return Cow::Borrowed(full);
     }
-    if let Some(common) = COMMON
-        .iter()
-        .find(|common| common.eq_ignore_ascii_case(name))
-    {
-        return Cow::Borrowed(common);
+    // Compared in lower case, on the stack: every message has a dozen names.
+    let mut lower = [0u8; 16];
+    if let Some(lower) = lower.get_mut(..name.len()) {
+        lower.copy_from_slice(name.as_bytes());
+        lower.make_ascii_lowercase();
+        if let Some(common) = COMMON.iter().find(|common| common.as_bytes() == lower) {
+            return Cow::Borrowed(common);
+        }
     }
     match name.bytes().any(|b| b.is_ascii_uppercase()) {
         true => Cow::Owned(name.to_ascii_lowercase()),
@@ -1054,6 +1110,23 @@ mod tests {
                        t: <sip:200@127.0.0.1>\r\ni: c1@test\r\n\
                        CSeq: 1\r\n\tOPTIONS\r\nl: 0\r\n\r\n";
         assert_eq!(outcome(message).0, "pass");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.20.3.4",
+            "::1",
+            "2001:db8::5",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut written = String::new();
+            push_ip(&mut written, ip);
+            assert_eq!(written, ip.to_string());
+        }
     }
 
     #[test]

@@ -75,10 +75,14 @@ pub(crate) async fn serve_udp(
         path: Path::Datagram(socket.clone()),
         connection: SipConnection::Udp(connection.clone()),
     };
+    // Made once, and polled first: not a new waiter per datagram.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let received = tokio::select! {
+            biased;
+            () = &mut cancelled => return,
             received = socket.recv_from(&mut buffer) => received,
-            () = cancel.cancelled() => return,
         };
         let (read, source) = match received {
             Ok(received) => received,

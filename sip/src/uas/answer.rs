@@ -14,6 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::debug;
 
 use crate::screen::{Framing, Passed};
+use crate::text;
 
 /// Our server identity in every answer.
 pub(super) const SERVER: &str = concat!("mailcall/", env!("CARGO_PKG_VERSION"));
@@ -126,12 +127,7 @@ impl<'a> Ids<'a> {
             from_tag: param(header_params(request.value("from")?), "tag")?,
             to_tag: param(header_params(request.value("to")?), "tag"),
             branch: param(via_params(request.value("via")?), "branch").unwrap_or_default(),
-            cseq: request
-                .value("cseq")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()?,
+            cseq: text::words(request.value("cseq")?).next()?.parse().ok()?,
         })
     }
 }
@@ -141,11 +137,9 @@ impl<'a> Ids<'a> {
 /// header's, §20.10).
 pub(super) fn header_params(value: &str) -> &str {
     let rest = after_display_name(value);
-    match rest.find('<') {
-        Some(open) => rest[open..]
-            .find('>')
-            .map_or("", |close| &rest[open + close + 1..]),
-        None => rest.find(';').map_or("", |semi| &rest[semi..]),
+    match text::find(rest, b'<') {
+        Some(open) => text::find(&rest[open..], b'>').map_or("", |close| &rest[open + close + 1..]),
+        None => text::find(rest, b';').map_or("", |semi| &rest[semi..]),
     }
 }
 
@@ -153,12 +147,12 @@ pub(super) fn header_params(value: &str) -> &str {
 /// else the addr-spec up to the header's parameters (§20.10).
 pub(super) fn address(value: &str) -> &str {
     let rest = after_display_name(value);
-    match rest.find('<') {
+    match text::find(rest, b'<') {
         Some(open) => {
             let uri = &rest[open + 1..];
-            uri.find('>').map_or(uri, |close| &uri[..close])
+            text::find(uri, b'>').map_or(uri, |close| &uri[..close])
         }
-        None => rest.split(';').next().unwrap_or_default().trim(),
+        None => text::split(rest, b';').next().unwrap_or_default().trim(),
     }
 }
 
@@ -180,14 +174,14 @@ fn after_display_name(value: &str) -> &str {
 
 /// The parameters of the first Via value.
 pub(super) fn via_params(value: &str) -> &str {
-    let first = value.split(',').next().unwrap_or_default();
-    first.find(';').map_or("", |semi| &first[semi..])
+    let first = text::split(value, b',').next().unwrap_or_default();
+    text::find(first, b';').map_or("", |semi| &first[semi..])
 }
 
 /// A parameter's value from `;name=value;…` (an empty one for a flag).
 pub(super) fn param<'a>(params: &'a str, name: &str) -> Option<&'a str> {
-    params.split(';').skip(1).find_map(|param| {
-        let (key, value) = param.split_once('=').unwrap_or((param, ""));
+    text::split(params, b';').skip(1).find_map(|param| {
+        let (key, value) = text::split_once(param, b'=').unwrap_or((param, ""));
         key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
     })
 }
