@@ -12,9 +12,10 @@
 //! From and To headers at every step. Under `scripts/bench-sip` the callee
 //! spent about 220 µs of CPU per call on this machine, sipp's UAS 57 µs;
 //! with this module (and the screen's view of each message in place of a
-//! second parse, `screen::Passed`) about 45–70 µs, a fifth more than sipp's
-//! in the same minutes. A call is one map entry; its INVITE is parsed by rsipstack
-//! once, for the callee; its ACK and BYE are never parsed beyond the
+//! second parse, `screen::Passed`) under 50 µs, as little as sipp's (see
+//! `sip/README.md`). A call is one map entry; of its INVITE the callee
+//! reads the Request-URI, From and body (`Invite`), rsipstack parses it
+//! whole only for our BYE; its ACK and BYE are never parsed beyond the
 //! screen; its timers (retransmissions, how long an ended call is
 //! remembered) are entries in one queue served by one task (`timers`).
 //! The callee's policy (who may call, the channel, the session) stays in
@@ -160,6 +161,12 @@ impl ServerCall {
     }
 }
 
+/// The calls by Call-ID and From tag. Hashed with foldhash, seeded at
+/// random per map (hashbrown's own default), not SipHash: every request
+/// hashes its key once or twice, and SipHash was a twentieth of the
+/// callee's instructions.
+type Calls = HashMap<CallKey, Arc<ServerCall>, foldhash::fast::RandomState>;
+
 /// What `take` made of a request.
 pub(crate) enum Take {
     /// It belonged to a call we answer, and is answered.
@@ -183,7 +190,7 @@ pub(crate) struct NewCall {
 
 /// The calls we answer, and what answers them.
 pub(crate) struct Answering {
-    calls: Mutex<HashMap<CallKey, Arc<ServerCall>>>,
+    calls: Mutex<Calls>,
     timers: Mutex<Timers>,
     /// Told when a timer comes due sooner than the earliest before.
     timers_changed: Arc<Notify>,
@@ -212,7 +219,7 @@ impl Answering {
         self.on_call.set(Box::new(on_call)).ok();
     }
 
-    fn calls(&self) -> MutexGuard<'_, HashMap<CallKey, Arc<ServerCall>>> {
+    fn calls(&self) -> MutexGuard<'_, Calls> {
         self.calls.lock().unwrap_or_else(|p| p.into_inner())
     }
 

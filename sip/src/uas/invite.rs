@@ -24,6 +24,8 @@ use crate::screen::{self, Passed};
 /// caller's: a whole parse per call cost about a tenth of the callee's CPU.
 pub(crate) struct Invite {
     pub uri: Uri,
+    /// The Request-URI as it came (for the ladder).
+    pub uri_text: String,
     /// The URI in From, as it came.
     pub from: String,
     /// The message as rsipstack reads it (`Passed::readable`), body last.
@@ -36,10 +38,12 @@ impl Invite {
     /// Request-URI (the only part of a request the screen lets through
     /// that it may not read).
     pub fn read(passed: &Passed) -> Result<Invite, String> {
-        let uri = Uri::try_from(passed.request_uri()).map_err(|e| e.to_string())?;
+        let uri_text = passed.request_uri();
+        let uri = Uri::try_from(uri_text).map_err(|e| e.to_string())?;
         let from = passed.value("from").map(address).unwrap_or_default();
         Ok(Invite {
             uri,
+            uri_text: uri_text.to_string(),
             from: from.to_string(),
             message: passed.readable().into_owned(),
             body_len: passed.body().len(),
