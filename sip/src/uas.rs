@@ -352,9 +352,12 @@ impl Answering {
         cseq: u32,
         arrival: &Arrival,
     ) {
-        let (reply, top_via) = Reply::of(arrival, request);
-        let tag = call.to_tag.as_str();
-        let answer = |status, extra: &[Extra]| response(request, &top_via, status, tag, extra);
+        // Made only for a request that gets one: an ACK, most of what
+        // comes inside a call, gets none.
+        let answer = |status, extra: &[Extra]| {
+            let (reply, top_via) = Reply::of(arrival, request);
+            reply.send(&response(request, &top_via, status, &call.to_tag, extra));
+        };
         let mut state = call.lock();
         match method {
             "ACK" => match state.phase {
@@ -385,7 +388,7 @@ impl Answering {
                 if !again {
                     step(&state, Label::T7, "BYE from the peer");
                 }
-                reply.send(&answer(StatusCode::OK, &[]));
+                answer(StatusCode::OK, &[]);
                 if again {
                     return;
                 }
@@ -408,7 +411,7 @@ impl Answering {
             // We never renegotiate the channel of a running call.
             "INVITE" => {
                 debug!(call_id = %call.key.call_id, "re-INVITE refused: 488");
-                reply.send(&answer(StatusCode::NotAcceptableHere, &[]));
+                answer(StatusCode::NotAcceptableHere, &[]);
             }
             "OPTIONS" => {
                 let allow = screen::allow_header();
@@ -417,15 +420,15 @@ impl Answering {
                     ("Accept", "application/sdp"),
                     ("Supported", ""),
                 ];
-                reply.send(&answer(StatusCode::OK, &extra));
+                answer(StatusCode::OK, &extra);
             }
             // A CANCEL names no dialog (it has no To tag): not one of ours.
-            "CANCEL" => reply.send(&answer(StatusCode::CallTransactionDoesNotExist, &[])),
+            "CANCEL" => answer(StatusCode::CallTransactionDoesNotExist, &[]),
             // Methods we know but do not serve (§8.2.1).
             _ => {
                 let allow = screen::allow_header();
                 let extra = [("Allow", allow)];
-                reply.send(&answer(StatusCode::MethodNotAllowed, &extra));
+                answer(StatusCode::MethodNotAllowed, &extra);
             }
         }
     }
