@@ -200,13 +200,10 @@ fn reject(invite: &ServerInvite, status: StatusCode, why: &str) {
 async fn answer_invite(shared: Arc<Shared>, invite: ServerInvite) {
     let _counted = Counted::new(&shared.calls);
     let request = &invite.request;
-    let number = request.uri.user().unwrap_or_default().to_string();
+    let number = request.number.clone();
     let from = request.from.clone();
     let ladder = invite.ladder().clone();
-    ladder.step(
-        Label::T1,
-        format!("INVITE {} from {from}", request.uri_text),
-    );
+    ladder.step(Label::T1, format!("INVITE {} from {from}", request.uri));
 
     // Where the INVITE came from (a proxy, through one), not what its Via says.
     let source = invite.peer.ip();

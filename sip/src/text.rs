@@ -58,8 +58,10 @@ pub(crate) fn rsplit_once(text: &str, separator: u8) -> Option<(&str, &str)> {
 pub(crate) fn words(text: &str) -> impl Iterator<Item = &str> {
     let mut rest = text;
     std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
         match memchr::memchr2(b' ', b'\t', rest.as_bytes()) {
-            _ if rest.is_empty() => return None,
             Some(0) => rest = &rest[1..],
             Some(at) => {
                 let word = &rest[..at];

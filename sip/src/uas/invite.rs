@@ -18,14 +18,15 @@ use super::{Answering, Ending, Phase, ServerCall};
 use crate::ladder::Ladder;
 use crate::screen::{self, Passed};
 
-/// An INVITE as the callee reads it: its Request-URI (parsed as rsipstack
-/// parses it), the address in its From, its body. The rest is parsed only
+/// An INVITE as the callee reads it: its Request-URI and the number in
+/// it (parsed as rsipstack parses it), the address in its From, its body. The rest is parsed only
 /// for our BYE (its Contact, its route set), and most calls end with the
 /// caller's: a whole parse per call cost about a tenth of the callee's CPU.
 pub(crate) struct Invite {
-    pub uri: Uri,
-    /// The Request-URI as it came (for the ladder).
-    pub uri_text: String,
+    /// The Request-URI as it came.
+    pub uri: String,
+    /// Its user part: the number called.
+    pub number: String,
     /// The URI in From, as it came.
     pub from: String,
     /// The message as rsipstack reads it (`Passed::readable`), body last.
@@ -38,12 +39,12 @@ impl Invite {
     /// Request-URI (the only part of a request the screen lets through
     /// that it may not read).
     pub fn read(passed: &Passed) -> Result<Invite, String> {
-        let uri_text = passed.request_uri();
-        let uri = Uri::try_from(uri_text).map_err(|e| e.to_string())?;
+        let uri = passed.request_uri();
+        let parsed = Uri::try_from(uri).map_err(|e| e.to_string())?;
         let from = passed.value("from").map(address).unwrap_or_default();
         Ok(Invite {
-            uri,
-            uri_text: uri_text.to_string(),
+            uri: uri.to_string(),
+            number: parsed.user().unwrap_or_default().to_string(),
             from: from.to_string(),
             message: passed.readable().into_owned(),
             body_len: passed.body().len(),
